@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests need, only when something is missing.
+set -euo pipefail
+need=()
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v openssl >/dev/null || need+=(openssl)
+[ ${#need[@]} -eq 0 ] && exit 0
+sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+echo "installing Debian packages: ${need[*]}" >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# The package starts a system service; the tests run their own instances.
+(command -v systemctl >/dev/null && $sudo systemctl disable --now prometheus prometheus-node-exporter) >/dev/null 2>&1 || true
+pkill -x prometheus-node-exporter 2>/dev/null || true

@@ -1,0 +1,1 @@
+"""r1-operator: the control plane (planning, manifests, reconciliation) and r1ctl."""

@@ -1,0 +1,39 @@
+"""r1-operator: run the operator against the current kubeconfig."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="r1-operator", description=__doc__)
+    p.add_argument("--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable); default: all")
+    p.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)")
+    p.add_argument("--standalone", action="store_true", help="no peering (one replica)")
+    p.add_argument("--peering", default="r1-operator", help="kopf peering object name for HA replicas")
+    p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.namespace and args.all_namespaces:
+        print("r1-operator: --namespace and --all-namespaces are exclusive", file=sys.stderr)
+        return 2
+    import kopf
+
+    kopf.configure(verbose=False)
+    kopf.run(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace or None,
+        standalone=args.standalone,
+        peering_name=None if args.standalone else args.peering,
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
