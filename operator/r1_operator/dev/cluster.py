@@ -404,37 +404,41 @@ def _start(state: ClusterState, binary: Path, kwok: Path, pki: Path, shapes: lis
     )
 
 
+def _stop_group(pid: int, grace: float) -> bool:
+    """SIGTERM the process group, SIGKILL it after `grace` seconds; True when SIGKILL was needed."""
+    if not _alive(pid):
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return False
+        time.sleep(0.05)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    for _ in range(100):
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    raise ClusterError(f"process {pid} survived SIGKILL")
+
+
 def down(name: str = "dev", grace: float = 10.0) -> list[str]:
     """Stop every process of the cluster and remove its state; return what had to be killed hard."""
     state = ClusterState.load(name)
     if state is None:
         return []
     killed: list[str] = []
-    order = list(reversed(COMPONENTS))
-    for comp in order:
+    # Clients first, etcd last, one at a time: the API server shuts down quickly while etcd is still up.
+    for comp in reversed(COMPONENTS):
         pid = state.pids.get(comp)
-        if pid and _alive(pid):
-            try:
-                os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(pid) for pid in state.pids.values()):
-        time.sleep(0.1)
-    for comp, pid in state.pids.items():
-        if _alive(pid):
+        if pid and _stop_group(pid, grace):
             killed.append(comp)
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    for pid in state.pids.values():
-        for _ in range(50):
-            if not _alive(pid):
-                break
-            time.sleep(0.1)
-        else:
-            raise ClusterError(f"process {pid} of cluster {name} survived SIGKILL")
     shutil.rmtree(state.etcd_dir, ignore_errors=True)
     shutil.rmtree(state.root, ignore_errors=True)
     return killed

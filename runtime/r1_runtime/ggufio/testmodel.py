@@ -267,7 +267,8 @@ def write_test_model(
     w.add_block_count(s.n_layer)
     w.add_feed_forward_length(s.n_ff)
     w.add_head_count(s.n_head)
-    w.add_head_count_kv(s.n_head)
+    # MLA caches one compressed latent per token: a single KV head.
+    w.add_head_count_kv(s.n_head if s.layout == "legacy" else 1)
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_expert_count(s.n_expert)
