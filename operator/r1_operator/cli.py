@@ -1,4 +1,4 @@
-"""r1ctl: the user-side command line (dev cluster; planning lands in r1_operator.planning)."""
+"""r1ctl: the user-side command line (capacity planning, the local dev cluster)."""
 
 from __future__ import annotations
 
@@ -49,6 +49,9 @@ def _dev_kubeconfig(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="r1ctl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    from r1_operator.plancli import add_plan_parser
+
+    add_plan_parser(sub)
 
     dev = sub.add_parser("dev", help="a local Kubernetes control plane with simulated GPU nodes")
     dsub = dev.add_subparsers(dest="dev_command", required=True)

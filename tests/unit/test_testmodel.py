@@ -50,7 +50,7 @@ def test_mla_layout_uses_k_b_and_v_b(tmp_path):
     r = gguf.GGUFReader(path)
     names = {t.name for t in r.tensors}
     assert "blk.0.attn_k_b.weight" in names and "blk.0.attn_kv_b.weight" not in names
-    assert _field(r, "deepseek2.attention.key_length_mla") == 48
+    assert _field(r, "deepseek2.attention.key_length_mla") == 64
 
 
 def test_tokenizer_has_r1_special_tokens_and_template(tmp_path):

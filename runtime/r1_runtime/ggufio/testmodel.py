@@ -69,7 +69,7 @@ class ModelShape:
     q_lora_rank: int = 64
     kv_lora_rank: int = 64
     qk_nope: int = 32
-    qk_rope: int = 16
+    qk_rope: int = 32  # key_length 64: q4_0 K cache with flash attention needs a multiple of 32
     v_head: int = 32
     n_ff: int = 512
     n_ff_exp: int = 128
@@ -98,7 +98,7 @@ PRESETS: dict[str, ModelShape] = {
     "tiny": ModelShape(),
     # ~30 MB at f16: more blocks (3 dense like R1) and wider experts, for planner checks.
     "small": ModelShape(n_embd=512, n_layer=8, n_dense=3, n_head=8, q_lora_rank=128, kv_lora_rank=128,
-                        qk_nope=48, qk_rope=16, v_head=48, n_ff=1024, n_ff_exp=256, n_expert=8, n_expert_used=2),
+                        qk_nope=32, qk_rope=32, v_head=64, n_ff=1024, n_ff_exp=256, n_expert=8, n_expert_used=2),
 }
 
 

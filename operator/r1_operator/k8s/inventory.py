@@ -1,0 +1,29 @@
+"""Read Nodes and the pods that hold GPUs, as plain dicts for planning.inventory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def api_client(kubeconfig: str | None = None):
+    from kubernetes import client, config
+
+    if kubeconfig:
+        return config.new_client_from_config(config_file=kubeconfig)
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def read_nodes_and_pods(api) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    from kubernetes import client
+
+    core = client.CoreV1Api(api)
+    nodes = [api.sanitize_for_serialization(n) for n in core.list_node().items]
+    pods = [
+        api.sanitize_for_serialization(p)
+        for p in core.list_pod_for_all_namespaces(field_selector="status.phase!=Succeeded,status.phase!=Failed").items
+    ]
+    return nodes, pods

@@ -1,0 +1,1 @@
+"""Read GGUF headers (local files or HTTP range requests) into planning's ModelFacts."""

@@ -1,0 +1,129 @@
+"""`r1ctl plan`: plan against hypothetical hardware or every node of a cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from r1_operator.planning import ggml
+from r1_operator.planning.catalog import R1_REPO, Catalog, catalog_for, single_model_catalog
+from r1_operator.planning.inventory import NodeCapacity, Toleration, hypothetical, inventory
+from r1_operator.planning.memory import RuntimeSettings
+from r1_operator.planning.plan import OFFLOADS, POLICIES, Plan, PlanRequest, plan_cluster
+
+GiB = 1 << 30
+
+
+def add_plan_parser(sub) -> None:
+    p = sub.add_parser("plan", help="choose the quant variant and GPU offload for hardware or a cluster",
+                       description="Plan a DeepSeek-R1 (or any GGUF) deployment. Exits 1 when nothing fits.")
+    hw = p.add_argument_group("hypothetical hardware (GB means GiB, as in the blog's table)")
+    hw.add_argument("--gpu-count", type=int)
+    hw.add_argument("--gpu-memory-gb", type=float, help="memory of each GPU")
+    hw.add_argument("--ram-gb", type=float)
+    hw.add_argument("--disk-gb", type=float)
+    hw.add_argument("--cpus", type=int, default=16)
+    p.add_argument("--kubeconfig", help="plan against every node of this cluster instead")
+    m = p.add_argument_group("model")
+    m.add_argument("--repo", default=R1_REPO, help=f"hub repo (default {R1_REPO}, which has a built-in catalog)")
+    m.add_argument("--revision", default="main")
+    m.add_argument("--hub-files", nargs="+", help="for a repo without a built-in catalog: the GGUF file(s) to describe "
+                   "from their headers (HTTP range requests against HF_ENDPOINT)")
+    m.add_argument("--model-file", help="a local GGUF (or shard 1 of a split set) described from its headers")
+    m.add_argument("--variant", default="auto", help="auto (default) or a variant name, e.g. UD-IQ1_S")
+    m.add_argument("--min-variant", help="never choose a variant below this one")
+    m.add_argument("--policy", choices=POLICIES, default="auto")
+    m.add_argument("--offload", choices=OFFLOADS, default="estimate")
+    r = p.add_argument_group("runtime settings")
+    r.add_argument("--ctx-size", type=int, default=8192)
+    r.add_argument("--cache-type-k", choices=ggml.CACHE_TYPES, default="q4_0")
+    r.add_argument("--cache-type-v", choices=ggml.CACHE_TYPES, default="f16")
+    r.add_argument("--flash-attn", action="store_true")
+    r.add_argument("--parallel", type=int, default=1)
+    r.add_argument("--gpu-headroom-gb", type=float, default=1.0, help="kept free on each GPU (default 1)")
+    r.add_argument("--ram-reserve-gb", type=float, default=8.0, help="RAM kept for the system (default 8)")
+    r.add_argument("--keep-shards", action="store_true", help="keep the downloaded shards after merging (2× disk)")
+    r.add_argument("--toleration", action="append", default=[], metavar="KEY[=VALUE][:EFFECT]",
+                   help="taints the deployment tolerates (repeatable)")
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    p.set_defaults(func=run_plan)
+
+
+def _toleration(text: str) -> Toleration:
+    kv, _, effect = text.partition(":")
+    key, eq, value = kv.partition("=")
+    return Toleration(key=key, operator="Equal" if eq else "Exists", value=value, effect=effect)
+
+
+def _catalog(args: argparse.Namespace) -> Catalog:
+    if args.model_file:
+        from r1_operator.modelinfo.describe import describe_local
+
+        return single_model_catalog(describe_local(args.model_file), name="model")
+    if args.hub_files:
+        from r1_operator.modelinfo.describe import describe_remote
+
+        return single_model_catalog(describe_remote(args.repo, args.hub_files, args.revision), name="model")
+    return catalog_for(args.repo)
+
+
+def _nodes(args: argparse.Namespace) -> list[NodeCapacity]:
+    if args.kubeconfig:
+        from r1_operator.k8s.inventory import api_client, read_nodes_and_pods
+
+        nodes, pods = read_nodes_and_pods(api_client(args.kubeconfig))
+        return inventory(nodes, pods)
+    missing = [f for f, v in (("--gpu-count", args.gpu_count), ("--ram-gb", args.ram_gb)) if v is None]
+    if missing:
+        raise ValueError(f"give {' and '.join(missing)} (hypothetical hardware) or --kubeconfig")
+    return [hypothetical(args.gpu_count, args.gpu_memory_gb or 0, args.ram_gb, args.disk_gb, args.cpus)]
+
+
+def _mem(p: Plan) -> tuple[str, str]:
+    gpu = sum(d.total for d in p.memory[:-1])
+    cpu = p.memory[-1].total if p.memory else 0
+    return (f"{gpu / GiB:.1f} GiB" if p.gpus else "-"), f"{cpu / GiB:.1f} GiB"
+
+
+def render_table(best: Plan, plans: list[Plan], excluded: list[str]) -> str:
+    rows = [("NODE", "VARIANT", "MODE", "GPU-LAYERS", "GPUS", "GPU-MEM", "CPU-MEM", "DISK")]
+    for p in plans:
+        gpu, cpu = _mem(p)
+        rows.append((p.node or "-", p.variant or "-", p.mode, f"{p.n_gpu_layers}/{p.n_layers}", str(p.gpus), gpu, cpu,
+                     f"{p.disk_bytes / GiB:.0f} GiB"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    if best.fits:
+        lines.append(f"\nchosen: {best.variant} on {best.node}, --n-gpu-layers {best.n_gpu_layers_arg}"
+                     + (f" --tensor-split {','.join(f'{x:g}' for x in best.tensor_split)}" if best.tensor_split else ""))
+    else:
+        lines.append("\nnothing fits")
+    lines += ["reasons:"] + [f"  - {r}" for r in best.reasons]
+    if best.warnings:
+        lines += ["warnings:"] + [f"  - {w}" for w in best.warnings]
+    return "\n".join(lines)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    if args.ctx_size <= 0:
+        raise ValueError(f"--ctx-size must be > 0, got {args.ctx_size}")
+    for flag, v in (("--gpu-headroom-gb", args.gpu_headroom_gb), ("--ram-reserve-gb", args.ram_reserve_gb)):
+        if v < 0:
+            raise ValueError(f"{flag} must be >= 0, got {v}")
+    settings = RuntimeSettings(ctx_size=args.ctx_size, cache_type_k=args.cache_type_k, cache_type_v=args.cache_type_v,
+                               flash_attn=args.flash_attn, parallel=args.parallel)
+    req = PlanRequest(variant=args.variant, policy=args.policy, min_variant=args.min_variant, offload=args.offload,
+                      settings=settings, gpu_headroom_bytes=int(args.gpu_headroom_gb * GiB),
+                      ram_reserve_bytes=int(args.ram_reserve_gb * GiB), keep_shards=args.keep_shards,
+                      tolerations=tuple(_toleration(t) for t in args.toleration))
+    catalog = _catalog(args)
+    best, plans, excluded = plan_cluster(catalog, _nodes(args), req)
+    if args.output == "json":
+        print(json.dumps({**best.to_dict(), "nodes": [p.to_dict() for p in plans], "excluded": excluded}, indent=2))
+    else:
+        print(render_table(best, plans, excluded))
+    if not best.fits:
+        print("r1ctl plan: nothing fits", file=sys.stderr)
+        return 1
+    return 0
