@@ -158,7 +158,7 @@ def device_layout(m: ModelFacts, s: RuntimeSettings, arg: int, n_gpus: int) -> t
         a = start + -(-g * arg // n_gpus)
         b = start + -(-(g + 1) * arg // n_gpus)
         blocks = max(min(b, n) - a, 0)
-        w = pre.range(a, a + blocks) + (m.output_bytes if b == n + 1 and b > a else 0)
+        w = (pre.range(a, a + blocks) if blocks else 0) + (m.output_bytes if b == n + 1 and b > a else 0)
         devices.append(DeviceMemory(f"gpu{g}", w, kv_layer * blocks, compute if b > a else 0, blocks))
     cpu_blocks = min(start, n)
     cpu_w = m.input_bytes + pre.range(0, cpu_blocks) + (m.output_bytes if arg == 0 else 0)
