@@ -97,6 +97,10 @@ def test_scheduler_places_gpu_pods_and_keeps_impossible_ones_pending(core, names
     assert "nvidia.com/gpu" in events[0].message
     pod = core.read_namespaced_pod("three", namespace)
     assert pod.status.phase == "Pending" and not pod.spec.node_name
+    # Give the GPUs back before other tests plan against the cluster.
+    for name in ("two", "three"):
+        core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+    wait_for(lambda: not core.list_namespaced_pod(namespace).items, 30, "the GPU pods to be deleted")
 
 
 def test_deleting_an_owner_deletes_its_children(core, namespace):

@@ -49,6 +49,8 @@ def facts_from_headers(headers: list[GGUFHeader], sizes: list[int], name: str | 
 def describe_local(path: str | os.PathLike[str], name: str | None = None) -> ModelFacts:
     p = Path(path)
     paths = shard_paths(p)
+    if len(paths) == 1 and not p.is_file():
+        raise GGUFError(f"{p}: no such file")
     missing = [str(x) for x in paths if not x.is_file()]
     if missing:
         raise GGUFError(f"{p}: missing shard(s): {', '.join(missing)}")

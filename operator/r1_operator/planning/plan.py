@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
-from functools import lru_cache
 
 from r1_operator.planning.catalog import Catalog, Variant
 from r1_operator.planning.inventory import NodeCapacity, Toleration
@@ -130,15 +129,27 @@ class _Prefix:
         return self.sums[b] - self.sums[a]
 
 
-@lru_cache(maxsize=64)
+_DERIVED: dict[tuple, object] = {}
+
+
 def _prefix(m: ModelFacts) -> _Prefix:
-    return _Prefix.of(m)
+    if len(_DERIVED) > 1024:
+        _DERIVED.clear()
+    key = ("prefix", id(m))
+    hit = _DERIVED.get(key)
+    if hit is None or hit[0] is not m:
+        hit = _DERIVED[key] = (m, _Prefix.of(m))
+    return hit[1]
 
 
-@lru_cache(maxsize=256)
 def _per_layer(m: ModelFacts, s: RuntimeSettings) -> tuple[int, int]:
-    k, v = kv_bytes_per_layer(m, s)
-    return k + v, compute_buffer_bytes(m, s)
+    """(KV bytes per block, compute buffer bytes), memoised by model identity (hashing ModelFacts is slow)."""
+    key = ("layer", id(m), s)
+    hit = _DERIVED.get(key)
+    if hit is None or hit[0] is not m:
+        k, v = kv_bytes_per_layer(m, s)
+        hit = _DERIVED[key] = (m, (k + v, compute_buffer_bytes(m, s)))
+    return hit[1]
 
 
 def device_layout(m: ModelFacts, s: RuntimeSettings, arg: int, n_gpus: int) -> tuple[DeviceMemory, ...]:
@@ -166,22 +177,35 @@ def device_layout(m: ModelFacts, s: RuntimeSettings, arg: int, n_gpus: int) -> t
     return tuple(devices)
 
 
-def _gpu_fits(devs: tuple[DeviceMemory, ...], usable: int) -> bool:
-    return all(d.total <= usable for d in devs[:-1])
+def _max_gpu_total(n: int, pre: tuple[int, ...], output_bytes: int, kv_layer: int, compute: int, arg: int, n_gpus: int) -> int:
+    """The largest GPU's total for device_layout(m, s, arg, n_gpus), in plain integers (the search's hot path)."""
+    start = n + 1 - arg
+    worst = 0
+    for g in range(n_gpus):
+        a = start + -(-g * arg // n_gpus)
+        b = start + -(-(g + 1) * arg // n_gpus)
+        if b <= a:
+            continue
+        top = min(b, n)
+        blocks = max(top - a, 0)
+        total = (pre[top] - pre[a] if blocks else 0) + (output_bytes if b == n + 1 else 0) + kv_layer * blocks + compute
+        worst = max(worst, total)
+    return worst
 
 
 def max_gpu_layers(m: ModelFacts, s: RuntimeSettings, n_gpus: int, usable_per_gpu: int) -> int:
     """Largest --n-gpu-layers whose every GPU fits in usable_per_gpu bytes."""
     if n_gpus == 0 or usable_per_gpu <= 0:
         return 0
+    fixed = (m.n_layers, _prefix(m).sums, m.output_bytes, *_per_layer(m, s))
     lo, hi = 0, m.n_layers + 1
     while lo < hi:  # memory grows with layers: binary search, then confirm downwards
         mid = (lo + hi + 1) // 2
-        if _gpu_fits(device_layout(m, s, mid, n_gpus), usable_per_gpu):
+        if _max_gpu_total(*fixed, mid, n_gpus) <= usable_per_gpu:
             lo = mid
         else:
             hi = mid - 1
-    while lo > 0 and not _gpu_fits(device_layout(m, s, lo, n_gpus), usable_per_gpu):
+    while lo > 0 and _max_gpu_total(*fixed, lo, n_gpus) > usable_per_gpu:
         lo -= 1
     return lo
 
@@ -202,9 +226,11 @@ class _Eval:
     arg: int
     blocks: int
     output: bool
-    gpus: int
+    gpus: int  # GPUs that hold layers
+    n_gpus: int  # GPUs the node offers
+    usable: int  # per GPU
+    ram: int  # RAM minus reserve
     memory: tuple[DeviceMemory, ...]
-    why_not: str  # when this variant misses a better tier: the numbers
 
 
 def _evaluate(v: Variant, node: NodeCapacity, req: PlanRequest) -> _Eval:
@@ -217,28 +243,41 @@ def _evaluate(v: Variant, node: NodeCapacity, req: PlanRequest) -> _Eval:
     else:
         arg = max_gpu_layers(m, s, n_gpus, usable)
     devs = device_layout(m, s, arg, n_gpus)
-    used_gpus = sum(1 for d in devs[:-1] if d.total) or 0
+    used_gpus = sum(1 for d in devs[:-1] if d.total)
     blocks, output = max(arg - 1, 0), arg > 0
     cpu = devs[-1]
     ram = node.ram_bytes - req.ram_reserve_bytes
     full = (arg == m.n_layers + 1) if req.offload == "estimate" else (blocks == m.n_layers)
     if full and cpu.total <= ram:
-        return _Eval(TIER_GPU, arg, blocks, output, used_gpus, devs, "")
-    need_gpu = sum(d.total for d in device_layout(m, s, m.n_layers + 1, max(n_gpus, 1))[:-1])
-    why_gpu = (f"{v.name} does not fit entirely in GPU memory on {node.name}: needs {gib(need_gpu)}, "
-               f"has {n_gpus}×{gib(usable)} usable" if n_gpus else f"{node.name} has no free GPU")
-    if cpu.total <= ram:
-        return _Eval(TIER_HYBRID, arg, blocks, output, used_gpus, devs, why_gpu)
-    why = (f"{v.name} with {blocks}/{m.n_layers} layers on GPU needs {gib(cpu.total)} on the CPU side of {node.name}, "
-           f"but RAM minus reserve is {gib(max(ram, 0))}")
-    # Memory-mapped: weights stream from the page cache; only the KV cache and compute buffer must be resident.
-    if node.ram_bytes >= req.mmap_min_ram_bytes and cpu.kv_cache + cpu.compute <= ram:
-        return _Eval(TIER_MMAP, arg, blocks, output, used_gpus, devs, why)
-    if node.ram_bytes < req.mmap_min_ram_bytes:
-        why += f"; memory-mapping needs at least {gib(req.mmap_min_ram_bytes)} of RAM, the node has {gib(node.ram_bytes)}"
+        tier = TIER_GPU
+    elif cpu.total <= ram:
+        tier = TIER_HYBRID
+    elif node.ram_bytes >= req.mmap_min_ram_bytes and cpu.kv_cache + cpu.compute <= ram:
+        # Memory-mapped: weights stream from the page cache; only the KV cache and compute buffer must be resident.
+        tier = TIER_MMAP
     else:
-        why += f"; even memory-mapped, KV cache + compute ({gib(cpu.kv_cache + cpu.compute)}) exceed it"
-    return _Eval(TIER_NONE, arg, blocks, output, used_gpus, devs, why)
+        tier = TIER_NONE
+    return _Eval(tier, arg, blocks, output, used_gpus, n_gpus, usable, ram, devs)
+
+
+def _why_not(v: Variant, e: _Eval, node: NodeCapacity, req: PlanRequest) -> str:
+    """Why this variant misses the tier above the one it reached, with the numbers (built only when shown)."""
+    m = v.facts
+    if e.tier == TIER_HYBRID or (e.tier == TIER_GPU and req.offload == "formula"):
+        if not e.n_gpus:
+            return f"{node.name} has no free GPU"
+        need = sum(d.total for d in device_layout(m, req.settings, m.n_layers + 1, e.n_gpus)[:-1])
+        return (f"{v.name} does not fit entirely in GPU memory on {node.name}: needs {gib(need)}, "
+                f"has {e.n_gpus}×{gib(e.usable)} usable")
+    cpu = e.memory[-1]
+    why = (f"{v.name} with {e.blocks}/{m.n_layers} layers on GPU needs {gib(cpu.total)} on the CPU side of {node.name}, "
+           f"but RAM minus reserve is {gib(max(e.ram, 0))}")
+    if e.tier == TIER_NONE:
+        if node.ram_bytes < req.mmap_min_ram_bytes:
+            why += f"; memory-mapping needs at least {gib(req.mmap_min_ram_bytes)} of RAM, the node has {gib(node.ram_bytes)}"
+        else:
+            why += f"; even memory-mapped, KV cache + compute ({gib(cpu.kv_cache + cpu.compute)}) exceed it"
+    return why
 
 
 def _allowed(catalog: Catalog, req: PlanRequest) -> list[Variant]:
@@ -289,14 +328,15 @@ def _explain(v: Variant, e: _Eval, node: NodeCapacity, evals: list[tuple[Variant
     better = [(bv, be) for bv, be in evals if bv.rank > v.rank]
     if better:
         bv, be = better[-1]  # the next better variant
-        reasons.append(f"not {bv.name}: {be.why_not or 'the auto policy prefers full GPU offload of a smaller variant'}")
+        why = _why_not(bv, be, node, req) if be.tier >= e.tier else "the auto policy prefers full GPU offload of a smaller variant"
+        reasons.append(f"not {bv.name}: {why}")
     if req.policy == "auto" and e.tier == TIER_HYBRID and req.variant == "auto":
         reasons.append("no variant fits entirely in GPU memory, so the largest that fits in GPU + RAM was chosen")
     if e.tier == TIER_MMAP:
         warnings.append(f"{v.name} does not fit in RAM on {node.name}; weights will be memory-mapped from disk and "
                         "generation will be slow (the blog reports it works)")
     if e.tier == TIER_NONE:
-        reasons.append(e.why_not)
+        reasons.append(_why_not(v, e, node, req))
     if 0 < e.blocks < m.n_layers:
         warnings.append(f"{m.n_layers - e.blocks} of {m.n_layers} layers run on the CPU: expect lower tokens/s than full offload")
     warnings.extend(node.problems)
@@ -347,8 +387,8 @@ def _evaluate_cached(v: Variant, node: NodeCapacity, req: PlanRequest) -> _Eval:
     if hit is None:
         if len(_CACHE) > 4096:
             _CACHE.clear()
-        hit = _CACHE[key] = _evaluate(v, replace(node, name="{node}"), req)
-    return replace(hit, why_not=hit.why_not.replace("{node}", node.name))
+        hit = _CACHE[key] = _evaluate(v, node, req)
+    return hit
 
 
 def eligible(node: NodeCapacity, req: PlanRequest) -> str | None:
