@@ -133,3 +133,9 @@ def test_invalid_settings_are_rejected_with_the_field():
         plan_node(CAT, hypothetical(1, 80, 512), PlanRequest(policy="fastest"))
     with pytest.raises(ValueError, match="ctx size"):
         plan_node(CAT, hypothetical(1, 80, 512), PlanRequest(settings=RuntimeSettings(ctx_size=10)))
+
+
+def test_small_disk_is_warned_about():
+    p = plan_node(CAT, hypothetical(1, 80, 512, disk_gb=100), PlanRequest())
+    assert any("model cache needs" in w and "100.0 GiB" in w for w in p.warnings)
+    assert p.disk_bytes > 200 * GiB

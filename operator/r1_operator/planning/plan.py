@@ -339,6 +339,10 @@ def _explain(v: Variant, e: _Eval, node: NodeCapacity, evals: list[tuple[Variant
         reasons.append(_why_not(v, e, node, req))
     if 0 < e.blocks < m.n_layers:
         warnings.append(f"{m.n_layers - e.blocks} of {m.n_layers} layers run on the CPU: expect lower tokens/s than full offload")
+    disk = _disk(v, req)
+    if 0 < node.disk_bytes < disk:
+        warnings.append(f"the model cache needs {gib(disk)} but {node.name} has {gib(node.disk_bytes)} of ephemeral storage: "
+                        "put the cache on a volume (storage class) of at least that size")
     warnings.extend(node.problems)
     return reasons, warnings
 
