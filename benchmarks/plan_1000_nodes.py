@@ -46,10 +46,12 @@ def nodes(n: int, distinct: bool, seed: int = 1) -> tuple[list[dict], list[dict]
     return out, pods
 
 
-def timed(fn, repeat: int = 7) -> list[float]:
+def timed(fn, repeat: int = 7, cold: bool = True) -> list[float]:
     out = []
     for _ in range(repeat):
-        plan_mod._CACHE.clear()  # cold: no evaluation carried over from a previous run
+        if cold:  # nothing carried over from a previous run: per-shape evaluations and per-model tables
+            plan_mod._CACHE.clear()
+            plan_mod._DERIVED.clear()
         t = time.perf_counter()
         fn()
         out.append((time.perf_counter() - t) * 1000)
@@ -67,12 +69,14 @@ def main() -> None:
         caps = inventory(raw, pods)
         baseline = timed(lambda: inventory(raw, pods))
         planning = timed(lambda: plan_cluster(cat, caps, req))
+        warm = timed(lambda: plan_cluster(cat, caps, req), cold=False)
         total = timed(lambda: plan_cluster(cat, inventory(raw, pods), req))
         results[label] = {
             "nodes": 1000,
             "baseline_inventory_ms_median": round(statistics.median(baseline), 2),
             "plan_cluster_ms_median": round(statistics.median(planning), 2),
             "plan_cluster_ms_max": round(max(planning), 2),
+            "plan_cluster_warm_ms_median": round(statistics.median(warm), 2),
             "inventory_plus_plan_ms_median": round(statistics.median(total), 2),
             "plan_over_baseline": round(statistics.median(planning) / statistics.median(baseline), 2),
             "goal_ms": 50,
@@ -81,12 +85,13 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "plan_1000_nodes.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = ["# Planning 1,000 nodes (R1 catalog, estimate offload, auto policy)", "",
-             "Median of 7 cold runs (memo cleared each run). Baseline: reading the Node objects (inventory), same run.", "",
-             "| cluster | baseline inventory ms | plan_cluster ms | plan / baseline | inventory + plan ms | goal |",
-             "|---|---|---|---|---|---|"]
+             "Median of 7 cold runs (all memos cleared each run); warm keeps the per-model tables and per-shape evaluations,",
+             "as a running operator does. Baseline: reading the same Node objects (inventory), measured in the same run.", "",
+             "| cluster | baseline inventory ms | plan_cluster ms (cold) | plan / baseline | plan_cluster ms (warm) | inventory + plan ms | goal |",
+             "|---|---|---|---|---|---|---|"]
     for label, r in results.items():
         lines.append(f"| {label} | {r['baseline_inventory_ms_median']} | {r['plan_cluster_ms_median']} | "
-                     f"{r['plan_over_baseline']}× | {r['inventory_plus_plan_ms_median']} | < {r['goal_ms']} ms |")
+                     f"{r['plan_over_baseline']}× | {r['plan_cluster_warm_ms_median']} | {r['inventory_plus_plan_ms_median']} | < {r['goal_ms']} ms |")
     (RESULTS / "plan_1000_nodes.md").write_text("\n".join(lines) + "\n")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
@@ -133,7 +134,7 @@ _DERIVED: dict[tuple, object] = {}
 
 
 def _prefix(m: ModelFacts) -> _Prefix:
-    if len(_DERIVED) > 1024:
+    if len(_DERIVED) > 8192:
         _DERIVED.clear()
     key = ("prefix", id(m))
     hit = _DERIVED.get(key)
@@ -153,6 +154,14 @@ def _per_layer(m: ModelFacts, s: RuntimeSettings) -> tuple[int, int]:
 
 
 def device_layout(m: ModelFacts, s: RuntimeSettings, arg: int, n_gpus: int) -> tuple[DeviceMemory, ...]:
+    key = ("layout", id(m), s, arg, n_gpus)
+    hit = _DERIVED.get(key)
+    if hit is None or hit[0] is not m:
+        hit = _DERIVED[key] = (m, _device_layout(m, s, arg, n_gpus))
+    return hit[1]
+
+
+def _device_layout(m: ModelFacts, s: RuntimeSettings, arg: int, n_gpus: int) -> tuple[DeviceMemory, ...]:
     """Per-device memory for --n-gpu-layers=arg over n_gpus equal GPUs, as llama.cpp assigns layers.
 
     Layers are 0..n_layers, the output head being layer n_layers; the last `arg`
@@ -193,21 +202,29 @@ def _max_gpu_total(n: int, pre: tuple[int, ...], output_bytes: int, kv_layer: in
     return worst
 
 
+def _need_table(m: ModelFacts, s: RuntimeSettings, n_gpus: int) -> list[int]:
+    """need[arg]: the most any GPU holds at --n-gpu-layers=arg, made non-decreasing.
+
+    It depends on the model, settings and GPU count, never on a node's memory, so
+    it is built once and shared by every node with that many free GPUs.
+    """
+    key = ("need", id(m), s, n_gpus)
+    hit = _DERIVED.get(key)
+    if hit is None or hit[0] is not m:
+        fixed = (m.n_layers, _prefix(m).sums, m.output_bytes, *_per_layer(m, s))
+        need, worst = [], 0
+        for arg in range(m.n_layers + 2):
+            worst = max(worst, _max_gpu_total(*fixed, arg, n_gpus))
+            need.append(worst)
+        hit = _DERIVED[key] = (m, need)
+    return hit[1]
+
+
 def max_gpu_layers(m: ModelFacts, s: RuntimeSettings, n_gpus: int, usable_per_gpu: int) -> int:
-    """Largest --n-gpu-layers whose every GPU fits in usable_per_gpu bytes."""
+    """Largest --n-gpu-layers such that it, and every smaller value, fits each GPU in usable_per_gpu bytes."""
     if n_gpus == 0 or usable_per_gpu <= 0:
         return 0
-    fixed = (m.n_layers, _prefix(m).sums, m.output_bytes, *_per_layer(m, s))
-    lo, hi = 0, m.n_layers + 1
-    while lo < hi:  # memory grows with layers: binary search, then confirm downwards
-        mid = (lo + hi + 1) // 2
-        if _max_gpu_total(*fixed, mid, n_gpus) <= usable_per_gpu:
-            lo = mid
-        else:
-            hi = mid - 1
-    while lo > 0 and _max_gpu_total(*fixed, lo, n_gpus) > usable_per_gpu:
-        lo -= 1
-    return lo
+    return max(bisect.bisect_right(_need_table(m, s, n_gpus), usable_per_gpu) - 1, 0)
 
 
 def formula_layers(vram_bytes: int, file_bytes: int, n_layers: int) -> int:
@@ -420,7 +437,7 @@ def plan_cluster(catalog: Catalog, nodes: list[NodeCapacity], req: PlanRequest) 
     req.settings.validate()
     plans: list[Plan] = []
     excluded: list[str] = []
-    for node in nodes:
+    for node in sorted(nodes, key=lambda n: n.name):  # the same answer whatever order the API lists nodes in
         why = eligible(node, req)
         if why:
             excluded.append(why)
