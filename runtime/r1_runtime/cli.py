@@ -40,14 +40,32 @@ def _make_test_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_merge(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("merge", help="merge a GGUF split set into one file (streaming, verified, atomic)",
+                       description="Merge SHARD1 (NAME-00001-of-0000N.gguf) and its siblings into OUTPUT. "
+                       "A marker OUTPUT.merged.json records the sha256; a second run does nothing.")
+    p.add_argument("shard1")
+    p.add_argument("output")
+    p.add_argument("--keep-shards", action="store_true", help="keep the shards (default: delete them once the merge is verified)")
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from r1_runtime.cache.merge import merge
+
+    info = merge(args.shard1, args.output, keep_shards=args.keep_shards)
+    print(json.dumps(info))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="r1-runtime", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_make_test_model(sub)
+    _add_merge(sub)
     args = parser.parse_args(argv)
     try:
-        return {"make-test-model": _make_test_model}[args.command](args)
-    except ValueError as exc:
+        return {"make-test-model": _make_test_model, "merge": _merge}[args.command](args)
+    except (ValueError, OSError) as exc:
         print(f"r1-runtime {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -78,3 +78,12 @@ def test_smollm2_from_pypi_generates_text():
         assert out["choices"][0]["text"].strip()
     finally:
         llm.close()
+
+
+def test_merged_file_gives_the_same_greedy_tokens_as_shard_1(tmp_path):
+    from r1_runtime.cache.merge import merge
+
+    split = write_test_model(tmp_path / "split" / "r1.gguf", seed=11, n_shards=4)
+    out = tmp_path / "merged.gguf"
+    merge(split[0], out)
+    assert _greedy(out, PROMPT) == _greedy(split[0], PROMPT)
