@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from r1_operator.planning.model import TensorInfo
 
@@ -38,7 +38,6 @@ class GGUFHeader:
     kv: dict[str, object]
     tensors: list[TensorInfo]
     data_offset: int
-    extras: dict[str, object] = field(default_factory=dict)
 
 
 class _Cursor:

@@ -52,10 +52,6 @@ class ModelFacts:
     file_bytes: int
     n_shards: int = 1
 
-    @property
-    def weights_bytes(self) -> int:
-        return self.tensor_bytes
-
 
 def _kv_int(kv: dict[str, Any], key: str, default: int | None = None) -> int:
     v = kv.get(key, default)
