@@ -59,6 +59,9 @@ def test_plans_are_bounded_and_honest(req, gpus, gb, ram):
     p = plan_node(CAT, node, req)
     assert 0 <= p.n_gpu_layers <= p.n_layers
     assert p.gpus <= gpus
+    if p.n_gpu_layers_arg:  # the GPUs requested are exactly the ones the memory layout was checked on
+        assert len(p.memory) - 1 == p.gpus
+        assert len(p.tensor_split) == (p.gpus if p.gpus > 1 else 0)
     if p.fits and req.offload == "estimate":
         for d in p.memory[:-1]:  # never a GPU over what the plan claims fits
             assert d.total <= node.gpu_memory_bytes - req.gpu_headroom_bytes

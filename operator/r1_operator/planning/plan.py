@@ -161,45 +161,35 @@ def device_layout(m: ModelFacts, s: RuntimeSettings, arg: int, n_gpus: int) -> t
     return hit[1]
 
 
-def _device_layout(m: ModelFacts, s: RuntimeSettings, arg: int, n_gpus: int) -> tuple[DeviceMemory, ...]:
-    """Per-device memory for --n-gpu-layers=arg over n_gpus equal GPUs, as llama.cpp assigns layers.
+def _gpu_runs(n: int, arg: int, n_gpus: int) -> list[tuple[int, int, bool]]:
+    """(first block, blocks, holds the output head) per GPU, as llama.cpp assigns layers.
 
-    Layers are 0..n_layers, the output head being layer n_layers; the last `arg`
-    of them go to the GPUs in consecutive runs (device g takes j in
-    [ceil(g*arg/G), ceil((g+1)*arg/G))), the rest and token_embd stay on the CPU.
+    Layers are 0..n, the output head being layer n; the last `arg` of them go to
+    the GPUs in consecutive runs (device g takes j in [ceil(g*arg/G), ceil((g+1)*arg/G))).
     """
+    start = n + 1 - arg
+    runs = []
+    for g in range(n_gpus):
+        a = start + -(-g * arg // n_gpus)
+        b = start + -(-(g + 1) * arg // n_gpus)
+        runs.append((a, max(min(b, n) - a, 0), b == n + 1 and b > a))
+    return runs
+
+
+def _device_layout(m: ModelFacts, s: RuntimeSettings, arg: int, n_gpus: int) -> tuple[DeviceMemory, ...]:
+    """Per-device memory for --n-gpu-layers=arg over n_gpus equal GPUs; the rest and token_embd stay on the CPU."""
     n = m.n_layers
     arg = min(max(arg, 0), n + 1) if n_gpus else 0
-    start = n + 1 - arg
     pre = _prefix(m)
     kv_layer, compute = _per_layer(m, s)
     devices = []
-    for g in range(n_gpus):
-        a = start + -(-g * arg // n_gpus)
-        b = start + -(-(g + 1) * arg // n_gpus)
-        blocks = max(min(b, n) - a, 0)
-        w = (pre.range(a, a + blocks) if blocks else 0) + (m.output_bytes if b == n + 1 and b > a else 0)
-        devices.append(DeviceMemory(f"gpu{g}", w, kv_layer * blocks, compute if b > a else 0, blocks))
-    cpu_blocks = min(start, n)
+    for g, (a, blocks, output) in enumerate(_gpu_runs(n, arg, n_gpus)):
+        w = (pre.range(a, a + blocks) if blocks else 0) + (m.output_bytes if output else 0)
+        devices.append(DeviceMemory(f"gpu{g}", w, kv_layer * blocks, compute if blocks or output else 0, blocks))
+    cpu_blocks = min(n + 1 - arg, n)
     cpu_w = m.input_bytes + pre.range(0, cpu_blocks) + (m.output_bytes if arg == 0 else 0)
     devices.append(DeviceMemory("cpu", cpu_w, kv_layer * cpu_blocks, compute, cpu_blocks))
     return tuple(devices)
-
-
-def _max_gpu_total(n: int, pre: tuple[int, ...], output_bytes: int, kv_layer: int, compute: int, arg: int, n_gpus: int) -> int:
-    """The largest GPU's total for device_layout(m, s, arg, n_gpus), in plain integers (the search's hot path)."""
-    start = n + 1 - arg
-    worst = 0
-    for g in range(n_gpus):
-        a = start + -(-g * arg // n_gpus)
-        b = start + -(-(g + 1) * arg // n_gpus)
-        if b <= a:
-            continue
-        top = min(b, n)
-        blocks = max(top - a, 0)
-        total = (pre[top] - pre[a] if blocks else 0) + (output_bytes if b == n + 1 else 0) + kv_layer * blocks + compute
-        worst = max(worst, total)
-    return worst
 
 
 def _need_table(m: ModelFacts, s: RuntimeSettings, n_gpus: int) -> list[int]:
@@ -211,10 +201,13 @@ def _need_table(m: ModelFacts, s: RuntimeSettings, n_gpus: int) -> list[int]:
     key = ("need", id(m), s, n_gpus)
     hit = _DERIVED.get(key)
     if hit is None or hit[0] is not m:
-        fixed = (m.n_layers, _prefix(m).sums, m.output_bytes, *_per_layer(m, s))
+        pre, (kv_layer, compute) = _prefix(m), _per_layer(m, s)
         need, worst = [], 0
-        for arg in range(m.n_layers + 2):
-            worst = max(worst, _max_gpu_total(*fixed, arg, n_gpus))
+        for arg in range(m.n_layers + 2):  # the same runs as _device_layout, summed as plain integers
+            for a, blocks, output in _gpu_runs(m.n_layers, arg, n_gpus):
+                if blocks or output:
+                    total = pre.range(a, a + blocks) + (m.output_bytes if output else 0) + kv_layer * blocks + compute
+                    worst = max(worst, total)
             need.append(worst)
         hit = _DERIVED[key] = (m, need)
     return hit[1]
@@ -243,7 +236,7 @@ class _Eval:
     arg: int
     blocks: int
     output: bool
-    gpus: int  # GPUs that hold layers
+    gpus: int  # GPUs the plan requests (all offered ones once any layer is offloaded)
     n_gpus: int  # GPUs the node offers
     usable: int  # per GPU
     ram: int  # RAM minus reserve
@@ -260,7 +253,7 @@ def _evaluate(v: Variant, node: NodeCapacity, req: PlanRequest) -> _Eval:
     else:
         arg = max_gpu_layers(m, s, n_gpus, usable)
     devs = device_layout(m, s, arg, n_gpus)
-    used_gpus = sum(1 for d in devs[:-1] if d.total)
+    used_gpus = n_gpus if arg else 0  # the layout was checked over all of them; the split must match it
     blocks, output = max(arg - 1, 0), arg > 0
     cpu = devs[-1]
     ram = node.ram_bytes - req.ram_reserve_bytes
@@ -368,6 +361,10 @@ def plan_node(catalog: Catalog, node: NodeCapacity, req: PlanRequest) -> Plan:
     """The policy's best plan for one node (fits=False with reasons when nothing fits)."""
     req.validate(catalog)
     req.settings.validate()
+    return _plan_node(catalog, node, req)
+
+
+def _plan_node(catalog: Catalog, node: NodeCapacity, req: PlanRequest) -> Plan:
     evals = [(v, _evaluate_cached(v, node, req)) for v in _allowed(catalog, req)]
     v, e = _choose(evals, req)
     reasons, warnings = _explain(v, e, node, evals, req)
@@ -442,7 +439,7 @@ def plan_cluster(catalog: Catalog, nodes: list[NodeCapacity], req: PlanRequest) 
         if why:
             excluded.append(why)
         else:
-            plans.append(plan_node(catalog, node, req))
+            plans.append(_plan_node(catalog, node, req))
     fitting = sorted((p for p in plans if p.fits), key=_sort_key)
     if fitting:
         best = fitting[0]
