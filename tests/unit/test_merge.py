@@ -67,52 +67,46 @@ def split3(tmp_path):
     return write_test_model(tmp_path / "orig" / "M.gguf", n_shards=3, seed=9)
 
 
-def test_missing_shard(tmp_path, split3):
-    s = _copy_set(split3, tmp_path / "set")
+def _drop(s, tmp):
     s[1].unlink()
-    out = tmp_path / "out" / "M.gguf"
-    with pytest.raises(MergeError, match=r"M-00002-of-00003.gguf: shard 2 of 3 is missing"):
-        merge(s[0], out)
-    _assert_nothing_left(out)
 
 
-def test_truncated_shard(tmp_path, split3):
-    s = _copy_set(split3, tmp_path / "set")
+def _truncate(s, tmp):
     data = s[2].read_bytes()
     s[2].write_bytes(data[: len(data) - 1000])
-    out = tmp_path / "out" / "M.gguf"
-    with pytest.raises(MergeError, match=r"M-00003-of-00003.gguf: truncated"):
-        merge(s[0], out)
-    _assert_nothing_left(out)
 
 
-def test_wrong_magic(tmp_path, split3):
-    s = _copy_set(split3, tmp_path / "set")
+def _bad_magic(s, tmp):
     data = bytearray(s[1].read_bytes())
     data[:4] = b"GGML"
     s[1].write_bytes(bytes(data))
-    out = tmp_path / "out" / "M.gguf"
-    with pytest.raises(MergeError, match=r"M-00002-of-00003.gguf: not a GGUF file"):
-        merge(s[0], out)
-    _assert_nothing_left(out)
 
 
-def test_disagreeing_split_count(tmp_path, split3):
-    other = write_test_model(tmp_path / "two" / "M.gguf", n_shards=2, seed=9)
-    s = _copy_set(split3, tmp_path / "set")
+def _other_split_count(s, tmp):
+    other = write_test_model(tmp / "two" / "M.gguf", n_shards=2, seed=9)
     s[1].write_bytes(other[1].read_bytes())  # split.no 1 of a 2-shard set
-    out = tmp_path / "out" / "M.gguf"
-    with pytest.raises(MergeError, match=r"M-00002-of-00003.gguf: split.count is 2"):
-        merge(s[0], out)
-    _assert_nothing_left(out)
 
 
-def test_shard_of_another_model(tmp_path, split3):
-    other = write_test_model(tmp_path / "other" / "M.gguf", ModelShape(n_layer=6), n_shards=3, seed=9)
-    s = _copy_set(split3, tmp_path / "set")
+def _other_model(s, tmp):
+    other = write_test_model(tmp / "other" / "M.gguf", ModelShape(n_layer=6), n_shards=3, seed=9)
     s[2].write_bytes(other[2].read_bytes())
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (_drop, r"M-00002-of-00003.gguf: shard 2 of 3 is missing"),
+        (_truncate, r"M-00003-of-00003.gguf: truncated"),
+        (_bad_magic, r"M-00002-of-00003.gguf: not a GGUF file"),
+        (_other_split_count, r"M-00002-of-00003.gguf: split.count is 2"),
+        (_other_model, r"M-00003-of-00003.gguf: .*(another model|different models)"),
+    ],
+)
+def test_bad_shards_fail_naming_the_file_and_leave_nothing(tmp_path, split3, damage, message):
+    s = _copy_set(split3, tmp_path / "set")
+    damage(s, tmp_path)
     out = tmp_path / "out" / "M.gguf"
-    with pytest.raises(MergeError, match=r"M-00003-of-00003.gguf: .*(another model|different models)"):
+    with pytest.raises(MergeError, match=message):
         merge(s[0], out)
     _assert_nothing_left(out)
 
