@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -57,14 +58,68 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_fetch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fetch", help="download one GGUF variant (resumable, sha256-verified), optionally merged",
+                       description="Download the files of REPO matching *VARIANT* into DEST. Honours HF_ENDPOINT and "
+                       "HF_TOKEN. A rerun resumes partial files and skips verified ones. Exit codes: 2 bad input, "
+                       "3 not enough space, 4 verification failed, 1 other failures.")
+    p.add_argument("--repo", required=True, help="e.g. unsloth/DeepSeek-R1-GGUF")
+    p.add_argument("--variant", required=True, help="e.g. UD-IQ1_S; selects files with allow_patterns=['*VARIANT*']")
+    p.add_argument("--dest", required=True, help="the cache volume directory")
+    p.add_argument("--revision", help="branch, tag or commit (default main)")
+    p.add_argument("--merge", action="store_true", help="merge a split set into one GGUF after verifying it")
+    p.add_argument("--keep-shards", action="store_true", help="with --merge, keep the shards (default: delete them)")
+    p.add_argument("--progress-interval", type=float, default=5.0, help="seconds between progress lines (default 5)")
+    p.add_argument("--timeout", type=float, default=60.0, help="HTTP read timeout in seconds (default 60)")
+    p.add_argument("--termination-log", default="/dev/termination-log",
+                   help="write a short JSON summary here at exit if the file exists (Kubernetes termination message)")
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from r1_runtime.cache.fetch import FetchError, fetch, termination_message
+    from r1_runtime.cache.merge import MergeError
+
+    try:
+        snap = fetch(args.repo, args.variant, args.dest, revision=args.revision, merge=args.merge,
+                     keep_shards=args.keep_shards, interval=args.progress_interval, timeout=args.timeout)
+        code = 0
+    except FetchError as exc:
+        snap, code = {"phase": exc.phase, "error": str(exc)}, exc.exit_code
+    except MergeError as exc:
+        snap, code = {"phase": "merge-failed", "error": str(exc)}, 2
+    if os.path.exists(args.termination_log):
+        try:
+            with open(args.termination_log, "w") as f:
+                f.write(termination_message(snap))
+        except OSError:
+            pass
+    if code:
+        print(f"r1-runtime fetch: error: {snap['error']}", file=sys.stderr)
+    else:
+        print(json.dumps(snap))
+    return code
+
+
+def _add_dev_hub(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dev-hub", help="serve ORG/NAME repos from a directory as a Hugging Face-compatible hub (tests, demo)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="r1-runtime", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_make_test_model(sub)
     _add_merge(sub)
+    _add_fetch(sub)
+    _add_dev_hub(sub)
     args = parser.parse_args(argv)
+    if args.command == "dev-hub":
+        from r1_runtime import devhub
+
+        return devhub.main(args.rest)
     try:
-        return {"make-test-model": _make_test_model, "merge": _merge}[args.command](args)
+        return {"make-test-model": _make_test_model, "merge": _merge, "fetch": _fetch}[args.command](args)
     except (ValueError, OSError) as exc:
         print(f"r1-runtime {args.command}: error: {exc}", file=sys.stderr)
         return 2

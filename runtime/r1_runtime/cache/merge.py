@@ -133,7 +133,7 @@ def _pad(n: int, align: int) -> int:
     return (n + align - 1) // align * align
 
 
-def _copy(src_fd: int, dst_fd: int, offset: int, n: int) -> None:
+def _copy(src_fd: int, dst_fd: int, offset: int, n: int, progress: Callable[[int], None] | None = None) -> None:
     done = 0
     while done < n:
         try:
@@ -144,6 +144,8 @@ def _copy(src_fd: int, dst_fd: int, offset: int, n: int) -> None:
         if k == 0:
             raise MergeError(f"unexpected end of data copying {n} bytes at {offset}")
         done += k
+        if progress:
+            progress(k)
 
 
 def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
@@ -157,7 +159,7 @@ def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> st
 
 
 def merge(first: str | os.PathLike[str], output: str | os.PathLike[str], *, keep_shards: bool = True,
-          alignment: int = 32) -> dict:
+          alignment: int = 32, progress: Callable[[int], None] | None = None) -> dict:
     """Merge the split set starting at `first` into `output`; return the marker's content."""
     first, output = Path(first), Path(output)
     marker = marker_path(output)
@@ -184,7 +186,7 @@ def merge(first: str | os.PathLike[str], output: str | os.PathLike[str], *, keep
             fds = {p: os.open(p, os.O_RDONLY) for p in paths}
             try:
                 for t in tensors:
-                    _copy(fds[t.shard], fd, t.src_offset, t.nbytes)
+                    _copy(fds[t.shard], fd, t.src_offset, t.nbytes, progress)
                     pad = _pad(t.nbytes, alignment) - t.nbytes
                     if pad:
                         os.write(fd, b"\0" * pad)
