@@ -113,13 +113,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_merge(sub)
     _add_fetch(sub)
     _add_dev_hub(sub)
+    from r1_runtime.server import serve
+
+    serve.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "dev-hub":
         from r1_runtime import devhub
 
         return devhub.main(args.rest)
     try:
-        return {"make-test-model": _make_test_model, "merge": _merge, "fetch": _fetch}[args.command](args)
+        return {"make-test-model": _make_test_model, "merge": _merge, "fetch": _fetch, "serve": serve.run}[args.command](args)
     except (ValueError, OSError) as exc:
         print(f"r1-runtime {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -17,18 +17,30 @@ MiB = 1 << 20
 _lock = threading.Lock()
 _lines: list[str] | None = None
 _callback = None
+_echo_level = 99  # llama.cpp levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation
+
+
+def install(echo_level: int = 99) -> None:
+    """Install the callback; outside a capture, lines at echo_level or above go to stderr."""
+    global _echo_level
+    _echo_level = echo_level
+    _install()
 
 
 def _install() -> None:
     global _callback
     if _callback is not None:
         return
+    import sys
+
     import llama_cpp
 
     @llama_cpp.llama_log_callback
     def cb(level, text, user_data):  # noqa: ARG001 - ctypes signature
         if _lines is not None:
             _lines.append(text.decode("utf-8", "replace"))
+        elif level >= _echo_level:
+            sys.stderr.write(text.decode("utf-8", "replace"))
 
     _callback = cb  # keep a reference: ctypes would free it
     llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
