@@ -91,6 +91,17 @@ class CompletionRequest(_Common):
     prompt: str | list[str]
 
 
+class TokenizeRequest(BaseModel):
+    content: str
+    add_special: bool = False
+    parse_special: bool = True
+    as_prompt: bool = Field(False, description="tokenize exactly as a completion prompt (one BOS when the model uses one)")
+
+
+class TemplateRequest(BaseModel):
+    messages: list[Message] = Field(min_length=1)
+
+
 def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
                code: str | None = None) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
@@ -191,17 +202,18 @@ class Runtime:
 
     # ---- prompts -------------------------------------------------------------------------
     def render_chat(self, messages: list[dict]) -> list[int]:
+        return self.tokenize_prompt(self.render_text(messages))
+
+    def render_text(self, messages: list[dict]) -> str:
         tpl = self.state.chat_template
         if tpl:
             from jinja2.sandbox import ImmutableSandboxedEnvironment
 
             env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
             env.globals["raise_exception"] = _raise
-            text = env.from_string(tpl).render(messages=messages, add_generation_prompt=True,
+            return env.from_string(tpl).render(messages=messages, add_generation_prompt=True,
                                                bos_token=self.state.bos_text, eos_token=self.state.eos_text)
-        else:
-            text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
-        return self.tokenize_prompt(text)
+        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
 
     def tokenize_prompt(self, text: str) -> list[int]:
         """Tokenize with exactly one BOS when the model wants one: the template's, or llama.cpp's, never both."""
@@ -255,6 +267,7 @@ class Runtime:
         splitter = ThinkSplitter(in_think=self.prompt_ends_in_think(prompt)) if self.state.think and endpoint == "chat" else None
         stopped = False
         first = True
+        finished = False
         try:
             while True:
                 try:
@@ -275,6 +288,7 @@ class Runtime:
                     yield "delta", self._split(splitter, text)
                     continue
                 if kind == "error":
+                    finished = True
                     self.metrics.requests.labels(endpoint, "error").inc()
                     yield "error", payload
                     return
@@ -293,10 +307,13 @@ class Runtime:
                 self.metrics.e2e.labels(endpoint).observe(elapsed)
                 self.metrics.requests.labels(endpoint, OUTCOME.get(reason, "error")).inc()
                 self.state.recent = (self.state.recent + [elapsed])[-50:]
+                finished = True
                 yield "done", {**payload, "finish_reason": reason}
                 return
         finally:
             job.cancel()  # no-op when finished; frees the slot when the client went away
+            if not finished:
+                self.metrics.requests.labels(endpoint, "cancelled").inc()
 
     def _split(self, splitter: ThinkSplitter | None, text: str) -> dict:
         if splitter is None:
@@ -355,6 +372,20 @@ def create_app(rt: Runtime) -> FastAPI:
     async def models():
         return {"object": "list", "data": [{"id": rt.model_id, "object": "model", "created": 0,
                                             "owned_by": "r1-operator"}]}
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest):
+        if (resp := _not_ready(rt)) is not None:
+            return resp
+        if body.as_prompt:
+            return {"tokens": rt.tokenize_prompt(body.content)}
+        return {"tokens": rt.engine.tokenize(body.content, body.add_special, body.parse_special)}
+
+    @app.post("/apply-template")
+    async def apply_template(body: TemplateRequest):
+        if (resp := _not_ready(rt)) is not None:
+            return resp
+        return {"prompt": rt.render_text([{"role": m.role, "content": _text(m.content)} for m in body.messages])}
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):

@@ -1,0 +1,253 @@
+"""r1-runtime serve through the official openai client, on SmolLM2 (PyPI) and a miniature R1 model."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+
+import httpx
+import openai
+import pytest
+from conftest import running_server
+from helpers import wait_for
+
+from r1_runtime.server.app import CANARY_PROMPT
+
+pytestmark = pytest.mark.llama
+
+PROMPT = [{"role": "user", "content": "Name three colours."}]
+
+
+def greedy(**extra):
+    return {"temperature": 0, "extra_body": {"ignore_eos": True, **extra}}
+
+
+def test_models_chat_and_completions(smol_server):
+    c = smol_server.openai()
+    assert [m.id for m in c.models.list().data] == ["SmolLM2-135M-Instruct.Q4_1.gguf"]
+    r = c.chat.completions.create(model="x", messages=PROMPT, max_tokens=12, **greedy())
+    assert r.object == "chat.completion"
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens == 12 and r.usage.prompt_tokens > 5
+    assert r.usage.total_tokens == r.usage.prompt_tokens + 12
+    assert r.choices[0].message.content.strip()
+
+    # streaming gives the same greedy text, chunk by chunk, with usage at the end
+    chunks = list(c.chat.completions.create(model="x", messages=PROMPT, max_tokens=12, stream=True,
+                                            stream_options={"include_usage": True}, **greedy()))
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == r.choices[0].message.content
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 12
+
+    comp = c.completions.create(model="x", prompt="The capital of France is", max_tokens=6, **greedy())
+    assert comp.object == "text_completion" and comp.usage.completion_tokens == 6
+    streamed = "".join(ch.choices[0].text for ch in c.completions.create(
+        model="x", prompt="The capital of France is", max_tokens=6, stream=True, **greedy()) if ch.choices)
+    assert streamed == comp.choices[0].text
+
+
+def test_sampling_defaults_and_overrides(smol_server):
+    c = smol_server.openai()
+    kw = {"model": "x", "messages": PROMPT, "max_tokens": 16, "extra_body": {"ignore_eos": True}}
+    a = c.chat.completions.create(seed=1, **kw).choices[0].message.content
+    b = c.chat.completions.create(seed=1, **kw).choices[0].message.content
+    assert a == b  # same seed, same sample
+    seeds = {c.chat.completions.create(seed=s, **kw).choices[0].message.content for s in range(2, 7)}
+    assert len(seeds) > 1  # the default temperature (0.6) samples, so seeds differ
+
+
+def test_eight_concurrent_streams_all_complete_and_match_sequential(smol_server):
+    c = smol_server.openai()
+    prompts = [[{"role": "user", "content": f"Count from {i} to {i + 10}."}] for i in range(8)]
+    solo = [c.chat.completions.create(model="x", messages=p, max_tokens=24, **greedy()).choices[0].message.content
+            for p in prompts[:2]]
+
+    def stream(p):
+        chunks = list(c.chat.completions.create(model="x", messages=p, max_tokens=24, stream=True,
+                                                stream_options={"include_usage": True}, **greedy()))
+        text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+        return text, finish, chunks[-1].usage.completion_tokens
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(stream, prompts))
+    for text, finish, n in results:
+        assert finish == ["length"] and n == 24 and text
+    # batched decoding (4 slots, 4 queued) gives each sequence the tokens it gets alone
+    assert [r[0] for r in results[:2]] == solo
+
+
+def test_stop_strings_and_max_tokens_cap(smollm2):
+    with running_server(smollm2, "--max-tokens-cap", "8") as s:
+        c = s.openai()
+        r = c.chat.completions.create(model="x", messages=PROMPT, max_tokens=500, **greedy())
+        assert r.usage.completion_tokens == 8 and r.choices[0].finish_reason == "length"
+        full = r.choices[0].message.content
+        cut = full.split()[2]
+        r2 = c.chat.completions.create(model="x", messages=PROMPT, max_tokens=8, stop=[cut], **greedy())
+        assert r2.choices[0].finish_reason == "stop"
+        assert cut not in r2.choices[0].message.content and full.startswith(r2.choices[0].message.content)
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"messages": []}, "messages"),
+    ({}, "messages"),
+    ({"messages": [{"role": "user", "content": "hi"}], "temperature": -1}, "temperature"),
+    ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens"),
+    ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "n"),
+    ({"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"abc": 1}}, "logit_bias"),
+])
+def test_invalid_requests_get_openai_errors_naming_the_field(smol_server, body, field):
+    r = httpx.post(smol_server.v1 + "/chat/completions", json=body)
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error"
+    assert err["message"].startswith(field)
+
+
+def test_prompt_longer_than_the_context_is_400(smol_server):
+    c = smol_server.openai()
+    with pytest.raises(openai.BadRequestError) as exc:
+        c.chat.completions.create(model="x", messages=[{"role": "user", "content": "word " * 3000}], max_tokens=4)
+    body = exc.value.body
+    assert body["code"] == "context_length_exceeded"
+    assert "the prompt has" in body["message"] and "at most 1023" in body["message"]
+
+
+def test_queue_overflow_429_and_disconnect_frees_the_slot(smollm2):
+    with running_server(smollm2, "--parallel", "1", "--max-queue", "1") as s:
+        long = {"model": "x", "messages": PROMPT, "max_tokens": 3000, "stream": True, **greedy()}
+        c = s.openai(timeout=60)
+        first = c.chat.completions.create(**long)
+        next(iter(first))  # the slot is busy
+        pool = cf.ThreadPoolExecutor(1)
+        queued = pool.submit(lambda: c.chat.completions.create(model="x", messages=PROMPT, max_tokens=4, **greedy()))
+        wait_for(lambda: s.metrics()["llamacpp:requests_deferred"] == 1, 30, "one request queued")
+        with pytest.raises(openai.RateLimitError) as exc:
+            c.chat.completions.create(model="x", messages=PROMPT, max_tokens=4)
+        assert exc.value.body["code"] == "queue_full"
+        assert int(exc.value.response.headers["retry-after"]) >= 1
+        first.close()  # the client goes away mid-stream: its slot goes to the queued request
+        assert queued.result(timeout=30).usage.completion_tokens == 4
+        m = s.metrics()
+        assert m['r1_requests_total{endpoint="chat",outcome="cancelled"}'] == 1
+        assert m['r1_requests_total{endpoint="chat",outcome="rejected"}'] == 1
+        assert m["llamacpp:requests_processing"] == 0
+
+
+def test_api_key_protects_the_api_but_not_probes(smollm2):
+    with running_server(smollm2, env={"R1_API_KEY": "sekret-key-1"}) as s:
+        with pytest.raises(openai.AuthenticationError):
+            s.openai(api_key="wrong").models.list()
+        assert s.openai(api_key="sekret-key-1").models.list().data
+        for path in ("/health", "/ready", "/metrics"):
+            assert httpx.get(s.url + path).status_code == 200
+        assert "sekret-key-1" not in s.log.read_text()
+
+
+def test_request_timeout_is_504(smollm2):
+    with running_server(smollm2, "--request-timeout", "0.5") as s:
+        with pytest.raises(openai.InternalServerError) as exc:
+            s.openai().chat.completions.create(model="x", messages=PROMPT, max_tokens=3000, **greedy())
+        assert exc.value.status_code == 504 and "request-timeout" in exc.value.body["message"]
+        assert s.metrics()['r1_requests_total{endpoint="chat",outcome="timeout"}'] == 1
+
+
+def test_openapi_schema_lists_the_endpoints(smol_server):
+    paths = httpx.get(smol_server.url + "/openapi.json").json()["paths"]
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics"} <= set(paths)
+
+
+def test_loop_guard_counts_and_stops_loops(smol_server):
+    """SmolLM2 under greedy decoding repeats one sentence over and over: the blog's failure mode, for real."""
+    c = smol_server.openai()
+    loops = [{"role": "user", "content": CANARY_PROMPT}]
+    before = smol_server.metrics()
+    r = c.chat.completions.create(model="x", messages=loops, max_tokens=400, temperature=0)
+    assert r.choices[0].finish_reason == "length"
+    mid = smol_server.metrics()
+    assert mid['r1_degenerate_generations_total{action="counted"}'] == before[
+        'r1_degenerate_generations_total{action="counted"}'] + 1
+    r = c.chat.completions.create(model="x", messages=loops, max_tokens=400, temperature=0, extra_body={"stop_on_loop": True})
+    assert r.choices[0].finish_reason == "repetition"
+    assert r.usage.completion_tokens < 400
+    after = smol_server.metrics()
+    assert after['r1_degenerate_generations_total{action="stopped"}'] == mid[
+        'r1_degenerate_generations_total{action="stopped"}'] + 1
+    assert after['r1_requests_total{endpoint="chat",outcome="degenerate"}'] >= 1
+
+
+# ---- the miniature R1: template, BOS, reasoning_content, loops -------------------------------
+
+@pytest.fixture(scope="module")
+def r1_server(r1_mini):
+    with running_server(r1_mini, "--parallel", "2", "--ctx-size", "2048", "--variant", "UD-IQ1_S") as s:
+        yield s
+
+
+def test_r1_reasoning_content_is_split_from_content(r1_server):
+    c = r1_server.openai()
+    r = c.chat.completions.create(model="x", messages=PROMPT, max_tokens=20, **greedy())
+    msg = r.choices[0].message
+    # R1's template ends the prompt with "<think>\n": everything until </think> is reasoning
+    assert msg.reasoning_content and msg.content == ""
+    chunks = list(c.chat.completions.create(model="x", messages=PROMPT, max_tokens=20, stream=True, **greedy()))
+    deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
+    assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == msg.reasoning_content
+    assert "".join(d.content or "" for d in deltas) == ""
+
+
+def test_r1_closing_think_tag_moves_output_to_content(r1_server):
+    """Bias the </think> token so the model emits it: text after it is content, before it reasoning."""
+    tok = httpx.post(r1_server.url + "/tokenize", json={"content": "</think>", "parse_special": True}).json()["tokens"]
+    assert len(tok) == 1
+    c = r1_server.openai()
+    r = c.chat.completions.create(model="x", messages=PROMPT, max_tokens=6, temperature=0,
+                                  logit_bias={str(tok[0]): 100}, extra_body={"ignore_eos": True})
+    msg = r.choices[0].message
+    assert msg.reasoning_content == ""  # the first token closed the block
+    assert msg.content == "</think>" * 5  # later tags are plain content
+
+
+def test_r1_prompt_has_exactly_one_bos(r1_server):
+    applied = httpx.post(r1_server.url + "/apply-template", json={"messages": PROMPT}).json()
+    assert applied["prompt"].startswith("<｜begin▁of▁sentence｜><｜User｜>Name three colours.<｜Assistant｜><think>\n")
+    tokens = httpx.post(r1_server.url + "/tokenize", json={"content": applied["prompt"], "as_prompt": True}).json()["tokens"]
+    bos = tokens[0]
+    assert tokens.count(bos) == 1
+    r = r1_server.openai().chat.completions.create(model="x", messages=PROMPT, max_tokens=1, **greedy())
+    assert r.usage.prompt_tokens == len(tokens)
+    # a raw completion prompt that already starts with the BOS text gets no second BOS
+    comp = r1_server.openai().completions.create(model="x", prompt=applied["prompt"], max_tokens=1, **greedy())
+    assert comp.usage.prompt_tokens == len(tokens)
+
+
+def test_r1_info_metric_and_load_seconds(r1_server):
+    m = r1_server.metrics()
+    info = [k for k in m if k.startswith("r1_runtime_info{")]
+    assert len(info) == 1
+    labels = dict(kv.split("=", 1) for kv in info[0][len("r1_runtime_info{"):-1].split(","))
+    assert json.loads(labels["variant"]) == "UD-IQ1_S" and json.loads(labels["ctx"]) == "2048"
+    assert json.loads(labels["parallel"]) == "2" and json.loads(labels["n_gpu_layers"]) == "0"
+    assert m["r1_model_load_seconds"] > 0 and m["r1_ready"] == 1
+
+
+def test_canary_that_loops_keeps_the_runtime_unready(smollm2):
+    """The same model passes with the blog's sampling (next test) and loops with greedy decoding."""
+    with running_server(smollm2, "--canary", "--temperature", "0", ready=False) as s:
+        wait_for(lambda: httpx.get(s.url + "/ready").json()["status"] != "loading"
+                 and httpx.get(s.url + "/ready").json()["status"] != "warming", 60, "canary finished")
+        r = httpx.get(s.url + "/ready")
+        assert r.status_code == 503 and "canary generation loops" in r.json()["reason"]
+        assert httpx.get(s.url + "/health").status_code == 200
+        m = s.metrics()
+        assert m['r1_degenerate_generations_total{action="canary"}'] == 1 and m["r1_ready"] == 0
+        err = httpx.post(s.v1 + "/chat/completions", json={"messages": PROMPT}).json()["error"]
+        assert err["code"] == "model_not_ready"
+
+
+def test_canary_on_a_sound_model_passes(smollm2):
+    with running_server(smollm2, "--canary") as s:
+        assert httpx.get(s.url + "/ready").status_code == 200
+        assert s.metrics()['r1_degenerate_generations_total{action="canary"}'] == 0
