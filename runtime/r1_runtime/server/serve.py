@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
             rt.state.phase, rt.state.reason = "draining", "shutting down"
             rt.metrics.ready.set(0)
             super().handle_exit(sig, frame)
+            self._captured_signals.clear()  # a finished drain exits 0 rather than re-raising the signal
 
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=args.shutdown_grace, lifespan="off")
