@@ -185,9 +185,8 @@ def merge(first: str | os.PathLike[str], output: str | os.PathLike[str], *, keep
             os.write(fd, header)
             fds = {p: os.open(p, os.O_RDONLY) for p in paths}
             try:
-                for t in tensors:
-                    _copy(fds[t.shard], fd, t.src_offset, t.nbytes, progress)
-                    pad = _pad(t.nbytes, alignment) - t.nbytes
+                for src, start, n, pad in _runs(tensors, alignment):
+                    _copy(fds[src], fd, start, n, progress)
                     if pad:
                         os.write(fd, b"\0" * pad)
             finally:
@@ -220,6 +219,23 @@ def merge(first: str | os.PathLike[str], output: str | os.PathLike[str], *, keep
         for p in paths:
             p.unlink(missing_ok=True)
     return info
+
+
+def _runs(tensors: list[_Tensor], alignment: int) -> list[tuple[Path, int, int, int]]:
+    """(shard, offset, bytes, zero padding after) copies that lay the tensors out as the merged file wants.
+
+    Consecutive tensors of one shard that sit in the shard exactly as they must sit in
+    the output (each at the previous one's padded end) become one copy, so a shard
+    written with the same alignment is copied in a few large copy_file_range calls.
+    """
+    runs: list[list] = []
+    for t in tensors:
+        last = runs[-1] if runs else None
+        if last and last[0] == t.shard and last[1] + _pad(last[2], alignment) == t.src_offset:
+            last[2] = _pad(last[2], alignment) + t.nbytes
+        else:
+            runs.append([t.shard, t.src_offset, t.nbytes])
+    return [(src, start, n, _pad(n, alignment) - n) for src, start, n in runs]
 
 
 def _verify(path: Path, tensors: list[_Tensor]) -> None:

@@ -125,6 +125,10 @@ class Runtime:
         self.s = s
         self.metrics = metrics or Metrics()
         self.engine = Engine(s.engine, self.metrics)
+        self.engine.after_step = self._flush
+        self._lock = threading.Lock()
+        self._pending: list = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.state = State()
         self.model_id = s.alias or os.path.basename(s.engine.model)
         self.api_key = os.environ.get(s.api_key_env) or None if s.api_key_env else None
@@ -259,8 +263,8 @@ class Runtime:
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         stop_on_loop = self.s.stop_on_loop if req.stop_on_loop is None else req.stop_on_loop
-        job = Job(prompt, sampling, lambda k, p: loop.call_soon_threadsafe(q.put_nowait, (k, p)),
-                  stop_on_loop=stop_on_loop, deadline=arrived + self.s.request_timeout)
+        job = Job(prompt, sampling, self._emitter(loop, q), stop_on_loop=stop_on_loop,
+                  deadline=arrived + self.s.request_timeout)
         self.engine.submit(job)  # QueueFull / PromptTooLong propagate to the handler
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         matcher = StopMatcher(stops)
@@ -268,14 +272,10 @@ class Runtime:
         stopped = False
         first = True
         finished = False
+        watcher = None if req.stream else asyncio.create_task(_cancel_on_disconnect(request, job))
         try:
             while True:
-                try:
-                    kind, payload = await asyncio.wait_for(q.get(), timeout=1.0)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        job.cancel()
-                    continue
+                kind, payload = await q.get()
                 if kind == "token":
                     if first:
                         self.metrics.ttft.labels(endpoint).observe(time.monotonic() - arrived)
@@ -311,15 +311,48 @@ class Runtime:
                 yield "done", {**payload, "finish_reason": reason}
                 return
         finally:
+            if watcher is not None:
+                watcher.cancel()
             job.cancel()  # no-op when finished; frees the slot when the client went away
             if not finished:
                 self.metrics.requests.labels(endpoint, "cancelled").inc()
+
+    def _emitter(self, loop: asyncio.AbstractEventLoop, q: asyncio.Queue):
+        """Engine-thread callback: events are buffered and handed to the event loop once per decode step."""
+
+        def emit(kind: str, payload: dict) -> None:
+            with self._lock:
+                self._pending.append((q, kind, payload))
+                self._loop = loop
+
+        return emit
+
+    def _flush(self) -> None:  # called by the engine after each step
+        with self._lock:
+            items, self._pending = self._pending, []
+            loop = self._loop
+        if items and loop is not None:
+            loop.call_soon_threadsafe(_dispatch, items)
 
     def _split(self, splitter: ThinkSplitter | None, text: str) -> dict:
         if splitter is None:
             return {"reasoning": "", "content": text}
         r, c = splitter.feed(text)
         return {"reasoning": r, "content": c}
+
+
+def _dispatch(items: list) -> None:
+    for q, kind, payload in items:
+        q.put_nowait((kind, payload))
+
+
+async def _cancel_on_disconnect(request: Request, job: Job) -> None:
+    """Non-streaming requests: free the slot if the client goes away while it waits."""
+    while not job.cancelled.is_set():
+        if await request.is_disconnected():
+            job.cancel()
+            return
+        await asyncio.sleep(1.0)
 
 
 def _raise(message: str):

@@ -112,6 +112,8 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.slots = [_Slot(i) for i in range(s.parallel)]
         self.load_seconds = 0.0
+        self.after_step: Callable[[], None] = lambda: None  # called after each step's events are emitted
+        self._piece_buf = ctypes.create_string_buffer(256)
 
     # ---- loading -------------------------------------------------------------------------
     def load(self) -> None:
@@ -177,7 +179,7 @@ class Engine:
         return self.piece(token, special).decode("utf-8", "replace")
 
     def piece(self, token: int, special: bool = False) -> bytes:
-        buf = ctypes.create_string_buffer(64)
+        buf = self._piece_buf
         n = L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
@@ -297,6 +299,7 @@ class Engine:
                     for sl in self.slots:
                         if sl.job:
                             self._finish(sl, "cancelled")
+                    self.after_step()
                     return
                 self._gauges()
             try:
@@ -307,6 +310,7 @@ class Engine:
                     if sl.job:
                         sl.job.emit("error", {"message": f"generation failed: {exc}"})
                         self._release(sl, "error")
+            self.after_step()
 
     def _step(self) -> None:
         now = time.monotonic()
