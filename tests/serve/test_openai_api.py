@@ -251,3 +251,17 @@ def test_canary_on_a_sound_model_passes(smollm2):
     with running_server(smollm2, "--canary") as s:
         assert httpx.get(s.url + "/ready").status_code == 200
         assert s.metrics()['r1_degenerate_generations_total{action="canary"}'] == 0
+
+
+def test_serves_shard_1_of_a_split_set(tmp_path):
+    """--model may name shard 1 of a split set; llama.cpp finds the other shards next to it."""
+    from r1_runtime.ggufio.testmodel import write_test_model
+
+    shards = write_test_model(tmp_path / "DeepSeek-R1-UD-IQ1_S.gguf", n_shards=3, seed=5)
+    (whole,) = write_test_model(tmp_path / "whole" / "DeepSeek-R1-UD-IQ1_S.gguf", seed=5)
+    answers = []
+    for model in (shards[0], whole):
+        with running_server(model) as s:
+            r = s.openai().chat.completions.create(model="x", messages=PROMPT, max_tokens=12, **greedy())
+            answers.append(r.choices[0].message.reasoning_content)
+    assert answers[0] and answers[0] == answers[1]

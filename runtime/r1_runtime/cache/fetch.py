@@ -166,7 +166,7 @@ class Progress:
         now = time.monotonic()
         snap = self.snapshot(**extra)
         if force or now - self._last_write >= 1.0:
-            _write_json_atomic(self.path, snap, durable=False)
+            merging.write_json_atomic(self.path, snap, durable=False)
             self._last_write = now
         if self._bar is None and (now - self._last_line >= self.interval or (force and self.phase != self._printed_phase)):
             rate = snap["bytesPerSecond"] / (1 << 20)
@@ -183,16 +183,6 @@ class Progress:
 
 def _gib(n: int) -> str:
     return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
-
-
-def _write_json_atomic(path: Path, data: dict, durable: bool = True) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def partial_path(final: Path) -> Path:
@@ -397,7 +387,7 @@ def _fetch_locked(repo, variant, dest: Path, revision, merge, keep_shards, endpo
             progress.add(f.size)
             continue
         downloader.fetch(f, final)
-    _write_json_atomic(dest / MANIFEST_FILE, {**summary, "sizes": {f.path: f.size for f in listing.files},
+    merging.write_json_atomic(dest / MANIFEST_FILE, {**summary, "sizes": {f.path: f.size for f in listing.files},
                                               "sha256": {f.path: f.sha256 for f in listing.files}})
     model = dest / listing.files[0].path
     if merge_to is not None:

@@ -214,7 +214,7 @@ def merge(first: str | os.PathLike[str], output: str | os.PathLike[str], *, keep
         "shards": [{"file": p.name, "bytes": p.stat().st_size} for p in paths],
         "copy_seconds": round(copied, 3),
     }
-    _write_json_atomic(marker, info)
+    write_json_atomic(marker, info)
     if not keep_shards:
         for p in paths:
             p.unlink(missing_ok=True)
@@ -249,14 +249,17 @@ def _verify(path: Path, tensors: list[_Tensor]) -> None:
             raise MergeError(f"{path}: tensor {a.name} has {int(a.n_bytes)} bytes, expected {b.nbytes}")
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
+def write_json_atomic(path: Path, data: dict, durable: bool = True) -> None:
+    """Write JSON under a temporary name and rename it; durable: fsync the file and its directory."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:
         json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 def _fsync_dir(d: Path) -> None:
