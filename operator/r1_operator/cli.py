@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_plan_parser(sub)
 
+    crd = sub.add_parser("crd", help="print the R1Deployment CustomResourceDefinition (generated from the API types)")
+    crd.set_defaults(func=_crd)
+
     dev = sub.add_parser("dev", help="a local Kubernetes control plane with simulated GPU nodes")
     dsub = dev.add_subparsers(dest="dev_command", required=True)
     up = dsub.add_parser("up", help="start the cluster (or reuse a running one) and print its admin kubeconfig path")
@@ -69,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     for p in dsub.choices.values():
         p.add_argument("--name", default="dev", help="cluster name (default: dev)")
     return parser
+
+
+def _crd(args: argparse.Namespace) -> int:
+    from r1_operator.api.crd import crd_yaml
+
+    sys.stdout.write(crd_yaml())
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

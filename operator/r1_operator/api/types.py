@@ -1,0 +1,134 @@
+"""R1Deployment spec types. The CRD schema in crds/ is generated from these (r1ctl crd)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GROUP = "r1.inference.dev"
+VERSION = "v1alpha1"
+KIND = "R1Deployment"
+PLURAL = "r1deployments"
+SINGULAR = "r1deployment"
+SHORT_NAMES = ["r1d"]
+
+CacheType = Literal["f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
+QUANTITY = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+
+
+def _cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict:
+    r = {"rule": rule, "message": message}
+    if field_path:
+        r["fieldPath"] = field_path
+    if reason:
+        r["reason"] = reason
+    return r
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+
+class ModelSpec(_Model):
+    repo: str = Field("unsloth/DeepSeek-R1-GGUF", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                      max_length=200, description="Hugging Face repo holding the GGUF variants.")
+    revision: str = Field("main", min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_./-]+$",
+                          description="Branch, tag or commit of the repo.")
+    variant: str = Field("auto", pattern=r"^[A-Za-z0-9_.-]+$", max_length=64,
+                         description="'auto' lets the planner choose; otherwise a variant name such as UD-IQ1_S.")
+    min_variant: str | None = Field(None, alias="minVariant", pattern=r"^[A-Za-z0-9_.-]+$", max_length=64,
+                                    description="With variant auto: never choose a variant smaller than this.")
+    policy: Literal["auto", "quality"] = Field("auto", description="auto: largest variant fully on GPU, else the "
+                                               "largest in GPU+RAM; quality: the largest that fits in GPU+RAM.")
+    offload: Literal["estimate", "formula"] = Field("estimate", description="How GPU layers are counted: the "
+                                                    "memory model, or the blog's formula.")
+
+
+class Sampling(_Model):
+    temperature: float = Field(0.6, ge=0, le=2)
+    min_p: float = Field(0.05, alias="minP", ge=0, le=1)
+    top_p: float = Field(1.0, alias="topP", gt=0, le=1)
+    top_k: int = Field(0, alias="topK", ge=0, le=1000)
+
+
+class InferenceSpec(_Model):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", json_schema_extra={
+        "x-kubernetes-validations": [
+            _cel("self.cacheTypeV == 'f16' || self.flashAttention",
+                 "cacheTypeV other than f16 requires flashAttention: true", ".cacheTypeV"),
+            _cel("self.ctxSize / self.parallel >= 256",
+                 "ctxSize / parallel must leave at least 256 tokens per sequence", ".parallel"),
+        ]})
+    ctx_size: int = Field(8192, alias="ctxSize", ge=512, le=163840, description="Whole KV cache in tokens, shared "
+                          "by the parallel sequences.")
+    cache_type_k: CacheType = Field("q4_0", alias="cacheTypeK")
+    cache_type_v: CacheType = Field("f16", alias="cacheTypeV")
+    flash_attention: bool = Field(False, alias="flashAttention")
+    threads: int = Field(0, ge=0, le=512, description="CPU threads; 0 lets llama.cpp choose.")
+    parallel: int = Field(1, ge=1, le=64, description="Sequences decoded together (continuous batching).")
+    sampling: Sampling = Field(default_factory=Sampling)
+    stop_on_loop: bool = Field(False, alias="stopOnLoop", description="Stop generations that loop.")
+    canary: bool = Field(True, description="Fail readiness when a fixed prompt's output loops.")
+
+
+class CacheSpec(_Model):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", json_schema_extra={
+        "x-kubernetes-validations": [
+            _cel("self.size == 'auto' || self.size.matches('^[0-9]+(\\\\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$')",
+                 "size must be 'auto' or a quantity such as 500Gi", ".size"),
+        ]})
+    storage_class_name: str | None = Field(None, alias="storageClassName", max_length=253)
+    size: str = Field("auto", max_length=32, description="'auto': the variant size plus room for the merge.")
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = Field("ReadWriteOnce",
+                                                                                       alias="accessMode")
+    keep_shards: bool = Field(False, alias="keepShards")
+
+
+class Toleration(_Model):
+    key: str | None = Field(None, max_length=316)
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = Field(None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(None, alias="tolerationSeconds")
+
+
+class SchedulingSpec(_Model):
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    affinity: dict | None = Field(None, json_schema_extra={"type": "object",
+                                                           "x-kubernetes-preserve-unknown-fields": True})
+    gpu_resource_name: str = Field("nvidia.com/gpu", alias="gpuResourceName", max_length=253,
+                                   pattern=r"^([a-z0-9.-]+/)?[a-z0-9A-Z._-]+$")
+
+
+class Resources(_Model):
+    requests: dict[str, str] = Field(default_factory=dict)
+    limits: dict[str, str] = Field(default_factory=dict)
+
+
+class SecretRef(_Model):
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    key: str = Field(min_length=1, max_length=253)
+
+
+class MonitoringSpec(_Model):
+    service_monitor: bool = Field(False, alias="serviceMonitor")
+    dashboard: bool = False
+
+
+class R1DeploymentSpec(_Model):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", json_schema_extra={
+        "x-kubernetes-validations": [
+            _cel("!has(self.model.minVariant) || self.model.variant == 'auto'",
+                 "model.minVariant applies only with model.variant: auto", ".model.minVariant"),
+        ]})
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    replicas: int = Field(1, ge=0, le=64)
+    inference: InferenceSpec = Field(default_factory=InferenceSpec)
+    cache: CacheSpec = Field(default_factory=CacheSpec)
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
+    resources: Resources | None = None
+    hf_token_secret_ref: SecretRef | None = Field(None, alias="hfTokenSecretRef")
+    api_key_secret_ref: SecretRef | None = Field(None, alias="apiKeySecretRef")
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)

@@ -1,0 +1,64 @@
+"""The committed CRD is exactly what the API types generate, and it is a structural schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from r1_operator.api.crd import crd, crd_yaml
+from r1_operator.api.types import R1DeploymentSpec
+
+CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "r1deployments.yaml"
+
+
+def test_committed_crd_matches_the_types():
+    assert CRD_FILE.read_text() == crd_yaml(), "crds/r1deployments.yaml is stale: run '.venv/bin/r1ctl crd > crds/r1deployments.yaml'"
+
+
+def _walk(node, path="spec"):
+    yield path, node
+    for name, p in node.get("properties", {}).items():
+        yield from _walk(p, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from _walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _walk(node["additionalProperties"], f"{path}{{}}")
+
+
+def test_schema_is_structural():
+    spec = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    for path, node in _walk(spec):
+        assert "type" in node, f"{path} has no type"
+        assert not {"$ref", "anyOf", "oneOf", "allOf", "title"} & set(node), f"{path}: {sorted(node)}"
+        assert not ("properties" in node and "additionalProperties" in node), path
+        if "exclusiveMinimum" in node:
+            assert node["exclusiveMinimum"] is True and "minimum" in node, path
+
+
+def test_defaults_in_the_schema_equal_the_pydantic_defaults():
+    spec = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+
+    def defaulted(node):
+        if node.get("type") == "object" and "properties" in node:
+            out = {}
+            for name, p in node["properties"].items():
+                v = defaulted(p)
+                if v is not None:
+                    out[name] = v
+            return out if ("default" in node or out) else None
+        return node.get("default")
+
+    from_schema = defaulted(spec)
+    from_types = R1DeploymentSpec().model_dump(by_alias=True, exclude_none=True)
+    for key in ("nodeSelector", "tolerations"):
+        from_types["scheduling"].pop(key)
+    assert from_schema == from_types
+
+
+def test_printer_columns_and_subresources():
+    v = crd()["spec"]["versions"][0]
+    assert [c["name"] for c in v["additionalPrinterColumns"] if c.get("priority", 0) == 0] == [
+        "Variant", "GPU-Layers", "Cache", "Ready", "Age"]
+    assert v["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
+    assert yaml.safe_load(CRD_FILE.read_text())["spec"]["names"]["shortNames"] == ["r1d"]
