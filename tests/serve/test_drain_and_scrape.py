@@ -8,7 +8,7 @@ import time
 
 import httpx
 import pytest
-from conftest import free_port, running_server
+from serving import free_port, running_server
 from helpers import wait_for
 from prom import running_prometheus
 

@@ -8,7 +8,7 @@ import json
 import httpx
 import openai
 import pytest
-from conftest import running_server
+from serving import running_server
 from helpers import wait_for
 
 from r1_runtime.server.app import CANARY_PROMPT
