@@ -8,7 +8,6 @@ the floor any cluster start pays. Writes benchmarks/results/dev_cluster_startup.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
@@ -19,9 +18,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import results_io  # benchmarks/ is on sys.path when a script runs
+
 from r1_operator.dev.cluster import find_binary, free_port
 
-RESULTS = Path(__file__).parent / "results"
 BIN = Path(sys.executable).parent
 
 
@@ -64,9 +64,7 @@ def main(runs: int = 3) -> None:
          "dev_down_s_median": round(statistics.median(downs), 2), "baseline_etcd_alone_s_median": round(statistics.median(base), 2),
          "up_over_baseline": round(statistics.median(ups) / statistics.median(base), 1), "goal_up_s": 60}
     print(r)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "dev_cluster_startup.json").write_text(json.dumps(r, indent=2) + "\n")
-    (RESULTS / "dev_cluster_startup.md").write_text(
+    results_io.save("dev_cluster_startup", r,
         "# `r1ctl dev up` with cached binaries\n\n| runs | up (median) | up (max) | down (median) | baseline: etcd alone | up / baseline | goal |\n"
         "|---|---|---|---|---|---|---|\n"
         f"| {runs} | {r['dev_up_s_median']} s | {r['dev_up_s_max']} s | {r['dev_down_s_median']} s | "

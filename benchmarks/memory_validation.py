@@ -11,17 +11,17 @@ with planning.memory's prediction. Writes benchmarks/results/memory_validation.{
 from __future__ import annotations
 
 import importlib.util
-import json
 import sys
 import tempfile
 from pathlib import Path
+
+import results_io  # benchmarks/ is on sys.path when a script runs
 
 from r1_operator.modelinfo.describe import describe_local
 from r1_operator.planning.memory import RuntimeSettings, compute_buffer_bytes, kv_cache_bytes
 from r1_runtime.ggufio.testmodel import PRESETS, ModelShape, write_test_model
 from r1_runtime.llamalog import captured_log, parse_buffers
 
-RESULTS = Path(__file__).parent / "results"
 CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}
 
 # The planner's default (the blog's: 8192 context, K q4_0, V f16, no flash attention) is the
@@ -86,8 +86,6 @@ def run(workdir: Path) -> list[dict]:
 
 
 def save(rows: list[dict]) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "memory_validation.json").write_text(json.dumps(rows, indent=2) + "\n")
     lines = ["# Planner memory model vs llama.cpp buffers (predicted / actual)", "",
              "CPU build of llama-cpp-python 0.3.36, n_ubatch 512. Rows marked * are the planner's default settings, held to ±5%.", "",
              "| model | ctx | K/V | flash attn | weights | KV cache | compute |", "|---|---|---|---|---|---|---|"]
@@ -96,7 +94,7 @@ def save(rows: list[dict]) -> None:
         lines.append(f"| {r['model']}{' *' if r['default'] else ''} | {s['ctx_size']} | {s['cache_type_k']}/{s['cache_type_v']} | "
                      f"{'on' if s['flash_attn'] else 'off'} | {r['ratio']['weights']:.3f} | {r['ratio']['kv_cache']:.3f} | "
                      f"{r['ratio']['compute']:.3f} |")
-    (RESULTS / "memory_validation.md").write_text("\n".join(lines) + "\n")
+    results_io.save("memory_validation", rows, "\n".join(lines))
 
 
 if __name__ == "__main__":

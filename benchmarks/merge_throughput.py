@@ -19,9 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import results_io  # benchmarks/ is on sys.path when a script runs
+
 from r1_runtime.ggufio.testmodel import ModelShape, shard_names
 
-RESULTS = Path(__file__).parent / "results"
 SHAPE = ModelShape(n_embd=2048, n_layer=12, n_dense=1, n_head=16, q_lora_rank=512, kv_lora_rank=256, n_ff=4096,
                    n_ff_exp=1024, n_expert=16, n_expert_used=2)
 # Peak RSS is read from /proc/self/status VmHWM, which exec resets (ru_maxrss would inherit the parent's).
@@ -80,9 +81,7 @@ def main(work: Path) -> None:
         "goals": {"throughput_vs_cp": 0.9, "peak_rss_MB": 100},
     }
     print(json.dumps(r, indent=2))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "merge_throughput.json").write_text(json.dumps(r, indent=2) + "\n")
-    (RESULTS / "merge_throughput.md").write_text(
+    results_io.save("merge_throughput", r,
         f"# Merge of a {total / 1e9:.2f} GB split set ({len(shards)} shards) vs `cp` of the same bytes, same disk, same run\n\n"
         "The copy phase (header + tensor data, fsync) is what `cp` + `sync` does; the total adds re-reading the merged\n"
         "header and the sha256 of the whole output, which `cp` does not do. Medians of 3 alternating rounds.\n\n"

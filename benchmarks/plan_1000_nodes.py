@@ -10,11 +10,11 @@ where every node has a distinct shape, so no evaluation is shared.
 
 from __future__ import annotations
 
-import json
 import random
 import statistics
 import time
-from pathlib import Path
+
+import results_io  # benchmarks/ is on sys.path when a script runs
 
 from r1_operator.dev.nodes import NodeShape
 from r1_operator.planning import plan as plan_mod
@@ -22,10 +22,8 @@ from r1_operator.planning.catalog import BUILTIN, R1_REPO
 from r1_operator.planning.inventory import inventory
 from r1_operator.planning.plan import PlanRequest, plan_cluster
 
-RESULTS = Path(__file__).parent / "results"
 TYPES = [(0, 0, "256Gi"), (1, 24576, "64Gi"), (1, 81920, "512Gi"), (2, 81920, "256Gi"), (4, 81920, "1Ti"),
          (8, 81920, "2Ti"), (8, 143771, "2Ti"), (1, 49152, "128Gi")]
-
 
 def nodes(n: int, distinct: bool, seed: int = 1) -> tuple[list[dict], list[dict]]:
     rnd = random.Random(seed)
@@ -45,7 +43,6 @@ def nodes(n: int, distinct: bool, seed: int = 1) -> tuple[list[dict], list[dict]
                                   "containers": [{"resources": {"limits": {"nvidia.com/gpu": str(used)}}}]}})
     return out, pods
 
-
 def timed(fn, repeat: int = 7, cold: bool = True) -> list[float]:
     out = []
     for _ in range(repeat):
@@ -56,7 +53,6 @@ def timed(fn, repeat: int = 7, cold: bool = True) -> list[float]:
         fn()
         out.append((time.perf_counter() - t) * 1000)
     return out
-
 
 def main() -> None:
     cat = BUILTIN[R1_REPO]
@@ -82,8 +78,6 @@ def main() -> None:
             "goal_ms": 50,
         }
         print(label, results[label], flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "plan_1000_nodes.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = ["# Planning 1,000 nodes (R1 catalog, estimate offload, auto policy)", "",
              "Median of 7 cold runs (all memos cleared each run); warm keeps the per-model tables and per-shape evaluations,",
              "as a running operator does. Baseline: reading the same Node objects (inventory), measured in the same run.", "",
@@ -92,8 +86,7 @@ def main() -> None:
     for label, r in results.items():
         lines.append(f"| {label} | {r['baseline_inventory_ms_median']} | {r['plan_cluster_ms_median']} | "
                      f"{r['plan_over_baseline']}× | {r['plan_cluster_warm_ms_median']} | {r['inventory_plus_plan_ms_median']} | < {r['goal_ms']} ms |")
-    (RESULTS / "plan_1000_nodes.md").write_text("\n".join(lines) + "\n")
-
+    results_io.save("plan_1000_nodes", results, "\n".join(lines))
 
 if __name__ == "__main__":
     main()

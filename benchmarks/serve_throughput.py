@@ -23,12 +23,9 @@ Results: benchmarks/results/serve_throughput.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -37,10 +34,12 @@ from pathlib import Path
 import httpx
 import llama_cpp as L
 
+import results_io  # benchmarks/ is on sys.path when a script runs
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import smollm2_path  # noqa: E402
+from serving import running_server  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
 BS = (1, 2, 4, 8)
 CTX = 4096
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
@@ -92,30 +91,6 @@ def raw_loop(model_path: str, prompt: list[int], b: int, n: int, threads: int) -
     return {"tokens_per_second": b * (n - 1) / dt, "ttft_seconds": ttft}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: str, threads: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("r1-runtime")), "serve", "--model", model, "--host",
-                             "127.0.0.1", "--port", str(port), "--threads", str(threads), "--parallel", "8",
-                             "--ctx-size", str(CTX), "--max-queue", "8"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not become ready")
-
-
 def stream(url: str, n: int, out: list, barrier: threading.Barrier) -> None:
     body = {"messages": PROMPT, "max_tokens": n, "temperature": 0, "ignore_eos": True, "stream": True}
     stamps = []
@@ -165,14 +140,11 @@ def main() -> int:
     for _ in range(args.rounds):
         for b in BS:
             raw[b].append(raw_loop(model, prompt, b, args.tokens, args.threads))
-        proc, url = start_server(model, args.threads)
-        try:
-            server_run(url, 1, 8)  # warm the HTTP path
+        with running_server(Path(model), "--parallel", "8", "--ctx-size", str(CTX), "--max-queue", "8",
+                            threads=args.threads) as server:
+            server_run(server.url, 1, 8)  # warm the HTTP path
             for b in BS:
-                srv[b].append(server_run(url, b, args.tokens))
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+                srv[b].append(server_run(server.url, b, args.tokens))
 
     def med(rows, key):
         return statistics.median(r[key] for r in rows)
@@ -190,9 +162,7 @@ def main() -> int:
               "prompt_tokens": len(prompt), "rounds": args.rounds, "cpus": os.cpu_count(),
               "machine": platform.machine(), "throughput": rows, "time_to_first_token": ttft,
               "raw_runs": {str(b): raw[b] for b in BS}, "server_runs": {str(b): srv[b] for b in BS}}
-    RESULTS.mkdir(exist_ok=True)
     tag = "" if args.threads == 2 else f"_t{args.threads}"
-    (RESULTS / f"serve_throughput{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# r1-runtime serve vs raw llama_decode loop ({Path(model).name}, {args.threads} threads, "
              f"{os.cpu_count()} CPUs, {args.tokens} tokens/stream, median of {args.rounds})", "",
              "| concurrent streams | raw loop tok/s | server tok/s | ratio | goal |", "|---|---|---|---|---|"]
@@ -201,7 +171,7 @@ def main() -> int:
                      f"{r['ratio']} | ≥ {r['goal']} |")
     lines += ["", f"Time to first token, one request: raw prompt eval {ttft['raw_prompt_eval_seconds']} s, "
               f"server over HTTP {ttft['server_ttft_seconds']} s (ratio {ttft['ratio']}).", ""]
-    (RESULTS / f"serve_throughput{tag}.md").write_text("\n".join(lines))
+    results_io.save(f"serve_throughput{tag}", result, "\n".join(lines))
     print("\n".join(lines))
     return 0
 

@@ -8,15 +8,15 @@ Writes benchmarks/results/setup_repeat.{json,md}.
 
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import results_io  # benchmarks/ is on sys.path when a script runs
+
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 
 
 def timed(cmd: list[str], runs: int = 3) -> list[float]:
@@ -35,9 +35,7 @@ def main() -> None:
          "baseline_python_start_s_median": round(statistics.median(base), 3),
          "setup_over_baseline": round(statistics.median(setup) / statistics.median(base), 1), "goal_s": 120}
     print(r)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "setup_repeat.json").write_text(json.dumps(r, indent=2) + "\n")
-    (RESULTS / "setup_repeat.md").write_text(
+    results_io.save("setup_repeat", r,
         "# Repeat `make setup` (all builds cached)\n\n| runs | median | max | baseline: python start | ratio | goal |\n|---|---|---|---|---|---|\n"
         f"| {r['runs']} | {r['make_setup_s_median']} s | {r['make_setup_s_max']} s | {r['baseline_python_start_s_median']} s | "
         f"{r['setup_over_baseline']}× | < 120 s |\n")

@@ -49,11 +49,11 @@ class Server:
 
 
 @contextmanager
-def running_server(model: Path, *args: str, env: dict | None = None, ready: bool = True):
+def running_server(model: Path, *args: str, env: dict | None = None, ready: bool = True, threads: int = 2):
     port = free_port()
     log = Path(tempfile.mkstemp(prefix="r1-serve-", suffix=".log")[1])
     cmd = [R1_RUNTIME, "serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
-           "--threads", "2", *args]
+           "--threads", str(threads), *args]
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     server = Server(f"http://127.0.0.1:{port}", proc, log)

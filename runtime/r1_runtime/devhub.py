@@ -29,7 +29,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import unquote, urlparse
 
 _REPO = r"(?P<repo>[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)"
 _INFO_RE = re.compile(rf"^/api/models/{_REPO}(?:/revision/(?P<rev>[^/]+))?$")
@@ -156,7 +156,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return None
         if m := _INFO_RE.match(path):
-            return self._info(m.group("repo"), m.group("rev"), parse_qs(url.query))
+            return self._info(m.group("repo"), m.group("rev"))
         if m := _TREE_RE.match(path):
             return self._tree(m.group("repo"), m.group("rev"), m.group("path") or "")
         if m := _RESOLVE_RE.match(path):
@@ -172,7 +172,7 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         return True
 
-    def _info(self, repo: str, rev: str | None, query: dict) -> None:
+    def _info(self, repo: str, rev: str | None) -> None:
         if self._check_rev(repo, rev):
             self._json(200, self.hub.info(repo))
 

@@ -20,7 +20,7 @@ from helpers import wait_for
 
 from r1_runtime import devhub
 from r1_runtime.cache.fetch import PROGRESS_FILE, partial_path
-from r1_runtime.ggufio.testmodel import shape_from_options, write_test_model
+from r1_runtime.ggufio.testmodel import write_test_model
 
 REPO_ID = "unsloth/DeepSeek-R1-GGUF"
 VARIANT = "UD-IQ1_S"

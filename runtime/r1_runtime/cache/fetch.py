@@ -17,6 +17,7 @@ stderr every few seconds (a bar on a TTY), and a termination message.
 
 from __future__ import annotations
 
+import collections
 import errno
 import fcntl
 import hashlib
@@ -108,7 +109,7 @@ class Progress:
         self.interval = interval
         self.stream = stream
         self.started = time.monotonic()
-        self._window: list[tuple[float, int]] = [(self.started, 0)]
+        self._window: collections.deque[tuple[float, int]] = collections.deque([(self.started, 0)])
         self._last_line = 0.0
         self._last_write = 0.0
         self._printed_phase = ""
@@ -120,7 +121,8 @@ class Progress:
 
     def rate(self) -> float:
         now = time.monotonic()
-        self._window = [(t, b) for t, b in self._window if now - t <= 10.0] or [self._window[-1]]
+        while len(self._window) > 1 and now - self._window[0][0] > 10.0:
+            self._window.popleft()
         t0, b0 = self._window[0]
         return (self.done - b0) / (now - t0) if now > t0 else 0.0
 
@@ -148,7 +150,7 @@ class Progress:
                 self._bar.reset(total=total)
         if done is not None:
             self.done = done
-            self._window = [(time.monotonic(), done)]
+            self._window = collections.deque([(time.monotonic(), done)])
             if self._bar is not None:
                 self._bar.n = done
                 self._bar.refresh()
@@ -160,7 +162,8 @@ class Progress:
         self._window.append((now, self.done))
         if self._bar is not None:
             self._bar.update(n)
-        self.emit()
+        if now - self._last_write >= 1.0 or (self._bar is None and now - self._last_line >= self.interval):
+            self.emit()  # the snapshot is built only when it is written or printed
 
     def emit(self, force: bool = False, **extra) -> dict:
         now = time.monotonic()
@@ -194,13 +197,19 @@ def free_bytes(dest: Path) -> int:
     return int(injected) if injected else shutil.disk_usage(dest).free
 
 
-def merged_path(dest: Path, listing: Listing) -> Path | None:
-    """Where --merge puts the merged file: NAME.gguf next to NAME-00001-of-0000N.gguf (None if not a split set)."""
+def shard1(listing: Listing) -> tuple[RemoteFile, str] | None:
+    """The first shard of a split set and the set's stem, or None when the variant is not split."""
     for f in listing.files:
         m = merging.SPLIT_RE.match(Path(f.path).name)
         if m and int(m.group("no")) == 1:
-            return dest / Path(f.path).with_name(m.group("stem") + ".gguf")
+            return f, m.group("stem")
     return None
+
+
+def merged_path(dest: Path, listing: Listing) -> Path | None:
+    """Where --merge puts the merged file: NAME.gguf next to NAME-00001-of-0000N.gguf (None if not a split set)."""
+    first = shard1(listing)
+    return dest / Path(first[0].path).with_name(first[1] + ".gguf") if first else None
 
 
 def _merged_done(out: Path, listing: Listing) -> bool:
@@ -391,10 +400,8 @@ def _fetch_locked(repo, variant, dest: Path, revision, merge, keep_shards, endpo
                                               "sha256": {f.path: f.sha256 for f in listing.files}})
     model = dest / listing.files[0].path
     if merge_to is not None:
-        shard1 = next(dest / f.path for f in listing.files
-                      if (m := merging.SPLIT_RE.match(Path(f.path).name)) and int(m.group("no")) == 1)
         progress.set_phase("merging", merge_to.name, done=0, total=total)
-        info = merging.merge(shard1, merge_to, keep_shards=keep_shards, progress=progress.add)
+        info = merging.merge(dest / shard1(listing)[0].path, merge_to, keep_shards=keep_shards, progress=progress.add)
         summary["merged"] = {"sha256": info["sha256"], "bytes": info["bytes"]}
         model = merge_to
     progress.set_phase("done", str(model.relative_to(dest)), done=progress.total)

@@ -52,6 +52,7 @@ class State:
     phase: str = "loading"  # loading, warming, ready, canary-failed, failed, draining
     reason: str = ""
     chat_template: str | None = None
+    compiled_template: object = None  # the chat template compiled once (jinja2 Template)
     think: bool = False
     bos_text: str = ""
     eos_text: str = ""
@@ -131,7 +132,7 @@ class Runtime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.state = State()
         self.model_id = s.alias or os.path.basename(s.engine.model)
-        self.api_key = os.environ.get(s.api_key_env) or None if s.api_key_env else None
+        self.api_key = (os.environ.get(s.api_key_env) or None) if s.api_key_env else None
 
     # ---- start-up ------------------------------------------------------------------------
     def start_loading(self) -> threading.Thread:
@@ -153,6 +154,12 @@ class Runtime:
         self.state.bos_text = e.token_text(e.bos) if e.bos >= 0 else ""
         eos = int(e.meta("tokenizer.ggml.eos_token_id") or -1)
         self.state.eos_text = e.token_text(eos) if eos >= 0 else ""
+        if self.state.chat_template:
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env.globals["raise_exception"] = _raise
+            self.state.compiled_template = env.from_string(self.state.chat_template)
         tpl = self.state.chat_template or ""
         fmt = self.s.reasoning_format
         self.state.think = fmt == "deepseek" or (fmt == "auto" and ("<think>" in tpl or "<｜Assistant｜>" in tpl))
@@ -209,14 +216,10 @@ class Runtime:
         return self.tokenize_prompt(self.render_text(messages))
 
     def render_text(self, messages: list[dict]) -> str:
-        tpl = self.state.chat_template
-        if tpl:
-            from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-            env.globals["raise_exception"] = _raise
-            return env.from_string(tpl).render(messages=messages, add_generation_prompt=True,
-                                               bos_token=self.state.bos_text, eos_token=self.state.eos_text)
+        tpl = self.state.compiled_template
+        if tpl is not None:
+            return tpl.render(messages=messages, add_generation_prompt=True,
+                              bos_token=self.state.bos_text, eos_token=self.state.eos_text)
         return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
 
     def tokenize_prompt(self, text: str) -> list[int]:

@@ -75,7 +75,6 @@ class Job:
     emit: Callable[[str, dict], None]
     stop_on_loop: bool = False
     deadline: float | None = None  # time.monotonic() after which the job is stopped
-    arrived: float = field(default_factory=time.monotonic)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
@@ -277,8 +276,7 @@ class Engine:
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         if sl.sampler:
             L.llama_sampler_free(sl.sampler)
-        L.llama_memory_seq_rm(self.mem, sl.seq, -1, -1)
-        sl.job, sl.sampler = job, chain
+        sl.job, sl.sampler = job, chain  # the slot's KV cells were removed when it was released
         sl.n_past = sl.fed = sl.n_gen = 0
         sl.last = -1
         sl.admitted = time.monotonic()
@@ -390,13 +388,10 @@ class Engine:
     def _finish(self, sl: _Slot, reason: str) -> None:
         job = sl.job
         tail = sl.decoder.decode(b"", final=True) if sl.decoder else ""
-        timing = {
-            "arrived": job.arrived, "admitted": sl.admitted, "first": sl.first or None, "last": sl.last_t or None,
-            "degenerate": bool(sl.loops and sl.loops.detected),
-        }
         if self.metrics is not None and sl.first:
             self.metrics.finished(len(job.prompt), sl.first - sl.admitted, sl.n_gen, max(sl.last_t - sl.first, 0.0))
-        job.emit("done", {"finish_reason": reason, "tail": tail, **self._usage(job, sl.n_gen), **timing})
+        job.emit("done", {"finish_reason": reason, "tail": tail, **self._usage(job, sl.n_gen),
+                          "degenerate": bool(sl.loops and sl.loops.detected)})
         self._release(sl, reason)
 
     def _release(self, sl: _Slot, reason: str) -> None:

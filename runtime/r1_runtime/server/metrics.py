@@ -24,6 +24,7 @@ _E2E_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640)
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         r = self.registry = registry or CollectorRegistry()
+        self._totals = [0.0, 0.0, 0.0, 0.0]  # prompt tokens, prompt s, predicted tokens, predicted s
         self.prompt_tokens = Counter("llamacpp:prompt_tokens", "Number of prompt tokens processed.", registry=r)
         self.prompt_seconds = Counter("llamacpp:prompt_seconds", "Prompt process time.", registry=r)
         self.tokens_predicted = Counter("llamacpp:tokens_predicted", "Number of generation tokens processed.",
@@ -69,13 +70,14 @@ class Metrics:
         self.prompt_seconds.inc(t_prompt)
         self.tokens_predicted.inc(n_gen)
         self.tokens_predicted_seconds.inc(t_gen)
+        t = self._totals
+        for i, v in enumerate((n_prompt, t_prompt, n_gen, t_gen)):
+            t[i] += v
         # averages over the lifetime, as llama-server reports them
-        ps = self.prompt_seconds._value.get()
-        gs = self.tokens_predicted_seconds._value.get()
-        if ps > 0:
-            self.prompt_tps.set(self.prompt_tokens._value.get() / ps)
-        if gs > 0:
-            self.predicted_tps.set(self.tokens_predicted._value.get() / gs)
+        if t[1] > 0:
+            self.prompt_tps.set(t[0] / t[1])
+        if t[3] > 0:
+            self.predicted_tps.set(t[2] / t[3])
 
     def render(self) -> bytes:
         return pc.generate_latest(self.registry)

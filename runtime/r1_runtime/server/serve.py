@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from r1_runtime.server.engine import CACHE_TYPES, EngineSettings
 

@@ -1,0 +1,14 @@
+"""Where every benchmark writes its figures: benchmarks/results/NAME.json and NAME.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def save(name: str, data, markdown: str) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown.rstrip("\n") + "\n")
