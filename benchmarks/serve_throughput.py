@@ -14,10 +14,11 @@ Figures:
 - time to first token for one request over HTTP against raw prompt evaluation
   (decode of the prompt plus the first sample).
 
-Raw and server runs alternate, ROUNDS rounds; medians are reported.
+At each B the raw loop and the server run back to back (the server idles
+while the raw loop runs), ROUNDS rounds; medians are reported.
 Results: benchmarks/results/serve_throughput.{json,md}.
 
-    .venv/bin/python benchmarks/serve_throughput.py [--threads 2] [--tokens 128] [--rounds 3]
+    .venv/bin/python benchmarks/serve_throughput.py [--threads 2] [--tokens 128] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     model = str(smollm2_path())
 
@@ -130,20 +131,19 @@ def main() -> int:
     from r1_runtime.server.engine import EngineSettings
 
     rt = Runtime(ServeSettings(engine=EngineSettings(model=model, ctx_size=CTX, threads=args.threads)))
-    rt.engine.load()
-    rt.state.chat_template = rt.engine.meta("tokenizer.chat_template")
-    prompt = rt.render_chat(PROMPT)
+    rt.load_model()
+    prompt = rt.render_chat(PROMPT)  # the same prompt tokens the server builds for PROMPT
+    assert rt.state.compiled_template is not None, "SmolLM2's chat template was not read"
     rt.engine.close()
 
     raw = {b: [] for b in BS}
     srv = {b: [] for b in BS}
     for _ in range(args.rounds):
-        for b in BS:
-            raw[b].append(raw_loop(model, prompt, b, args.tokens, args.threads))
         with running_server(Path(model), "--parallel", "8", "--ctx-size", str(CTX), "--max-queue", "8",
                             threads=args.threads) as server:
             server_run(server.url, 1, 8)  # warm the HTTP path
-            for b in BS:
+            for b in BS:  # raw then server at each B, back to back, so drift hits both alike
+                raw[b].append(raw_loop(model, prompt, b, args.tokens, args.threads))
                 srv[b].append(server_run(server.url, b, args.tokens))
 
     def med(rows, key):

@@ -142,11 +142,27 @@ class Runtime:
 
     def _load(self) -> None:
         try:
-            self.engine.load()
+            self.load_model()
         except Exception as exc:  # noqa: BLE001 - reported through /ready and the log
             self.state.phase, self.state.reason = "failed", str(exc)
             print(f"r1-runtime serve: model load failed: {exc}", flush=True)
             return
+        e = self.engine
+        e.start()
+        print(f"r1-runtime serve: loaded {self.s.engine.model} in {e.load_seconds:.1f}s "
+              f"(ctx {self.s.engine.ctx_size}, {e.n_ctx_slot} per slot x {self.s.engine.parallel})", flush=True)
+        self.state.phase = "warming"
+        try:
+            self._warm_up()
+        except Exception as exc:  # noqa: BLE001
+            self.state.phase, self.state.reason = "failed", f"warm-up failed: {exc}"
+            return
+        self.state.phase = "ready"
+        self.metrics.ready.set(1)
+
+    def load_model(self) -> None:
+        """Load the model and read what prompts need from it (template, BOS/EOS text); starts no thread."""
+        self.engine.load()
         e = self.engine
         self.metrics.load_seconds.set(e.load_seconds)
         self.metrics.slots.set(self.s.engine.parallel)
@@ -168,17 +184,6 @@ class Runtime:
             "n_gpu_layers": str(self.s.engine.n_gpu_layers), "ctx": str(self.s.engine.ctx_size),
             "parallel": str(self.s.engine.parallel), "version": __version__,
         })
-        e.start()
-        print(f"r1-runtime serve: loaded {self.s.engine.model} in {e.load_seconds:.1f}s "
-              f"(ctx {self.s.engine.ctx_size}, {e.n_ctx_slot} per slot x {self.s.engine.parallel})", flush=True)
-        self.state.phase = "warming"
-        try:
-            self._warm_up()
-        except Exception as exc:  # noqa: BLE001
-            self.state.phase, self.state.reason = "failed", f"warm-up failed: {exc}"
-            return
-        self.state.phase = "ready"
-        self.metrics.ready.set(1)
 
     def _run_sync(self, prompt: list[int], sampling: Sampling) -> tuple[list[int], dict]:
         done = threading.Event()
