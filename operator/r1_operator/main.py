@@ -1,4 +1,4 @@
-"""r1-operator: run the operator against the current kubeconfig."""
+"""r1-operator: run the operator against the current kubeconfig (or in-cluster credentials)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="r1-operator", description=__doc__)
     p.add_argument("--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable); default: all")
     p.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)")
-    p.add_argument("--standalone", action="store_true", help="no peering (one replica)")
-    p.add_argument("--peering", default="r1-operator", help="kopf peering object name for HA replicas")
+    p.add_argument("--standalone", action="store_true", help="no peering (one replica only)")
+    p.add_argument("--peering", default="r1-operator", help="kopf peering object for HA replicas (needs crds/kopf-peering.yaml)")
     p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint")
+    p.add_argument("--metrics-port", type=int, default=8000, help="Prometheus /metrics port (0: off)")
+    p.add_argument("--verbose", action="store_true")
     return p
 
 
@@ -24,10 +26,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     import kopf
 
-    kopf.configure(verbose=False)
+    from r1_operator import handlers, metrics  # noqa: F401  (registers the handlers)
+
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+    kopf.configure(verbose=args.verbose)
     kopf.run(
         clusterwide=not args.namespace,
-        namespaces=args.namespace or None,
+        namespaces=args.namespace or (),
         standalone=args.standalone,
         peering_name=None if args.standalone else args.peering,
         liveness_endpoint=args.liveness,

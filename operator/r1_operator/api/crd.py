@@ -46,10 +46,19 @@ _STATUS = {
                 "nGpuLayers": {"type": "integer"},
                 "nLayers": {"type": "integer"},
                 "gpuLayers": {"type": "string", "description": "nGpuLayers/nLayers, for kubectl get."},
-                "mode": {"type": "string"},
+                "nGpuLayersArg": {"type": "integer", "description": "llama.cpp --n-gpu-layers (the output head counts as one)."},
+                "variantLabel": {"type": "string"},
+                "mode": {"type": "string", "description": "gpu, hybrid, mmap or none."},
                 "node": {"type": "string"},
                 "gpus": {"type": "integer"},
-                "args": {"type": "array", "items": {"type": "string"}},
+                "gpuProduct": {"type": "string"},
+                "tensorSplit": {"type": "array", "items": {"type": "string"}},
+                "threads": {"type": "integer"},
+                "diskBytes": {"type": "integer", "format": "int64"},
+                "cpuMemoryBytes": {"type": "integer", "format": "int64"},
+                "fits": {"type": "boolean"},
+                "generation": {"type": "integer", "format": "int64", "description": "The spec generation planned."},
+                "why": {"type": "string", "description": "planned, or why it was re-planned."},
                 "reasons": {"type": "array", "items": {"type": "string"}},
                 "warnings": {"type": "array", "items": {"type": "string"}},
             },
@@ -148,6 +157,12 @@ def crd() -> dict:
     schema = {
         "type": "object",
         "description": "A DeepSeek-R1 GGUF deployment: planned onto GPU nodes, cached on a volume, served by llama.cpp.",
+        "x-kubernetes-validations": [{
+            # The name becomes a Service name (a DNS-1035 label) and prefixes pod and ConfigMap names.
+            "rule": "self.metadata.name.size() <= 50 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+            "message": "metadata.name must be a DNS label of at most 50 characters starting with a letter "
+                       "(it names the runtime Service)",
+        }],
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from r1_operator.dev.nodes import NodeShape, load_shapes
 
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "provisioner")
 
 
 class ClusterError(RuntimeError):
@@ -378,6 +378,8 @@ def _start(state: ClusterState, binary: Path, kwok: Path, pki: Path, shapes: lis
         "--cidr=10.244.0.0/16", "--node-ip=10.250.0.1", "--node-lease-duration-seconds=40",
     ])
 
+    _spawn(state, "provisioner", [sys.executable, "-m", "r1_operator.dev.provisioner", f"--kubeconfig={state.kubeconfig}",
+                                  f"--root={Path(state.root) / 'volumes'}"])
     api = _Api(state.server, pki)
     for shape in shapes:
         code, body = api.request("POST", "/api/v1/nodes", shape.to_node())

@@ -396,14 +396,17 @@ def _fetch_locked(repo, variant, dest: Path, revision, merge, keep_shards, endpo
             progress.add(f.size)
             continue
         downloader.fetch(f, final)
-    merging.write_json_atomic(dest / MANIFEST_FILE, {**summary, "sizes": {f.path: f.size for f in listing.files},
-                                              "sha256": {f.path: f.sha256 for f in listing.files}})
-    model = dest / listing.files[0].path
+    first = shard1(listing)
+    model = dest / (first[0].path if first else listing.files[0].path)
     if merge_to is not None:
         progress.set_phase("merging", merge_to.name, done=0, total=total)
-        info = merging.merge(dest / shard1(listing)[0].path, merge_to, keep_shards=keep_shards, progress=progress.add)
+        info = merging.merge(dest / first[0].path, merge_to, keep_shards=keep_shards, progress=progress.add)
         summary["merged"] = {"sha256": info["sha256"], "bytes": info["bytes"]}
         model = merge_to
+    # Written last: `serve --model DEST` trusts a manifest only once every file it names is complete.
+    merging.write_json_atomic(dest / MANIFEST_FILE, {**summary, "model": str(model.relative_to(dest)),
+                                                     "sizes": {f.path: f.size for f in listing.files},
+                                                     "sha256": {f.path: f.sha256 for f in listing.files}})
     progress.set_phase("done", str(model.relative_to(dest)), done=progress.total)
     return progress.emit(force=True, **summary, model=str(model))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 from r1_runtime.server.engine import CACHE_TYPES, EngineSettings
@@ -16,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Load a GGUF (a merged file or shard 1 of a split set) with llama.cpp and serve /v1/chat/completions, "
         "/v1/completions, /v1/models, /health, /ready and /metrics. --ctx-size is the whole KV cache; each of "
         "--parallel sequences gets ctx-size/parallel tokens, as in llama-server.")
-    p.add_argument("--model", required=True, help="GGUF file (merged, or NAME-00001-of-0000N.gguf)")
+    p.add_argument("--model", required=True, help="GGUF file (merged, or NAME-00001-of-0000N.gguf), or a cache "
+                   "directory filled by `r1-runtime fetch` (its .r1-fetch.json names the model)")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--alias", help="model id reported by /v1/models (default: the file name)")
@@ -53,11 +55,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--canary-tokens", type=int, default=256)
 
 
+def resolve_model(path: str) -> str:
+    """A GGUF file, or a cache directory written by `r1-runtime fetch` (its manifest names the model)."""
+    if os.path.isdir(path):
+        manifest = os.path.join(path, ".r1-fetch.json")
+        if not os.path.isfile(manifest):
+            raise ValueError(f"--model {path}: a directory without .r1-fetch.json; the fetch into this cache volume "
+                             f"has not completed (run `r1-runtime fetch --dest {path}` or wait for the cache Job)")
+        with open(manifest) as f:
+            rel = json.load(f).get("model")
+        if not rel:
+            raise ValueError(f"--model {path}: {manifest} names no model; rerun `r1-runtime fetch` on this volume")
+        path = os.path.join(path, rel)
+    if not os.path.isfile(path):
+        raise ValueError(f"--model {path}: no such file; is the cache volume mounted and the fetch complete?")
+    return path
+
+
 def settings_from_args(args: argparse.Namespace):
     from r1_runtime.server.app import ServeSettings
 
-    if not os.path.isfile(args.model):
-        raise ValueError(f"--model {args.model}: no such file; is the cache volume mounted and the fetch complete?")
+    args.model = resolve_model(args.model)
     if args.cache_type_v != "f16" and not args.flash_attn:
         raise ValueError(f"--cache-type-v {args.cache_type_v} needs --flash-attn (llama.cpp quantizes V only with flash attention)")
     if args.parallel < 1 or args.ctx_size // args.parallel < 64:

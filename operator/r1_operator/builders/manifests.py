@@ -1,0 +1,258 @@
+"""Desired children of an R1Deployment (pure): cache PVC and fetch Job, runtime Deployment, Service, monitors.
+
+The runtime's command line is the contract between the planes: `runtime_command`
+and `fetch_command` render it, and tests/e2e runs exactly what they render.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from r1_operator.api.types import GROUP, KIND, VERSION, R1DeploymentSpec
+from r1_operator.builders import names
+from r1_operator.builders.planfor import plan_hash
+from r1_operator.builders.settings import OperatorSettings
+
+GiB = 1 << 30
+CACHE_MOUNT = "/cache"
+PROBE_PERIOD_S = 10
+# Exit codes of `r1-runtime fetch` that retrying cannot fix: bad input, no space, verification failed twice.
+FETCH_PERMANENT_EXIT_CODES = [2, 3, 4]
+
+
+def owner_reference(name: str, uid: str, controller: bool = True) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": name, "uid": uid,
+            "controller": controller, "blockOwnerDeletion": True}
+
+
+def _container_security(s: OperatorSettings) -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+            "runAsUser": s.run_as_user, "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _pod_security(s: OperatorSettings) -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": s.run_as_user, "runAsGroup": s.run_as_user, "fsGroup": s.run_as_user,
+            "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _volumes(cache_pvc: str) -> list[dict[str, Any]]:
+    return [{"name": "cache", "persistentVolumeClaim": {"claimName": cache_pvc}},
+            {"name": "tmp", "emptyDir": {}}]
+
+
+_MOUNTS = [{"name": "cache", "mountPath": CACHE_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}]
+
+
+def cache_size(spec: R1DeploymentSpec, plan: dict[str, Any]) -> str:
+    """spec.cache.size, or for auto the planner's disk figure (download + merge) plus 5%, in whole GiB."""
+    if spec.cache.size != "auto":
+        return spec.cache.size
+    return f"{max(math.ceil(plan['diskBytes'] * 1.05 / GiB), 1)}Gi"
+
+
+def build_cache_pvc(namespace: str, spec: R1DeploymentSpec, plan: dict[str, Any], s: OperatorSettings,
+                    owners: list[dict[str, Any]]) -> dict[str, Any]:
+    m = spec.model
+    key = names.cache_key(m.repo, m.revision, plan["variant"])
+    pvc_spec: dict[str, Any] = {"accessModes": [spec.cache.access_mode],
+                                "resources": {"requests": {"storage": cache_size(spec, plan)}}}
+    storage_class = spec.cache.storage_class_name or s.default_storage_class
+    if storage_class:
+        pvc_spec["storageClassName"] = storage_class
+    return {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": names.cache_name(m.repo, m.revision, plan["variant"]), "namespace": namespace,
+                     "labels": names.cache_labels(key), "ownerReferences": owners,
+                     "annotations": {names.ANN_CACHE_SOURCE: f"{m.repo}@{m.revision}/{plan['variant']}"}},
+        "spec": pvc_spec,
+    }
+
+
+def fetch_command(spec: R1DeploymentSpec, variant: str) -> list[str]:
+    m = spec.model
+    cmd = ["r1-runtime", "fetch", "--repo", m.repo, "--revision", m.revision, "--variant", variant,
+           "--dest", CACHE_MOUNT, "--merge", "--progress-interval", "10"]
+    if spec.cache.keep_shards:
+        cmd.append("--keep-shards")
+    return cmd
+
+
+def _secret_env(env_name: str, ref) -> dict[str, Any]:
+    return {"name": env_name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
+def build_fetch_job(namespace: str, spec: R1DeploymentSpec, plan: dict[str, Any], s: OperatorSettings,
+                    owners: list[dict[str, Any]]) -> dict[str, Any]:
+    m = spec.model
+    key = names.cache_key(m.repo, m.revision, plan["variant"])
+    name = names.cache_name(m.repo, m.revision, plan["variant"])
+    env = [{"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"}, {"name": "HOME", "value": "/tmp"}]
+    if s.hub_endpoint:
+        env.append({"name": "HF_ENDPOINT", "value": s.hub_endpoint})
+    if spec.hf_token_secret_ref:
+        env.append(_secret_env("HF_TOKEN", spec.hf_token_secret_ref))
+    container = {
+        "name": "fetch", "image": s.runtime_image, "imagePullPolicy": s.image_pull_policy,
+        "command": fetch_command(spec, plan["variant"]), "env": env, "volumeMounts": _MOUNTS,
+        "securityContext": _container_security(s),
+        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod = {"restartPolicy": "Never", "securityContext": _pod_security(s), "automountServiceAccountToken": False,
+           "containers": [container], "volumes": _volumes(name)}
+    # On the planned node: a ReadWriteOnce volume binds where its first pod runs, and the runtime goes there.
+    _scheduling(pod, spec, plan, pin=True)
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": namespace, "labels": names.cache_labels(key), "ownerReferences": owners},
+        "spec": {
+            "backoffLimit": s.fetch_backoff_limit,
+            "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {
+                "containerName": "fetch", "operator": "In", "values": FETCH_PERMANENT_EXIT_CODES}}]},
+            "template": {"metadata": {"labels": names.cache_labels(key)}, "spec": pod},
+        },
+    }
+
+
+def runtime_command(name: str, spec: R1DeploymentSpec, plan: dict[str, Any], s: OperatorSettings) -> list[str]:
+    inf, smp = spec.inference, spec.inference.sampling
+    cmd = ["r1-runtime", "serve", "--model", CACHE_MOUNT, "--host", "0.0.0.0", "--port", str(s.runtime_port),
+           "--alias", name, "--variant", plan["variant"],
+           "--n-gpu-layers", str(plan["nGpuLayersArg"]), "--ctx-size", str(inf.ctx_size),
+           "--cache-type-k", inf.cache_type_k, "--parallel", str(inf.parallel),
+           "--threads", str(inf.threads or plan["threads"]),
+           "--temperature", f"{smp.temperature:g}", "--min-p", f"{smp.min_p:g}", "--top-p", f"{smp.top_p:g}",
+           "--top-k", str(smp.top_k), "--shutdown-grace", str(s.shutdown_grace_s)]
+    if plan.get("tensorSplit"):
+        cmd += ["--tensor-split", ",".join(plan["tensorSplit"])]
+    if inf.flash_attention:
+        cmd.append("--flash-attn")
+    if inf.cache_type_v != "f16":
+        cmd += ["--cache-type-v", inf.cache_type_v]
+    if inf.stop_on_loop:
+        cmd.append("--stop-on-loop")
+    if inf.canary:
+        cmd.append("--canary")
+    return cmd
+
+
+def _scheduling(pod: dict[str, Any], spec: R1DeploymentSpec, plan: dict[str, Any], pin: bool) -> None:
+    sch = spec.scheduling
+    selector = dict(sch.node_selector)
+    if pin and plan.get("node"):
+        selector["kubernetes.io/hostname"] = plan["node"]
+    if selector:
+        pod["nodeSelector"] = selector
+    if sch.tolerations:
+        pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in sch.tolerations]
+    if sch.affinity:
+        pod["affinity"] = sch.affinity
+
+
+def _quantity_gib(n: int) -> str:
+    return f"{max(math.ceil(n / GiB), 1)}Gi"
+
+
+def runtime_resources(spec: R1DeploymentSpec, plan: dict[str, Any]) -> dict[str, Any]:
+    """The plan's GPUs and CPU-side memory (+2 GiB for the process); spec.resources overrides key by key."""
+    gpu = spec.scheduling.gpu_resource_name
+    requests = {"cpu": "2", "memory": _quantity_gib(plan.get("cpuMemoryBytes", 0) + 2 * GiB)}
+    limits: dict[str, str] = {}
+    if plan.get("gpus"):
+        requests[gpu] = limits[gpu] = str(plan["gpus"])
+    if spec.resources:
+        requests.update(spec.resources.requests)
+        limits.update(spec.resources.limits)
+    out = {"requests": requests}
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def startup_failure_threshold(plan: dict[str, Any], s: OperatorSettings) -> int:
+    """Enough probe periods to read the model at the slowest expected rate, plus 5 minutes of warm-up."""
+    model_bytes = plan.get("diskBytes", 0) // 2 or GiB
+    return math.ceil(model_bytes / s.load_bytes_per_second / PROBE_PERIOD_S) + 300 // PROBE_PERIOD_S
+
+
+def build_deployment(name: str, namespace: str, uid: str, spec: R1DeploymentSpec, plan: dict[str, Any],
+                     s: OperatorSettings, cache_ready: bool) -> dict[str, Any]:
+    """The runtime; 0 replicas until the cache holds the verified model (a pod could only crash-loop before)."""
+    cache_pvc = names.cache_name(spec.model.repo, spec.model.revision, plan["variant"])
+    env = [{"name": "HOME", "value": "/tmp"}]
+    if spec.api_key_secret_ref:
+        env.append(_secret_env("R1_API_KEY", spec.api_key_secret_ref))
+    http = {"port": "http", "path": "/health"}
+    container = {
+        "name": "runtime", "image": s.runtime_image, "imagePullPolicy": s.image_pull_policy,
+        "command": runtime_command(name, spec, plan, s), "env": env,
+        "ports": [{"name": "http", "containerPort": s.runtime_port, "protocol": "TCP"}],
+        "volumeMounts": _MOUNTS, "resources": runtime_resources(spec, plan),
+        "securityContext": _container_security(s),
+        "startupProbe": {"httpGet": {**http, "path": "/ready"}, "periodSeconds": PROBE_PERIOD_S,
+                         "failureThreshold": startup_failure_threshold(plan, s), "timeoutSeconds": 5},
+        "readinessProbe": {"httpGet": {**http, "path": "/ready"}, "periodSeconds": 5, "failureThreshold": 2,
+                           "timeoutSeconds": 5},
+        "livenessProbe": {"httpGet": http, "periodSeconds": 10, "failureThreshold": 6, "timeoutSeconds": 5},
+        "lifecycle": {"preStop": {"sleep": {"seconds": s.prestop_sleep_s}}},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod: dict[str, Any] = {
+        "securityContext": _pod_security(s), "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": s.prestop_sleep_s + s.shutdown_grace_s + 15,
+        "containers": [container], "volumes": _volumes(cache_pvc),
+    }
+    _scheduling(pod, spec, plan, pin=True)
+    labels = names.labels(name, "runtime")
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": names.runtime_name(name), "namespace": namespace, "labels": labels,
+                     "ownerReferences": [owner_reference(name, uid)]},
+        "spec": {
+            "replicas": spec.replicas if cache_ready else 0,
+            "progressDeadlineSeconds": startup_failure_threshold(plan, s) * PROBE_PERIOD_S + 600,
+            # The plan holds exactly the GPUs and RAM one pod needs: a surge pod could never schedule.
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": names.selector(name)},
+            "template": {"metadata": {"labels": labels,
+                                      "annotations": {names.ANN_PLAN_HASH: plan_hash(plan)}},
+                         "spec": pod},
+        },
+    }
+
+
+def build_service(name: str, namespace: str, uid: str, s: OperatorSettings) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": names.runtime_name(name), "namespace": namespace, "labels": names.labels(name, "runtime"),
+                     "ownerReferences": [owner_reference(name, uid)]},
+        "spec": {"selector": names.selector(name),
+                 "ports": [{"name": "http", "port": s.runtime_port, "targetPort": "http", "protocol": "TCP"}]},
+    }
+
+
+def endpoint(name: str, namespace: str, s: OperatorSettings) -> str:
+    return f"http://{names.runtime_name(name)}.{namespace}.svc:{s.runtime_port}/v1"
+
+
+def build_service_monitor(name: str, namespace: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+        "metadata": {"name": names.runtime_name(name), "namespace": namespace, "labels": names.labels(name, "runtime"),
+                     "ownerReferences": [owner_reference(name, uid)]},
+        "spec": {"selector": {"matchLabels": names.selector(name)},
+                 "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}]},
+    }
+
+
+def build_dashboard_configmap(name: str, namespace: str, uid: str, dashboard_json: str,
+                              s: OperatorSettings) -> dict[str, Any]:
+    key, _, value = s.dashboard_label.partition("=")
+    return {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": f"{names.runtime_name(name)}-dashboard", "namespace": namespace,
+                     "labels": {**names.labels(name, "dashboard"), key: value},
+                     "ownerReferences": [owner_reference(name, uid)]},
+        "data": {f"r1-{name}.json": dashboard_json},
+    }

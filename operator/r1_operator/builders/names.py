@@ -1,0 +1,58 @@
+"""Names and labels of the children (pure). Names are stable so reconciles are idempotent."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from r1_operator.api.types import GROUP
+
+MANAGED_BY = "r1-operator"
+LABEL_DEPLOYMENT = f"{GROUP}/deployment"
+LABEL_CACHE = f"{GROUP}/cache"
+ANN_PLAN_HASH = f"{GROUP}/plan-hash"
+ANN_CACHE_READY = f"{GROUP}/cache-ready"  # on the PVC: the fetch Job succeeded (its summary)
+ANN_CACHE_SOURCE = f"{GROUP}/cache-source"  # on the PVC: repo@revision/variant
+
+
+def _dns(text: str, limit: int) -> str:
+    s = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+    return s[:limit].rstrip("-")
+
+
+def cache_key(repo: str, revision: str, variant: str) -> str:
+    """One cache per (repo, revision, variant) in a namespace."""
+    return hashlib.sha256(f"{repo}@{revision}/{variant}".encode()).hexdigest()[:10]
+
+
+def cache_name(repo: str, revision: str, variant: str) -> str:
+    """PVC and Job name, e.g. r1-cache-ud-iq1-s-0123456789 (≤ 63 characters)."""
+    return f"r1-cache-{_dns(variant, 40)}-{cache_key(repo, revision, variant)}"
+
+
+def runtime_name(name: str) -> str:
+    """The Deployment and Service carry the R1Deployment's own name (the CRD limits it to a DNS label)."""
+    return name
+
+
+def labels(name: str, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "r1-runtime",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_DEPLOYMENT: name,
+    }
+
+
+def selector(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/instance": name, "app.kubernetes.io/component": "runtime", LABEL_DEPLOYMENT: name}
+
+
+def cache_labels(key: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "r1-cache", "app.kubernetes.io/component": "cache",
+            "app.kubernetes.io/managed-by": MANAGED_BY, LABEL_CACHE: key}
+
+
+def selector_string(sel: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(sel.items()))

@@ -1,0 +1,43 @@
+"""What a platform team sets once for every R1Deployment the operator manages (from the chart's values)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+MB = 10**6
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    runtime_image: str = "r1-operator/runtime:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    hub_endpoint: str = ""  # HF_ENDPOINT for cache Jobs; empty: huggingface.co
+    default_storage_class: str = ""  # empty: the cluster's default StorageClass
+    runtime_port: int = 8080
+    shutdown_grace_s: int = 60  # runtime drain window after SIGTERM
+    prestop_sleep_s: int = 5  # lets Service endpoints drop the pod before SIGTERM
+    load_bytes_per_second: int = 100 * MB  # slowest expected model load, sizes the startup probe
+    fetch_backoff_limit: int = 6
+    run_as_user: int = 10001
+    dashboard_label: str = "grafana_dashboard=1"
+    replan_interval_s: float = 60.0
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
+        """R1_<FIELD> (upper case) overrides each field, e.g. R1_RUNTIME_IMAGE, R1_HUB_ENDPOINT."""
+        env = os.environ if env is None else env
+        values = {}
+        for f in fields(cls):
+            raw = env.get("R1_" + f.name.upper())
+            if raw is None:
+                continue
+            kind = type(getattr(cls, f.name))
+            try:
+                values[f.name] = kind(raw)
+            except ValueError:
+                raise ValueError(f"R1_{f.name.upper()}={raw!r}: expected {kind.__name__}") from None
+        s = cls(**values)
+        if "=" not in s.dashboard_label:
+            raise ValueError(f"R1_DASHBOARD_LABEL={s.dashboard_label!r}: expected key=value")
+        return s

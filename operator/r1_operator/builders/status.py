@@ -1,0 +1,177 @@
+"""Observed children → the R1Deployment status and the events of its transitions (pure).
+
+One function computes the whole status; the operator writes what it returns and
+nothing else writes status, so conditions never fight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+CONDITIONS = ("Ready", "Planned", "CacheReady", "Progressing", "Degraded")
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class CacheObservation:
+    pvc: str = ""
+    pvc_phase: str = ""  # "" when the PVC does not exist
+    ready: dict[str, Any] | None = None  # the fetch summary recorded on the PVC once the Job succeeded
+    job_active: int = 0
+    job_failed: bool = False
+    job_failure: str = ""  # the Job's failure condition message
+    last_message: dict[str, Any] | None = None  # the fetch pod's termination message (JSON)
+    progress: dict[str, Any] | None = None  # the fetch's latest progress, when known
+
+
+@dataclass(frozen=True)
+class RuntimeObservation:
+    exists: bool = False
+    replicas: int = 0
+    ready_replicas: int = 0
+    updated_replicas: int = 0
+    up_to_date: bool = False  # the Deployment controller has seen the latest template
+    failing: str = ""  # a Deployment condition or pod state that will not heal by waiting
+    waiting: str = ""  # why pods are not ready yet (e.g. Unschedulable: ...)
+
+
+@dataclass(frozen=True)
+class Desired:
+    generation: int
+    replicas: int
+    plan: dict[str, Any] | None
+    plan_error: str = ""  # the spec cannot be planned (names the field)
+    endpoint: str = ""
+    selector: str = ""
+
+
+@dataclass
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class _Cond:
+    status: str
+    reason: str
+    message: str
+
+
+@dataclass
+class StatusResult:
+    status: dict[str, Any]
+    events: list[Event] = field(default_factory=list)
+
+    def condition(self, type_: str) -> dict[str, Any]:
+        return next(c for c in self.status["conditions"] if c["type"] == type_)
+
+
+def _pct(done: int, total: int) -> float:
+    return round(100.0 * done / total, 1) if total else 0.0
+
+
+def _cache(d: Desired, c: CacheObservation) -> tuple[_Cond, dict[str, Any]]:
+    info: dict[str, Any] = {"pvc": c.pvc}
+    if c.ready is not None:
+        total = int(c.ready.get("bytesTotal") or 0)
+        info.update(phase="Ready", bytesDone=total, bytesTotal=total, percent=100.0, display="Ready")
+        return _Cond("True", "Cached", f"{c.ready.get('model', 'the model')} verified on {c.pvc}"), info
+    if c.job_failed:
+        err = (c.last_message or {}).get("error") or c.job_failure or "the fetch Job failed"
+        info.update(phase="Failed", display="Failed")
+        return _Cond("False", "FetchFailed", f"cache Job {c.pvc} failed: {err}"), info
+    if c.pvc_phase == "Pending":
+        info.update(phase="VolumePending", display="Pending")
+        return _Cond("False", "VolumePending", f"PVC {c.pvc} is Pending: waiting for a volume to bind (check "
+                                              "spec.cache.storageClassName and the cluster's provisioner)"), info
+    p = c.progress or c.last_message or {}
+    done, total = int(p.get("bytesDone") or 0), int(p.get("bytesTotal") or 0)
+    if c.job_active or p:
+        pct = _pct(done, total)
+        info.update(phase=p.get("phase", "downloading"), bytesDone=done, bytesTotal=total, percent=pct,
+                    display=f"{pct:g}%" if total else "Fetching")
+        msg = f"fetching {d.plan['variant'] if d.plan else ''} into {c.pvc}"
+        if total:
+            msg += f": {done / GiB:.1f} of {total / GiB:.1f} GiB ({pct:g}%)"
+        return _Cond("False", "Downloading", msg), info
+    info.update(phase="Pending", display="Pending")
+    return _Cond("False", "Pending", f"waiting for the cache Job {c.pvc} to start"), info
+
+
+def build_status(d: Desired, cache: CacheObservation, rt: RuntimeObservation, old: dict[str, Any] | None,
+                 now: str) -> StatusResult:
+    conds: dict[str, _Cond] = {}
+    status: dict[str, Any] = {"observedGeneration": d.generation, "replicas": rt.replicas,
+                              "readyReplicas": rt.ready_replicas, "selector": d.selector}
+    plan = d.plan
+    if d.plan_error:
+        conds["Planned"] = _Cond("False", "InvalidSpec", d.plan_error)
+    elif plan is None:
+        conds["Planned"] = _Cond("Unknown", "Planning", "reading the node inventory")
+    elif not plan.get("fits"):
+        conds["Planned"] = _Cond("False", "NoFeasiblePlan", "; ".join(plan.get("reasons") or ["nothing fits"]))
+    else:
+        head, why = (plan.get("reasons") or [""])[0], plan.get("why", "")
+        replanned = why.startswith("re-planned")
+        conds["Planned"] = _Cond("True", "Replanned" if replanned else "Planned", f"{why}; {head}" if replanned else head)
+    if plan is not None:
+        status["plan"] = plan
+    planned = conds["Planned"].status == "True"
+
+    if planned:
+        conds["CacheReady"], status["cache"] = _cache(d, cache)
+    else:
+        conds["CacheReady"] = _Cond("False", "NotPlanned", "no plan yet, so no variant to fetch")
+        status["cache"] = {"phase": "NotPlanned", "display": "-"}
+    cached = conds["CacheReady"].status == "True"
+
+    if not planned:
+        conds["Ready"] = _Cond("False", "NotPlanned", conds["Planned"].message)
+    elif not cached:
+        conds["Ready"] = _Cond("False", "WaitingForCache", conds["CacheReady"].message)
+    elif d.replicas == 0:
+        conds["Ready"] = _Cond("False", "ScaledToZero", "spec.replicas is 0")
+    elif rt.up_to_date and rt.updated_replicas >= d.replicas and rt.ready_replicas >= d.replicas:
+        conds["Ready"] = _Cond("True", "RuntimeReady", f"{rt.ready_replicas}/{d.replicas} runtime pods ready at {d.endpoint}")
+    else:
+        why = f": {rt.waiting}" if rt.waiting else ""
+        conds["Ready"] = _Cond("False", "RuntimeStarting", f"{rt.ready_replicas}/{d.replicas} runtime pods ready{why}")
+
+    degraded = [(c.reason, c.message) for c in (conds["Planned"], conds["CacheReady"])
+                if c.reason in ("InvalidSpec", "NoFeasiblePlan", "FetchFailed")]
+    if rt.failing and cached:
+        degraded.append(("RuntimeFailing", rt.failing))
+    conds["Degraded"] = (_Cond("True", degraded[0][0], degraded[0][1]) if degraded
+                         else _Cond("False", "AsExpected", "no failure observed"))
+
+    if degraded or conds["Ready"].status == "True" or conds["Ready"].reason == "ScaledToZero":
+        conds["Progressing"] = _Cond("False", "Idle" if not degraded else "Stalled",
+                                     "nothing to roll out" if not degraded else degraded[0][1])
+    else:
+        conds["Progressing"] = _Cond("True", conds["Ready"].reason, conds["Ready"].message)
+
+    if planned and cached:
+        status["endpoint"] = d.endpoint
+    prev = {c["type"]: c for c in (old or {}).get("conditions") or []}
+    out, events = [], []
+    for type_ in CONDITIONS:
+        c = conds[type_]
+        p = prev.get(type_)
+        changed = p is None or p.get("status") != c.status
+        out.append({"type": type_, "status": c.status, "reason": c.reason, "message": c.message[:32000],
+                    "lastTransitionTime": now if changed else p.get("lastTransitionTime", now),
+                    "observedGeneration": d.generation})
+        if changed or p.get("reason") != c.reason:
+            events.append(_event(type_, c))
+    status["conditions"] = out
+    return StatusResult(status, events)
+
+
+def _event(type_: str, c: _Cond) -> Event:
+    bad = (type_ == "Degraded" and c.status == "True") or c.reason in ("FetchFailed", "NoFeasiblePlan", "InvalidSpec")
+    quiet = type_ == "Progressing" or (type_ == "Degraded" and c.status == "False")
+    return Event("Warning" if bad else "Normal", c.reason if not quiet else f"{type_}{c.status}",
+                 f"{type_}={c.status}: {c.message}"[:1024])

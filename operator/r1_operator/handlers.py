@@ -1,0 +1,118 @@
+"""kopf handlers: thin. Each reads what changed and calls the Reconciler; indexes keep the inventory in memory."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from r1_operator import metrics
+from r1_operator.api.types import GROUP, PLURAL, VERSION
+from r1_operator.builders import names
+from r1_operator.builders.settings import OperatorSettings
+from r1_operator.builders.status import Event
+from r1_operator.k8s.inventory import api_client
+from r1_operator.reconcile import Inventory, Reconciler
+
+R1D = (GROUP, VERSION, PLURAL)
+MANAGED = {"app.kubernetes.io/managed-by": names.MANAGED_BY}
+_SETTINGS = OperatorSettings.from_env()
+_STATE: dict[str, Reconciler] = {}
+
+
+def _node_essentials(body: Any) -> dict[str, Any]:
+    meta, st = body.get("metadata") or {}, body.get("status") or {}
+    return {"metadata": {"name": meta.get("name"), "labels": dict(meta.get("labels") or {})},
+            "spec": {"unschedulable": (body.get("spec") or {}).get("unschedulable", False),
+                     "taints": list((body.get("spec") or {}).get("taints") or [])},
+            "status": {"allocatable": dict(st.get("allocatable") or {}), "capacity": dict(st.get("capacity") or {}),
+                       "conditions": [dict(c) for c in st.get("conditions") or [] if c.get("type") == "Ready"]}}
+
+
+@kopf.index("", "v1", "nodes")
+def nodes_index(name: str, body: Any, **_: Any) -> dict[Any, Any]:
+    return {None: _node_essentials(body)}
+
+
+def _holds_gpu(spec: Any, **_: Any) -> bool:
+    for c in list(spec.get("containers") or []) + list(spec.get("initContainers") or []):
+        res = c.get("resources") or {}
+        if any("gpu" in key for part in ("limits", "requests") for key in (res.get(part) or {})):
+            return True
+    return False
+
+
+@kopf.index("", "v1", "pods", when=_holds_gpu)
+def gpu_pods_index(body: Any, **_: Any) -> dict[Any, Any]:
+    meta = body.get("metadata") or {}
+    return {None: {"metadata": {"uid": meta.get("uid"), "namespace": meta.get("namespace"),
+                                "labels": dict(meta.get("labels") or {})},
+                   "spec": {"nodeName": (body.get("spec") or {}).get("nodeName"),
+                            "containers": [{"resources": dict(c.get("resources") or {})}
+                                           for c in (body.get("spec") or {}).get("containers") or []]},
+                   "status": {"phase": (body.get("status") or {}).get("phase")}}}
+
+
+def _emit(body: dict[str, Any], ev: Event) -> None:
+    kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, nodes_index: kopf.Index, gpu_pods_index: kopf.Index, **_: Any) -> None:
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP,
+                                                                           key="last-handled-configuration")
+    settings.posting.level = logging.WARNING  # our own events describe transitions; kopf's per-handler ones are noise
+    settings.posting.reporting_component = names.MANAGED_BY
+    settings.posting.reporting_instance = os.environ.get("POD_NAME", "r1-operator")
+    settings.execution.max_workers = int(os.environ.get("R1_WORKERS", "16"))
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.peering.lifetime = int(os.environ.get("R1_PEERING_LIFETIME", "30"))
+    api = api_client(os.environ.get("R1_KUBECONFIG") or None)
+    inv = Inventory(nodes=lambda: list(nodes_index.get(None, [])), pods=lambda: list(gpu_pods_index.get(None, [])))
+    _STATE["r"] = Reconciler(api=api, settings=_SETTINGS, inventory=inv, emit=_emit)
+
+
+@kopf.on.create(*R1D)
+@kopf.on.update(*R1D)
+@kopf.on.resume(*R1D)
+def reconcile(body: Any, **_: Any) -> None:
+    _STATE["r"].reconcile(_plain(body))
+
+
+@kopf.timer(*R1D, interval=_SETTINGS.replan_interval_s, initial_delay=_SETTINGS.replan_interval_s, idle=0)
+def replan(body: Any, **_: Any) -> None:
+    """Nodes change without touching the R1Deployment: re-check that the plan still fits."""
+    _STATE["r"].reconcile(_plain(body))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+def child_changed(body: Any, namespace: str, **_: Any) -> None:
+    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("kind") == "R1Deployment" and ref.get("apiVersion") == f"{GROUP}/{VERSION}":
+            _STATE["r"].refresh(namespace, ref["name"])
+
+
+@kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/component": "runtime", **MANAGED})
+def runtime_pod_changed(body: Any, namespace: str, labels: Any, type: str | None, **_: Any) -> None:
+    # Readiness reaches the Deployment status too; pods add why they wait (Unschedulable, CrashLoopBackOff).
+    if type in ("ADDED", "MODIFIED") and labels.get(names.LABEL_DEPLOYMENT):
+        _STATE["r"].refresh(namespace, labels[names.LABEL_DEPLOYMENT])
+
+
+@kopf.on.event(*R1D)
+def deleted(type: str | None, name: str, namespace: str, **_: Any) -> None:
+    # Children go with their owner references (garbage collection); only in-memory state is ours to drop.
+    if type == "DELETED":
+        _STATE["r"].forget(namespace, name)
+        metrics.forget(namespace, name)
+
+
+def _plain(body: Any) -> dict[str, Any]:
+    return copy.deepcopy({k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec", "status")})

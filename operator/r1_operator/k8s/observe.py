@@ -1,0 +1,86 @@
+"""Read the children of an R1Deployment into the observations the status builder takes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from r1_operator.builders import names
+from r1_operator.builders.status import CacheObservation, RuntimeObservation
+from r1_operator.k8s import apply as k
+
+_STUCK = ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "InvalidImageName")
+
+
+def _pods(api, namespace: str, selector: str) -> list[dict[str, Any]]:
+    return k._call(api, "GET", f"/api/v1/namespaces/{namespace}/pods", query=[("labelSelector", selector)]).get("items", [])
+
+
+def _termination(pod: dict[str, Any]) -> dict[str, Any] | None:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+        if term and term.get("message"):
+            try:
+                return json.loads(term["message"])
+            except ValueError:
+                return {"error": term["message"].strip()[-500:]}
+    return None
+
+
+def cache(api, namespace: str, pvc_name: str) -> tuple[CacheObservation, dict[str, Any] | None, dict[str, Any] | None]:
+    """(observation, PVC, Job)."""
+    pvc = k.get(api, "v1", "PersistentVolumeClaim", namespace, pvc_name)
+    job = k.get(api, "batch/v1", "Job", namespace, pvc_name)
+    ready = None
+    if pvc is not None:
+        raw = ((pvc.get("metadata") or {}).get("annotations") or {}).get(names.ANN_CACHE_READY)
+        ready = json.loads(raw) if raw else None
+    active, failed, failure, succeeded, message = 0, False, "", False, None
+    if job is not None:
+        st = job.get("status") or {}
+        active = int(st.get("active") or 0)
+        for c in st.get("conditions") or []:
+            if c.get("type") == "Failed" and c.get("status") == "True":
+                failed, failure = True, f"{c.get('reason', '')}: {c.get('message', '')}".strip(": ")
+            if c.get("type") == "Complete" and c.get("status") == "True":
+                succeeded = True
+        if failed or succeeded:
+            for pod in sorted(_pods(api, namespace, f"job-name={pvc_name}"),
+                              key=lambda p: p["metadata"].get("creationTimestamp", "")):
+                message = _termination(pod) or message
+    if succeeded and ready is None:
+        ready = {**(message or {}), "job": pvc_name}
+    obs = CacheObservation(pvc=pvc_name, pvc_phase=((pvc or {}).get("status") or {}).get("phase", ""), ready=ready,
+                           job_active=active, job_failed=failed and ready is None, job_failure=failure,
+                           last_message=message)
+    return obs, pvc, job
+
+
+def runtime(api, namespace: str, name: str, generation_seen: bool = True) -> RuntimeObservation:
+    dep = k.get(api, "apps/v1", "Deployment", namespace, names.runtime_name(name))
+    if dep is None:
+        return RuntimeObservation()
+    st, meta = dep.get("status") or {}, dep["metadata"]
+    failing = ""
+    for c in st.get("conditions") or []:
+        if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
+            failing = f"Deployment {meta['name']}: {c.get('message', 'progress deadline exceeded')}"
+        if c.get("type") == "ReplicaFailure" and c.get("status") == "True":
+            failing = f"Deployment {meta['name']}: {c.get('message', '')}"
+    ready = int(st.get("readyReplicas") or 0)
+    replicas = int((dep.get("spec") or {}).get("replicas") or 0)
+    waiting = ""
+    if ready < replicas:
+        for pod in _pods(api, namespace, names.selector_string(names.selector(name))):
+            pst = pod.get("status") or {}
+            for c in pst.get("conditions") or []:
+                if c.get("type") == "PodScheduled" and c.get("status") == "False":
+                    waiting = f"pod {pod['metadata']['name']} {c.get('reason')}: {c.get('message', '')}"
+            for cs in pst.get("containerStatuses") or []:
+                reason = ((cs.get("state") or {}).get("waiting") or {}).get("reason", "")
+                if reason in _STUCK:
+                    failing = f"pod {pod['metadata']['name']}: container {cs['name']} {reason}"
+    return RuntimeObservation(
+        exists=True, replicas=replicas, ready_replicas=ready, updated_replicas=int(st.get("updatedReplicas") or 0),
+        up_to_date=int(st.get("observedGeneration") or 0) >= int(meta.get("generation") or 0),
+        failing=failing, waiting=waiting)

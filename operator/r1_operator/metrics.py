@@ -1,0 +1,77 @@
+"""The operator's own Prometheus metrics (reconciles, errors, durations, per-deployment cache and readiness)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+
+RECONCILES = Counter("r1_operator_reconciles", "Reconciles by kind (reconcile: re-plan and apply; refresh: status "
+                     "from children) and result.", ["kind", "result"])
+ERRORS = Counter("r1_operator_reconcile_errors", "Reconciles that raised, by kind.", ["kind"])
+DURATION = Histogram("r1_operator_reconcile_duration_seconds", "Time per reconcile, by kind.", ["kind"],
+                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+TRANSITIONS = Counter("r1_operator_condition_transitions", "Condition transitions, by reason.", ["reason"])
+CACHE_PROGRESS = Gauge("r1_operator_cache_progress_ratio", "Fraction of the variant fetched into the cache volume.",
+                       ["namespace", "r1deployment", "variant"])
+CACHE_BYTES = Gauge("r1_operator_cache_bytes", "Bytes fetched into the cache volume.", ["namespace", "r1deployment"])
+READY = Gauge("r1_operator_deployment_ready", "1 when the R1Deployment's Ready condition is True.",
+              ["namespace", "r1deployment"])
+PLAN = Gauge("r1_operator_plan_info", "The plan of each R1Deployment (value 1).",
+             ["namespace", "r1deployment", "variant", "gpu_layers", "node", "mode"])
+
+
+@contextmanager
+def timed(kind: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    except BaseException:
+        ERRORS.labels(kind).inc()
+        RECONCILES.labels(kind, "error").inc()
+        raise
+    else:
+        RECONCILES.labels(kind, "ok").inc()
+    finally:
+        DURATION.labels(kind).observe(time.perf_counter() - start)
+
+
+def transition(reason: str) -> None:
+    TRANSITIONS.labels(reason).inc()
+
+
+def record_status(namespace: str, name: str, status: dict) -> None:
+    plan, cache = status.get("plan") or {}, status.get("cache") or {}
+    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
+    READY.labels(namespace, name).set(1 if ready else 0)
+    forget_plan(namespace, name)
+    if plan.get("variant"):
+        PLAN.labels(namespace, name, plan["variant"], plan.get("gpuLayers", ""), plan.get("node", ""),
+                    plan.get("mode", "")).set(1)
+        CACHE_PROGRESS.labels(namespace, name, plan["variant"]).set((cache.get("percent") or 0) / 100)
+    CACHE_BYTES.labels(namespace, name).set(cache.get("bytesDone") or 0)
+
+
+def forget_plan(namespace: str, name: str) -> None:
+    for gauge in (PLAN, CACHE_PROGRESS):
+        for labels in [s.labels for m in gauge.collect() for s in m.samples]:
+            if labels.get("namespace") == namespace and labels.get("r1deployment") == name:
+                try:
+                    gauge.remove(*labels.values())
+                except KeyError:
+                    pass
+
+
+def forget(namespace: str, name: str) -> None:
+    forget_plan(namespace, name)
+    for gauge in (READY, CACHE_BYTES):
+        try:
+            gauge.remove(namespace, name)
+        except KeyError:
+            pass
+
+
+def serve(port: int) -> None:
+    start_http_server(port, registry=REGISTRY)

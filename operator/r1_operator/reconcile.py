@@ -1,0 +1,190 @@
+"""The reconcile chain for one R1Deployment: inventory → plan → cache → runtime → Service → monitors → status.
+
+Handlers call `Reconciler.reconcile` (spec or nodes changed) and `Reconciler.refresh`
+(a child changed). Both end in `_write_status`, the only writer of status.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from r1_operator import metrics
+from r1_operator.api.types import GROUP, PLURAL, VERSION, R1DeploymentSpec
+from r1_operator.builders import manifests as mf
+from r1_operator.builders import names
+from r1_operator.builders.planfor import PlanError, decide, inventory_for
+from r1_operator.builders.settings import OperatorSettings
+from r1_operator.builders.status import Desired, Event, build_status
+from r1_operator.dashboard import dashboard_json
+from r1_operator.k8s import apply as k
+from r1_operator.k8s import observe
+
+SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Inventory:
+    """Nodes and GPU-holding pods as the operator's watches last saw them."""
+
+    nodes: Callable[[], Iterable[dict[str, Any]]]
+    pods: Callable[[], Iterable[dict[str, Any]]]
+
+
+@dataclass
+class Reconciler:
+    api: Any
+    settings: OperatorSettings
+    inventory: Inventory
+    emit: Callable[[dict[str, Any], Event], None]
+    _locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+    _crd_seen: dict[str, tuple[float, bool]] = field(default_factory=dict)
+
+    def _lock(self, namespace: str, name: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(f"{namespace}/{name}", threading.Lock())
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._guard:
+            self._locks.pop(f"{namespace}/{name}", None)
+
+    def _has_crd(self, name: str) -> bool:
+        at, seen = self._crd_seen.get(name, (0.0, False))
+        if time.monotonic() - at > 60:
+            seen = k.crd_exists(self.api, name)
+            self._crd_seen[name] = (time.monotonic(), seen)
+        return seen
+
+    # ------------------------------------------------------------------ entry points
+
+    def reconcile(self, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        with self._lock(meta["namespace"], meta["name"]), metrics.timed("reconcile"):
+            self._reconcile(body)
+
+    def refresh(self, namespace: str, name: str) -> None:
+        """A child changed: converge the children on the stored plan and recompute status; never re-plans."""
+        with self._lock(namespace, name), metrics.timed("refresh"):
+            body = k.get(self.api, f"{GROUP}/{VERSION}", "R1Deployment", namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            spec, _ = self._spec(body)
+            plan = (body.get("status") or {}).get("plan")
+            if spec is None or not plan or not plan.get("fits"):
+                return
+            self._ensure_children(body, spec, self._desired(body, spec, plan, ""))
+
+    # ------------------------------------------------------------------ the chain
+
+    def _spec(self, body: dict[str, Any]) -> tuple[R1DeploymentSpec | None, str]:
+        try:
+            return R1DeploymentSpec.model_validate(body.get("spec") or {}), ""
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            return None, f"spec.{'.'.join(map(str, err['loc']))}: {err['msg']}"
+
+    def _desired(self, body, spec, plan, error: str) -> Desired:
+        meta = body["metadata"]
+        return Desired(generation=int(meta.get("generation") or 1), replicas=spec.replicas if spec else 0, plan=plan,
+                       plan_error=error,
+                       endpoint=mf.endpoint(meta["name"], meta["namespace"], self.settings),
+                       selector=names.selector_string(names.selector(meta["name"])))
+
+    def _reconcile(self, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        spec, error = self._spec(body)
+        stored = (body.get("status") or {}).get("plan")
+        if spec is None:
+            self._write(body, self._desired(body, None, stored, error), None)
+            return
+        own = frozenset(p["metadata"]["uid"] for p in self.inventory.pods()
+                        if (p["metadata"].get("labels") or {}).get(names.LABEL_DEPLOYMENT) == name
+                        and p["metadata"].get("namespace") == ns)
+        nodes = inventory_for(list(self.inventory.nodes()), list(self.inventory.pods()),
+                              spec.scheduling.gpu_resource_name, own)
+        try:
+            outcome = decide(spec, int(meta.get("generation") or 1), nodes, stored)
+        except PlanError as exc:
+            self._write(body, self._desired(body, spec, stored, str(exc)), None)
+            return
+        plan = outcome.plan
+        desired = self._desired(body, spec, plan, "")
+        if not plan.get("fits"):
+            # Keep whatever runs: a node may come back; the status says why nothing fits now.
+            self._write(body, desired, None)
+            return
+        if stored and stored.get("fits") and stored.get("variant") != plan["variant"]:
+            self._release_cache(ns, spec, stored["variant"], uid)
+        self._ensure_children(body, spec, desired)
+
+    def _release_cache(self, ns: str, spec: R1DeploymentSpec, variant: str, uid: str) -> None:
+        old = names.cache_name(spec.model.repo, spec.model.revision, variant)
+        k.disown_shared(self.api, "batch/v1", "Job", ns, old, uid)
+        k.disown_shared(self.api, "v1", "PersistentVolumeClaim", ns, old, uid)
+
+    def _ensure_children(self, body: dict[str, Any], spec: R1DeploymentSpec, desired: Desired) -> None:
+        meta, plan = body["metadata"], desired.plan
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        s = self.settings
+        owner = mf.owner_reference(name, uid, controller=False)
+        pvc = mf.build_cache_pvc(ns, spec, plan, s, owners=[])
+        k.create_if_missing(self.api, pvc)
+        k.own_shared(self.api, pvc, owner)
+        cache_obs, pvc_live, _ = observe.cache(self.api, ns, pvc["metadata"]["name"])
+        annotated = names.ANN_CACHE_READY in ((pvc_live or {}).get("metadata") or {}).get("annotations", {})
+        if cache_obs.ready is not None and not annotated:
+            # Recorded on the volume, so the variant is never fetched again even if the Job is deleted.
+            k.annotate(self.api, "v1", "PersistentVolumeClaim", ns, pvc["metadata"]["name"],
+                       {names.ANN_CACHE_READY: json.dumps(cache_obs.ready, sort_keys=True)})
+        elif cache_obs.ready is None:
+            job = mf.build_fetch_job(ns, spec, plan, s, owners=[])
+            k.create_if_missing(self.api, job)
+            k.own_shared(self.api, job, owner)
+        k.apply(self.api, mf.build_deployment(name, ns, uid, spec, plan, s, cache_ready=cache_obs.ready is not None))
+        k.apply(self.api, mf.build_service(name, ns, uid, s))
+        if self._has_crd(SERVICE_MONITOR_CRD):
+            if spec.monitoring.service_monitor:
+                k.apply(self.api, mf.build_service_monitor(name, ns, uid))
+            else:
+                k.delete(self.api, "monitoring.coreos.com/v1", "ServiceMonitor", ns, names.runtime_name(name))
+        cm = mf.build_dashboard_configmap(name, ns, uid, dashboard_json(), s)
+        if spec.monitoring.dashboard:
+            k.apply(self.api, cm)
+        else:
+            k.delete(self.api, "v1", "ConfigMap", ns, cm["metadata"]["name"])
+        self._write(body, desired, (cache_obs, observe.runtime(self.api, ns, name)))
+
+    def _write(self, body: dict[str, Any], desired: Desired, observed) -> None:
+        from r1_operator.builders.status import CacheObservation, RuntimeObservation
+
+        meta = body["metadata"]
+        cache_obs, rt = observed or (CacheObservation(), RuntimeObservation())
+        old = body.get("status") or {}
+        result = build_status(desired, cache_obs, rt, old, _now())
+        metrics.record_status(meta["namespace"], meta["name"], result.status)
+        if _same(old, result.status):
+            return
+        k.replace_status(self.api, GROUP, VERSION, PLURAL, meta["namespace"], meta["name"], result.status)
+        for ev in result.events:
+            self.emit(body, ev)
+            metrics.transition(ev.reason)
+
+
+def _same(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Equal but for lastTransitionTime (which build_status keeps when nothing changed)."""
+    return json.dumps({**old, "conditions": None}, sort_keys=True) == json.dumps({**new, "conditions": None}, sort_keys=True) \
+        and [(c["type"], c["status"], c["reason"], c["message"], c["observedGeneration"]) for c in old.get("conditions") or []] \
+        == [(c["type"], c["status"], c["reason"], c["message"], c["observedGeneration"]) for c in new.get("conditions") or []]
