@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import os
@@ -85,10 +86,37 @@ def reconcile(body: Any, **_: Any) -> None:
     _STATE["r"].reconcile(_plain(body))
 
 
-@kopf.timer(*R1D, interval=_SETTINGS.replan_interval_s, initial_delay=_SETTINGS.replan_interval_s, idle=0)
-def replan(body: Any, **_: Any) -> None:
-    """Nodes change without touching the R1Deployment: re-check that the plan still fits."""
-    _STATE["r"].reconcile(_plain(body))
+@kopf.index(*R1D)
+def r1d_index(namespace: str, name: str, **_: Any) -> dict[Any, Any]:
+    return {None: (namespace, name)}
+
+
+async def _replan_loop(index: kopf.Index) -> None:
+    """Nodes change without touching the R1Deployments: re-check every plan each interval.
+
+    A loop of our own rather than a kopf timer: kopf puts a finalizer on resources
+    with timers, and garbage collection already removes every child.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(_SETTINGS.replan_interval_s)
+        for namespace, name in list(index.get(None, [])):
+            try:
+                await loop.run_in_executor(None, _STATE["r"].replan, namespace, name)
+            except Exception as exc:  # one deployment's failure must not stop the others' checks
+                logging.getLogger("r1_operator").warning("re-plan of %s/%s failed: %s", namespace, name, exc)
+
+
+@kopf.on.startup()
+async def start_replan_loop(r1d_index: kopf.Index, memo: kopf.Memo, **_: Any) -> None:
+    memo.replan_task = asyncio.create_task(_replan_loop(r1d_index))
+
+
+@kopf.on.cleanup()
+async def stop_replan_loop(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("replan_task")
+    if task:
+        task.cancel()
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)

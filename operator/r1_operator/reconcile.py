@@ -74,6 +74,12 @@ class Reconciler:
         with self._lock(meta["namespace"], meta["name"]), metrics.timed("reconcile"):
             self._reconcile(body)
 
+    def replan(self, namespace: str, name: str) -> None:
+        """The periodic check: reconcile from the live object (re-plans only if the plan broke)."""
+        body = k.get(self.api, f"{GROUP}/{VERSION}", "R1Deployment", namespace, name)
+        if body is not None and not body["metadata"].get("deletionTimestamp"):
+            self.reconcile(body)
+
     def refresh(self, namespace: str, name: str) -> None:
         """A child changed: converge the children on the stored plan and recompute status; never re-plans."""
         with self._lock(namespace, name), metrics.timed("refresh"):

@@ -1,0 +1,194 @@
+"""R1Deployments reconciled end to end on the real cluster (API server, controller manager, scheduler).
+
+Simulated: GPUs (kwok nodes with GPU Feature Discovery labels) and containers
+(kwok marks scheduled pods Ready and Job pods Succeeded). Everything else is
+real: the CRD's validation, the garbage collector, the scheduler's GPU fitting,
+Pod Security admission.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from conftest import REPO
+from helpers import wait_for
+
+from r1_operator.builders import names
+
+EXAMPLES = REPO / "examples"
+
+
+def example(name: str) -> dict:
+    return yaml.safe_load((EXAMPLES / name).read_text())
+
+
+def runtime_pods(kube, ns: str, name: str) -> list[dict]:
+    sel = names.selector_string(names.selector(name))
+    return kube.json("get", "pods", "-n", ns, "-l", sel)["items"]
+
+
+# (example file, node the plan must choose, GPUs, GPU layers of 61, variant)
+CASES = [
+    ("auto-2x80g.yaml", "gpu-2x80g", 2, None, None),
+    ("auto-24g.yaml", "gpu-24g", 1, None, "UD-IQ1_S"),
+    ("explicit-variant.yaml", "gpu-80g", 1, None, "UD-IQ2_XXS"),
+    ("cpu-only.yaml", "cpu-only", 0, 0, "UD-IQ1_S"),
+]
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("file,node,gpus,layers,variant", CASES, ids=[c[0] for c in CASES])
+def test_example_is_planned_cached_scheduled_and_ready(kube, e2e_ns, file, node, gpus, layers, variant):
+    r1d = example(file)
+    name = r1d["metadata"]["name"]
+    kube.apply(r1d, e2e_ns)
+    kube.wait_condition(e2e_ns, name, "Planned", timeout=30)
+    plan = kube.r1d(e2e_ns, name)["status"]["plan"]
+    assert plan["node"] == node and plan["gpus"] == gpus
+    if variant:
+        assert plan["variant"] == variant
+    if layers is not None:
+        assert plan["nGpuLayers"] == layers
+    elif gpus:
+        assert 0 < plan["nGpuLayers"] <= 61
+    # kubectl get shows the plan in its columns
+    wide = kube.run("get", "r1d", name, "-n", e2e_ns, "-o", "wide").stdout
+    assert plan["variant"] in wide and f"{plan['nGpuLayers']}/61" in wide and node in wide
+
+    # the fetch Job completes (kwok) and the operator records the cache as ready on the volume
+    job = names.cache_name("unsloth/DeepSeek-R1-GGUF", "main", plan["variant"])
+    kube.run("wait", "--for=condition=Complete", f"job/{job}", "-n", e2e_ns, "--timeout=60s")
+    kube.wait_condition(e2e_ns, name, "CacheReady", timeout=30)
+    pvc = kube.json("get", "pvc", job, "-n", e2e_ns)
+    assert pvc["status"]["phase"] == "Bound" and names.ANN_CACHE_READY in pvc["metadata"]["annotations"]
+
+    # the real scheduler places the runtime pod on the planned node with the planned GPUs
+    kube.run("wait", "--for=condition=Ready", f"r1d/{name}", "-n", e2e_ns, "--timeout=60s")
+    (pod,) = runtime_pods(kube, e2e_ns, name)
+    assert pod["spec"]["nodeName"] == node
+    limits = pod["spec"]["containers"][0]["resources"].get("limits", {})
+    assert int(limits.get("nvidia.com/gpu", 0)) == gpus
+    cmd = pod["spec"]["containers"][0]["command"]
+    assert cmd[cmd.index("--n-gpu-layers") + 1] == str(plan["nGpuLayersArg"])
+    if gpus > 1:
+        assert cmd[cmd.index("--tensor-split") + 1] == ",".join(plan["tensorSplit"])
+    st = kube.r1d(e2e_ns, name)["status"]
+    assert st["endpoint"] == f"http://{name}.{e2e_ns}.svc:8080/v1" and st["readyReplicas"] == 1
+    assert st["cache"]["display"] == "Ready"
+    reasons = {e["reason"] for e in kube.json("get", "events", "-n", e2e_ns,
+                                              "--field-selector", f"involvedObject.name={name}")["items"]}
+    assert {"Planned", "Cached", "RuntimeReady"} <= reasons, reasons
+
+
+@pytest.mark.cluster
+def test_delete_leaves_no_child_and_a_shared_cache_survives_until_its_last_user(kube, e2e_ns):
+    a = example("cpu-only.yaml")
+    a["spec"]["replicas"] = 0
+    b = copy.deepcopy(a)
+    b["metadata"]["name"] = "r1-cpu-b"
+    kube.apply(a, e2e_ns)
+    kube.apply(b, e2e_ns)
+    for n in ("r1-cpu", "r1-cpu-b"):
+        kube.wait_condition(e2e_ns, n, "CacheReady", timeout=60)
+    cache = names.cache_name("unsloth/DeepSeek-R1-GGUF", "main", "UD-IQ1_S")
+    assert len(kube.json("get", "pvc", "-n", e2e_ns)["items"]) == 1
+    assert len(kube.json("get", "jobs", "-n", e2e_ns)["items"]) == 1
+    owners = {o["name"] for o in kube.json("get", "pvc", cache, "-n", e2e_ns)["metadata"]["ownerReferences"]}
+    assert owners == {"r1-cpu", "r1-cpu-b"}
+
+    kube.run("delete", "r1d", "r1-cpu", "-n", e2e_ns, "--wait=true")
+    wait_for(lambda: kube.run("get", "deploy,svc", "r1-cpu", "-n", e2e_ns, check=False).returncode != 0, 30,
+             "r1-cpu's Deployment and Service to be collected")
+    pvc = kube.json("get", "pvc", cache, "-n", e2e_ns)
+    assert [o["name"] for o in pvc["metadata"]["ownerReferences"]] == ["r1-cpu-b"]
+    assert pvc["metadata"].get("deletionTimestamp") is None
+
+    kube.run("delete", "r1d", "r1-cpu-b", "-n", e2e_ns, "--wait=true")
+    kinds = "deploy,svc,job,pvc,configmap,pods"
+
+    def nothing_left():
+        items = kube.json("get", kinds, "-n", e2e_ns, "-l", "app.kubernetes.io/managed-by=r1-operator")["items"]
+        items += [p for p in kube.json("get", "pods", "-n", e2e_ns)["items"]]
+        return not items
+    wait_for(nothing_left, 60, "every child to be garbage-collected")
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("e2e_ns", [{"pod-security.kubernetes.io/enforce": "restricted",
+                                     "pod-security.kubernetes.io/enforce-version": "latest"}], indirect=True)
+def test_restricted_namespace_admits_every_generated_pod(kube, e2e_ns):
+    r1d = example("auto-24g.yaml")
+    kube.apply(r1d, e2e_ns)
+    kube.run("wait", "--for=condition=Ready", "r1d/r1-24g", "-n", e2e_ns, "--timeout=90s")
+    pods = kube.json("get", "pods", "-n", e2e_ns)["items"]
+    assert {p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods} == {"cache", "runtime"}
+    events = kube.json("get", "events", "-n", e2e_ns)["items"]
+    assert not [e for e in events if e["reason"] == "FailedCreate"], [e["message"] for e in events]
+
+
+@pytest.mark.cluster
+def test_spec_change_replans_and_rolls_the_runtime(kube, e2e_ns):
+    r1d = example("explicit-variant.yaml")
+    kube.apply(r1d, e2e_ns)
+    kube.run("wait", "--for=condition=Ready", "r1d/r1-iq2", "-n", e2e_ns, "--timeout=60s")
+    before = kube.json("get", "deploy", "r1-iq2", "-n", e2e_ns)
+    layers_before = kube.r1d(e2e_ns, "r1-iq2")["status"]["plan"]["nGpuLayers"]
+    r1d["spec"]["inference"]["ctxSize"] = 32768  # a bigger KV cache leaves room for fewer layers
+    kube.apply(r1d, e2e_ns)
+
+    def replanned():
+        st = kube.r1d(e2e_ns, "r1-iq2").get("status", {})
+        return st if st.get("plan", {}).get("generation") == 2 and st.get("observedGeneration") == 2 else None
+    st = wait_for(replanned, 30, "the plan for generation 2")
+    assert st["plan"]["nGpuLayers"] < layers_before
+    after = kube.json("get", "deploy", "r1-iq2", "-n", e2e_ns)
+    cmd = after["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert cmd[cmd.index("--ctx-size") + 1] == "32768"
+    assert cmd[cmd.index("--n-gpu-layers") + 1] == str(st["plan"]["nGpuLayersArg"])
+    assert after["metadata"]["generation"] > before["metadata"]["generation"]
+    kube.run("wait", "--for=condition=Ready", "r1d/r1-iq2", "-n", e2e_ns, "--timeout=60s")
+
+
+@pytest.mark.cluster
+def test_node_loss_sets_a_condition_and_replans_when_it_returns(kube, e2e_ns):
+    r1d = example("explicit-variant.yaml")  # pinned to gpu-80g by its nodeSelector
+    kube.apply(r1d, e2e_ns)
+    kube.run("wait", "--for=condition=Ready", "r1d/r1-iq2", "-n", e2e_ns, "--timeout=60s")
+    kube.run("cordon", "gpu-80g")
+    try:
+        c = kube.wait_condition(e2e_ns, "r1-iq2", "Planned", "False", timeout=30)
+        assert c["reason"] == "NoFeasiblePlan" and "gpu-80g is cordoned" in c["message"]
+        d = kube.condition(e2e_ns, "r1-iq2", "Degraded")
+        assert d["status"] == "True" and d["reason"] == "NoFeasiblePlan"
+    finally:
+        kube.run("uncordon", "gpu-80g")
+    c = kube.wait_condition(e2e_ns, "r1-iq2", "Planned", "True", timeout=30)
+    assert c["reason"] == "Replanned"
+    assert kube.condition(e2e_ns, "r1-iq2", "Degraded")["status"] == "False"
+    kube.run("wait", "--for=condition=Ready", "r1d/r1-iq2", "-n", e2e_ns, "--timeout=60s")
+
+
+@pytest.mark.cluster
+def test_unknown_variant_is_reported_on_the_field(kube, e2e_ns):
+    r1d = example("cpu-only.yaml")
+    r1d["spec"]["model"]["variant"] = "UD-IQ9_Z"  # passes the schema's pattern; only the catalog knows it
+    kube.apply(r1d, e2e_ns)
+    c = kube.wait_condition(e2e_ns, "r1-cpu", "Planned", "False", timeout=30)
+    assert c["reason"] == "InvalidSpec" and c["message"].startswith("spec.model.variant:") and "UD-IQ1_S" in c["message"]
+    assert not kube.json("get", "deploy,job,pvc", "-n", e2e_ns)["items"]
+
+
+@pytest.mark.cluster
+def test_operator_metrics_and_liveness(kube, e2e_ns, operator):
+    kube.apply(example("cpu-only.yaml"), e2e_ns)
+    kube.run("wait", "--for=condition=Ready", "r1d/r1-cpu", "-n", e2e_ns, "--timeout=60s")
+    assert httpx.get(f"http://127.0.0.1:{operator.liveness_port}/healthz", timeout=5).status_code == 200
+    text = httpx.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).text
+    assert f'r1_operator_deployment_ready{{namespace="{e2e_ns}",r1deployment="r1-cpu"}} 1.0' in text
+    assert 'r1_operator_reconciles_total{kind="reconcile",result="ok"}' in text
+    assert f'r1_operator_plan_info{{gpu_layers="0/61",mode="hybrid",namespace="{e2e_ns}",node="cpu-only",' \
+           f'r1deployment="r1-cpu",variant="UD-IQ1_S"}} 1.0' in text
