@@ -13,6 +13,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)")
     p.add_argument("--standalone", action="store_true", help="no peering (one replica only)")
     p.add_argument("--peering", default="r1-operator", help="kopf peering object for HA replicas (needs crds/kopf-peering.yaml)")
+    p.add_argument("--priority", type=int, default=0, help="peering priority: the highest live replica works, "
+                   "the others pause until it stops heart-beating")
     p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint")
     p.add_argument("--metrics-port", type=int, default=8000, help="Prometheus /metrics port (0: off)")
     p.add_argument("--verbose", action="store_true")
@@ -36,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespaces=args.namespace or (),
         standalone=args.standalone,
         peering_name=None if args.standalone else args.peering,
+        priority=args.priority,
         liveness_endpoint=args.liveness,
     )
     return 0

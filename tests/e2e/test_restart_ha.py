@@ -1,0 +1,119 @@
+"""The operator killed at each stage converges with no duplicate children; two replicas hand over via kopf peering.
+
+These tests run their own operator processes on namespaces the session
+operator does not watch (`solo-*`, `ha-*`).
+"""
+
+from __future__ import annotations
+
+import copy
+import signal
+
+import pytest
+from conftest import _ns_name, drop_namespace, make_namespace, start_operator
+from helpers import wait_for
+
+from r1_operator.builders import names
+
+R1D = {
+    "apiVersion": "r1.inference.dev/v1alpha1", "kind": "R1Deployment",
+    "metadata": {"name": "r1-solo"},
+    "spec": {"model": {"variant": "UD-IQ1_S"}, "inference": {"ctxSize": 2048},
+             "scheduling": {"nodeSelector": {"kubernetes.io/hostname": "cpu-only"}}},
+}
+CHILD_KINDS = ("pvc", "jobs", "deployments", "services", "replicasets")
+
+
+def counts(kube, ns: str) -> dict[str, int]:
+    return {kind: len(kube.json("get", kind, "-n", ns)["items"]) for kind in CHILD_KINDS}
+
+
+@pytest.fixture
+def solo_ns(request, kube, hub):
+    name = make_namespace(kube, _ns_name(request, "solo"))
+    yield name
+    drop_namespace(kube, name)
+
+
+@pytest.mark.cluster
+def test_killed_at_each_stage_the_operator_converges_without_duplicates(kube, solo_ns, hub, tmp_path):
+    log = tmp_path / "operator.log"
+    args = ("--standalone", "--namespace", solo_ns)
+    env = {"R1_HUB_ENDPOINT": hub}
+    r1d = copy.deepcopy(R1D)
+    # A storage class nobody provisions holds the volume, and so the download Job, until this test binds it.
+    r1d["spec"]["cache"] = {"storageClassName": f"manual-{solo_ns}"}
+
+    # 1. planning: killed right after the object is applied
+    op = start_operator(kube.kubeconfig, log, *args, env=env)
+    kube.apply(r1d, solo_ns)
+    op.stop(signal.SIGKILL)
+
+    # 2. download Job running
+    op = start_operator(kube.kubeconfig, log, *args, env=env)
+    kube.wait_condition(solo_ns, "r1-solo", "CacheReady", "False", timeout=30, reason="VolumePending")
+    cache = names.cache_name("unsloth/DeepSeek-R1-GGUF", "main", "UD-IQ1_S")
+    wait_for(lambda: kube.json("get", "job", cache, "-n", solo_ns).get("status", {}).get("active"), 30,
+             "the fetch Job to be running (its pod waiting for the volume)")
+    op.stop(signal.SIGKILL)
+    assert counts(kube, solo_ns)["jobs"] == 1
+    kube.apply({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"pv-{solo_ns}"},
+                "spec": {"capacity": {"storage": "1Ti"}, "accessModes": ["ReadWriteOnce"],
+                         "storageClassName": f"manual-{solo_ns}", "hostPath": {"path": str(tmp_path / "pv")},
+                         "persistentVolumeReclaimPolicy": "Delete"}}, solo_ns)
+    try:
+        kube.run("wait", "--for=condition=Complete", f"job/{cache}", "-n", solo_ns, "--timeout=60s")
+
+        # 3. runtime rollout: killed as soon as the runtime Deployment scales up
+        op = start_operator(kube.kubeconfig, log, *args, env=env)
+        wait_for(lambda: kube.json("get", "deploy", "r1-solo", "-n", solo_ns)["spec"]["replicas"] == 1, 30,
+                 "the runtime Deployment to scale up once the cache is ready")
+        op.stop(signal.SIGKILL)
+
+        op = start_operator(kube.kubeconfig, log, *args, env=env)
+        try:
+            kube.run("wait", "--for=condition=Ready", "r1d/r1-solo", "-n", solo_ns, "--timeout=60s")
+        finally:
+            op.stop()
+        assert counts(kube, solo_ns) == {"pvc": 1, "jobs": 1, "deployments": 1, "services": 1, "replicasets": 1}
+        pods = kube.json("get", "pods", "-n", solo_ns, "-l", "app.kubernetes.io/component=runtime")["items"]
+        assert len(pods) == 1
+    finally:
+        kube.run("delete", "r1d", "--all", "-n", solo_ns, "--wait=true", check=False)
+        kube.run("delete", "pv", f"pv-{solo_ns}", "--wait=false", check=False)
+
+
+@pytest.fixture
+def ha_ns(request, kube, hub):
+    name = make_namespace(kube, _ns_name(request, "ha"))
+    yield name
+    drop_namespace(kube, name)
+
+
+@pytest.mark.cluster
+def test_two_replicas_one_works_and_the_other_takes_over(kube, ha_ns, hub, tmp_path):
+    kube.apply({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "r1-operator"}}, ha_ns)
+    env = {"R1_HUB_ENDPOINT": hub, "R1_PEERING_LIFETIME": "6"}
+    common = ("--namespace", ha_ns, "--peering", "r1-operator")
+    a = start_operator(kube.kubeconfig, tmp_path / "a.log", *common, "--priority", "100", env=env)
+    b = start_operator(kube.kubeconfig, tmp_path / "b.log", *common, "--priority", "50", env=env)
+    try:
+        # Every replica starts paused; A resumes once its peering record shows no higher priority.
+        wait_for(lambda: "Resuming operations" in a.log.read_text(), 30, "replica A to start working")
+        first = copy.deepcopy(R1D)
+        kube.apply(first, ha_ns)
+        kube.run("wait", "--for=condition=Ready", "r1d/r1-solo", "-n", ha_ns, "--timeout=60s")
+        assert "Handler 'reconcile" in a.log.read_text()
+        assert "Handler 'reconcile" not in b.log.read_text() and "Resuming operations" not in b.log.read_text()
+
+        a.stop(signal.SIGKILL)  # no clean goodbye: B must notice A's heartbeat expire
+        wait_for(lambda: "Resuming operations" in b.log.read_text(), 60, "replica B to resume")
+        second = copy.deepcopy(R1D)
+        second["metadata"]["name"] = "r1-solo-2"
+        second["spec"]["scheduling"]["nodeSelector"] = {"kubernetes.io/hostname": "gpu-80g"}  # cpu-only's RAM is taken
+        kube.apply(second, ha_ns)
+        kube.run("wait", "--for=condition=Ready", "r1d/r1-solo-2", "-n", ha_ns, "--timeout=60s")
+        assert counts(kube, ha_ns)["deployments"] == 2
+    finally:
+        a.stop()
+        b.stop()
