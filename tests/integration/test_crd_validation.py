@@ -97,3 +97,11 @@ def test_cel_messages_say_what_to_do(crd_installed, namespace):
 def test_unknown_fields_are_rejected(crd_installed, namespace):
     r = kubectl(crd_installed, "apply", "-f", "-", stdin=manifest(namespace, {"inference": {"ctxsize": 4096}}))
     assert r.returncode != 0 and "ctxsize" in r.stderr
+
+
+def test_names_that_cannot_name_a_service_are_rejected(crd_installed, namespace):
+    for bad in ("9-starts-with-a-digit", "x" * 51):
+        r = kubectl(crd_installed, "apply", "-f", "-", stdin=manifest(namespace, {}, bad))
+        assert r.returncode != 0 and "metadata.name must be a DNS label of at most 50 characters" in r.stderr, r.stderr
+    ok = kubectl(crd_installed, "apply", "-f", "-", stdin=manifest(namespace, {}, "r1-" + "x" * 47))
+    assert ok.returncode == 0, ok.stderr
