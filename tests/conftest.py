@@ -24,11 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def cluster():
-    """One cluster per test session; reuses a running `r1ctl dev up` cluster (name in $R1_TEST_CLUSTER, default dev)."""
+    """One fresh cluster per test session. R1_TEST_CLUSTER=NAME reuses a running `r1ctl dev up --name NAME`
+    cluster instead (faster; its leftover objects, e.g. the demo's, can hold simulated GPUs and RAM)."""
     from r1_operator.dev import cluster as dev
 
-    reuse = os.environ.get("R1_TEST_CLUSTER", "dev")
-    state = dev.ClusterState.load(reuse)
+    reuse = os.environ.get("R1_TEST_CLUSTER")
+    state = dev.ClusterState.load(reuse) if reuse else None
     if state is not None and dev.status(reuse)["running"]:
         yield state
         return

@@ -11,6 +11,7 @@ MANAGED_BY = "r1-operator"
 LABEL_DEPLOYMENT = f"{GROUP}/deployment"
 LABEL_CACHE = f"{GROUP}/cache"
 ANN_PLAN_HASH = f"{GROUP}/plan-hash"
+ANN_APPLIED = f"{GROUP}/applied-hash"  # on applied children: hash of the configuration last applied
 ANN_CACHE_READY = f"{GROUP}/cache-ready"  # on the PVC: the fetch Job succeeded (its summary)
 ANN_CACHE_SOURCE = f"{GROUP}/cache-source"  # on the PVC: repo@revision/variant
 

@@ -27,10 +27,8 @@ def _termination(pod: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def cache(api, namespace: str, pvc_name: str) -> tuple[CacheObservation, dict[str, Any] | None, dict[str, Any] | None]:
-    """(observation, PVC, Job)."""
-    pvc = k.get(api, "v1", "PersistentVolumeClaim", namespace, pvc_name)
-    job = k.get(api, "batch/v1", "Job", namespace, pvc_name)
+def cache(api, namespace: str, pvc_name: str, pvc: dict[str, Any] | None, job: dict[str, Any] | None) -> CacheObservation:
+    """The cache as its live PVC and Job show it (the Job's pods are read only once it has finished)."""
     ready = None
     if pvc is not None:
         raw = ((pvc.get("metadata") or {}).get("annotations") or {}).get(names.ANN_CACHE_READY)
@@ -50,14 +48,13 @@ def cache(api, namespace: str, pvc_name: str) -> tuple[CacheObservation, dict[st
                 message = _termination(pod) or message
     if succeeded and ready is None:
         ready = {**(message or {}), "job": pvc_name}
-    obs = CacheObservation(pvc=pvc_name, pvc_phase=((pvc or {}).get("status") or {}).get("phase", ""), ready=ready,
-                           job_active=active, job_failed=failed and ready is None, job_failure=failure,
-                           last_message=message)
-    return obs, pvc, job
+    return CacheObservation(pvc=pvc_name, pvc_phase=((pvc or {}).get("status") or {}).get("phase", ""), ready=ready,
+                            job_active=active, job_failed=failed and ready is None, job_failure=failure,
+                            last_message=message)
 
 
-def runtime(api, namespace: str, name: str, generation_seen: bool = True) -> RuntimeObservation:
-    dep = k.get(api, "apps/v1", "Deployment", namespace, names.runtime_name(name))
+def runtime(api, namespace: str, name: str, dep: dict[str, Any] | None) -> RuntimeObservation:
+    """The runtime as its live Deployment shows it, plus why its pods wait when they are not ready."""
     if dep is None:
         return RuntimeObservation()
     st, meta = dep.get("status") or {}, dep["metadata"]
