@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
+import json
 import logging
 import os
 from typing import Any
@@ -119,18 +121,57 @@ async def stop_replan_loop(memo: kopf.Memo, **_: Any) -> None:
         task.cancel()
 
 
+_SEEN: dict[str, str] = {}  # child uid → digest of the fields that matter to status
+
+
+def _news(body: Any, summary: Any) -> bool:
+    """True when the summary of a child that feeds the status changed since its last event. Metadata never
+    counts: a shared Job gains an owner reference per R1Deployment, which must not refresh every sharer."""
+    uid = (body.get("metadata") or {}).get("uid", "")
+    digest = hashlib.sha256(json.dumps(summary, sort_keys=True, default=str).encode()).hexdigest()
+    if _SEEN.get(uid) == digest:
+        return False
+    if len(_SEEN) > 100_000:
+        _SEEN.clear()
+    _SEEN[uid] = digest
+    return True
+
+
+def _conditions(status: Any) -> list:
+    return sorted((c.get("type"), c.get("status"), c.get("reason")) for c in status.get("conditions") or [])
+
+
+def _owners(body: Any) -> list[str]:
+    return [ref["name"] for ref in (body.get("metadata") or {}).get("ownerReferences") or []
+            if ref.get("kind") == "R1Deployment" and ref.get("apiVersion") == f"{GROUP}/{VERSION}"]
+
+
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+def job_changed(body: Any, namespace: str, type: str | None, **_: Any) -> None:
+    st = body.get("status") or {}
+    if type == "DELETED" or _news(body, [st.get("active"), st.get("succeeded"), st.get("failed"), _conditions(st)]):
+        for owner in _owners(body):
+            _STATE["r"].refresh(namespace, owner)
+
+
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-def child_changed(body: Any, namespace: str, **_: Any) -> None:
-    for ref in (body.get("metadata") or {}).get("ownerReferences") or []:
-        if ref.get("kind") == "R1Deployment" and ref.get("apiVersion") == f"{GROUP}/{VERSION}":
-            _STATE["r"].refresh(namespace, ref["name"])
+def deployment_changed(body: Any, namespace: str, type: str | None, **_: Any) -> None:
+    st, meta = body.get("status") or {}, body.get("metadata") or {}
+    summary = [(body.get("spec") or {}).get("replicas"), st.get("replicas"), st.get("readyReplicas"),
+               st.get("updatedReplicas"), (st.get("observedGeneration") or 0) >= (meta.get("generation") or 0),
+               _conditions(st)]
+    if type == "DELETED" or _news(body, summary):
+        for owner in _owners(body):
+            _STATE["r"].refresh(namespace, owner)
 
 
 @kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/component": "runtime", **MANAGED})
 def runtime_pod_changed(body: Any, namespace: str, labels: Any, type: str | None, **_: Any) -> None:
     # Readiness reaches the Deployment status too; pods add why they wait (Unschedulable, CrashLoopBackOff).
-    if type in ("ADDED", "MODIFIED") and labels.get(names.LABEL_DEPLOYMENT):
+    st = body.get("status") or {}
+    waiting = [((c.get("state") or {}).get("waiting") or {}).get("reason") for c in st.get("containerStatuses") or []]
+    if type in ("ADDED", "MODIFIED") and labels.get(names.LABEL_DEPLOYMENT) \
+            and _news(body, [st.get("phase"), _conditions(st), waiting]):
         _STATE["r"].refresh(namespace, labels[names.LABEL_DEPLOYMENT])
 
 

@@ -53,6 +53,7 @@ class Reconciler:
     _guard: threading.Lock = field(default_factory=threading.Lock)
     _crd_seen: dict[str, tuple[float, bool]] = field(default_factory=dict)
     _deleted: set[tuple[str, str, str, str]] = field(default_factory=set)
+    _waiting: set[str] = field(default_factory=set)
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
         with self._guard:
@@ -83,8 +84,17 @@ class Reconciler:
             self.reconcile(body)
 
     def refresh(self, namespace: str, name: str) -> None:
-        """A child changed: converge the children on the stored plan and recompute status; never re-plans."""
+        """A child changed: converge the children on the stored plan and recompute status; never re-plans.
+
+        Requests for one R1Deployment coalesce: while one waits for the lock, more add nothing."""
+        key = f"{namespace}/{name}"
+        with self._guard:
+            if key in self._waiting:
+                return
+            self._waiting.add(key)
         with self._lock(namespace, name), metrics.timed("refresh"):
+            with self._guard:
+                self._waiting.discard(key)
             body = k.get(self.api, f"{GROUP}/{VERSION}", "R1Deployment", namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return
