@@ -28,7 +28,10 @@ class Prometheus:
 
 @contextmanager
 def running_prometheus(targets: list[str], port: int, job: str = "r1-runtime", rule_files: list[Path] | None = None,
-                       interval: str = "1s"):
+                       interval: str = "1s", scrape_configs: list[dict] | None = None):
+    """Prometheus scraping `targets` as `job`, or the given scrape_configs (each job must come up)."""
+    import yaml
+
     binary = shutil.which("prometheus")
     if binary is None:
         raise AssertionError("prometheus is not installed; run 'make setup' (it installs the Debian package)")
@@ -37,7 +40,8 @@ def running_prometheus(targets: list[str], port: int, job: str = "r1-runtime", r
     (d / "prometheus.yml").write_text(
         f"global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\n"
         + (f"rule_files:{rules}\n" if rules else "")
-        + f"scrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: {targets}\n")
+        + yaml.safe_dump({"scrape_configs": scrape_configs or [{"job_name": job,
+                                                                 "static_configs": [{"targets": targets}]}]}))
     log = open(d / "log", "w")
     proc = subprocess.Popen([binary, f"--config.file={d / 'prometheus.yml'}", f"--storage.tsdb.path={d / 'data'}",
                              f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
@@ -52,7 +56,8 @@ def running_prometheus(targets: list[str], port: int, job: str = "r1-runtime", r
                 return False
 
         wait_for(up, 60, "prometheus ready")
-        wait_for(lambda: prom.value(f'up{{job="{job}"}} == 1'), 30, f"first scrape of {targets}")
+        for j in [c["job_name"] for c in scrape_configs or [{"job_name": job}]]:
+            wait_for(lambda: prom.value(f'up{{job="{j}"}} == 1'), 30, f"first scrape of job {j}")
         yield prom
     finally:
         proc.terminate()

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     crd = sub.add_parser("crd", help="print the R1Deployment CustomResourceDefinition (generated from the API types)")
     crd.set_defaults(func=_crd)
+    dash = sub.add_parser("dashboard", help="print the Grafana dashboard JSON (the chart's files/dashboard.json)")
+    dash.set_defaults(func=_dashboard)
 
     dev = sub.add_parser("dev", help="a local Kubernetes control plane with simulated GPU nodes")
     dsub = dev.add_subparsers(dest="dev_command", required=True)
@@ -72,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     for p in dsub.choices.values():
         p.add_argument("--name", default="dev", help="cluster name (default: dev)")
     return parser
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from r1_operator.dashboard import dashboard_json
+
+    sys.stdout.write(dashboard_json() + "\n")
+    return 0
 
 
 def _crd(args: argparse.Namespace) -> int:

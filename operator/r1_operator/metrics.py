@@ -17,8 +17,14 @@ TRANSITIONS = Counter("r1_operator_condition_transitions", "Condition transition
 CACHE_PROGRESS = Gauge("r1_operator_cache_progress_ratio", "Fraction of the variant fetched into the cache volume.",
                        ["namespace", "r1deployment", "variant"])
 CACHE_BYTES = Gauge("r1_operator_cache_bytes", "Bytes fetched into the cache volume.", ["namespace", "r1deployment"])
+CACHE_FAILED = Gauge("r1_operator_cache_failed", "1 when the model download failed for good.",
+                     ["namespace", "r1deployment"])
 READY = Gauge("r1_operator_deployment_ready", "1 when the R1Deployment's Ready condition is True.",
               ["namespace", "r1deployment"])
+for _kind in ("reconcile", "refresh"):  # present from the start, so rates and alerts see zeros, not gaps
+    ERRORS.labels(_kind)
+    RECONCILES.labels(_kind, "ok")
+    RECONCILES.labels(_kind, "error")
 PLAN = Gauge("r1_operator_plan_info", "The plan of each R1Deployment (value 1).",
              ["namespace", "r1deployment", "variant", "gpu_layers", "node", "mode"])
 
@@ -52,6 +58,7 @@ def record_status(namespace: str, name: str, status: dict) -> None:
                     plan.get("mode", "")).set(1)
         CACHE_PROGRESS.labels(namespace, name, plan["variant"]).set((cache.get("percent") or 0) / 100)
     CACHE_BYTES.labels(namespace, name).set(cache.get("bytesDone") or 0)
+    CACHE_FAILED.labels(namespace, name).set(1 if cache.get("phase") == "Failed" else 0)
 
 
 def forget_plan(namespace: str, name: str) -> None:
@@ -66,7 +73,7 @@ def forget_plan(namespace: str, name: str) -> None:
 
 def forget(namespace: str, name: str) -> None:
     forget_plan(namespace, name)
-    for gauge in (READY, CACHE_BYTES):
+    for gauge in (READY, CACHE_BYTES, CACHE_FAILED):
         try:
             gauge.remove(namespace, name)
         except KeyError:

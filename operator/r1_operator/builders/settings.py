@@ -19,7 +19,7 @@ class OperatorSettings:
     prestop_sleep_s: int = 5  # lets Service endpoints drop the pod before SIGTERM
     load_bytes_per_second: int = 100 * MB  # slowest expected model load, sizes the startup probe
     fetch_backoff_limit: int = 6
-    run_as_user: int = 10001
+    run_as_user: int = 65532  # the image's user (Dockerfile)
     dashboard_label: str = "grafana_dashboard=1"
     replan_interval_s: float = 60.0
 

@@ -1,0 +1,169 @@
+"""The Helm chart, rendered and linted by the real helm binary; alerts checked and unit-tested by promtool."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "r1-operator"
+HELM = str(Path(sys.executable).parent / "helm")
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+
+
+def helm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([HELM, *args], capture_output=True, text=True, timeout=120)
+
+
+def render(*args: str) -> list[dict]:
+    r = helm("template", "r1", str(CHART), "--namespace", "r1-system", *args)
+    assert r.returncode == 0, r.stderr
+    return [d for d in yaml.safe_load_all(r.stdout) if d]
+
+
+def test_ci_values_cover_the_four_setups():
+    assert {p.name for p in CI_VALUES} == {"default-values.yaml", "monitoring-values.yaml", "ha-values.yaml",
+                                          "namespaced-values.yaml"}
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
+def test_lint_strict_and_template(values):
+    r = helm("lint", "--strict", str(CHART), "-f", str(values))
+    assert r.returncode == 0, r.stdout + r.stderr
+    docs = render("-f", str(values))
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "ServiceAccount", "ClusterRole", "Service"} <= kinds
+
+
+def _pod_specs(docs: list[dict]):
+    for d in docs:
+        if d["kind"] in ("Deployment", "Job"):
+            yield d["metadata"]["name"], d["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
+def test_pods_meet_the_restricted_profile(values):
+    for name, pod in _pod_specs(render("-f", str(values))):
+        psc = pod["securityContext"]
+        assert psc["runAsNonRoot"] is True and psc["seccompProfile"]["type"] == "RuntimeDefault", name
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"], name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert c["resources"]["limits"]["memory"], name
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
+def test_rbac_has_no_wildcards_and_writes_only_what_the_operator_creates(values):
+    docs = render("-f", str(values))
+    writes = set()
+    for d in docs:
+        if d["kind"] not in ("ClusterRole", "Role"):
+            continue
+        for rule in d["rules"]:
+            for key in ("apiGroups", "resources", "verbs", "resourceNames"):
+                assert "*" not in rule.get(key, []), (d["metadata"]["name"], rule)
+            if set(rule["verbs"]) & {"create", "patch", "update", "delete"}:
+                writes.update(rule["resources"])
+    assert writes <= {"r1deployments", "r1deployments/status", "persistentvolumeclaims", "jobs", "deployments",
+                      "services", "configmaps", "servicemonitors", "events", "kopfpeerings", "clusterkopfpeerings"}
+    inventory = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("-inventory"))
+    nodes = next(r for r in inventory["rules"] if "nodes" in r["resources"])
+    assert set(nodes["verbs"]) == {"get", "list", "watch"}
+
+
+def test_namespaced_watch_binds_writes_only_in_those_namespaces():
+    docs = render("-f", str(CHART / "ci" / "namespaced-values.yaml"))
+    bindings = [d for d in docs if d["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    workload = [b for b in bindings if b["roleRef"]["name"].endswith("-workloads")]
+    assert {b["kind"] for b in workload} == {"RoleBinding"}
+    assert sorted(b["metadata"]["namespace"] for b in workload) == ["team-a", "team-b"]
+    inventory = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("-inventory"))
+    assert not any("pods" in r["resources"] for r in inventory["rules"])  # no cluster-wide pod reads either
+    args = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args and "--peering=r1-operator" in args
+    assert {d["kind"] for d in docs if d["kind"].endswith("KopfPeering")} == {"KopfPeering"}
+
+
+def test_runtime_defaults_reach_the_operator():
+    docs = render("-f", str(CHART / "ci" / "namespaced-values.yaml"))
+    env = {e["name"]: e.get("value") for e in
+           next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["R1_DEFAULT_STORAGE_CLASS"] == "fast-nvme"
+    assert env["R1_HUB_ENDPOINT"] == "http://hf-mirror.models.svc:8080"
+    assert env["R1_RUNTIME_IMAGE"] == "r1-operator/runtime:0.1.0"
+    from r1_operator.builders.settings import OperatorSettings
+
+    s = OperatorSettings.from_env({k: v for k, v in env.items() if k.startswith("R1_") and v is not None})
+    assert s.default_storage_class == "fast-nvme" and s.hub_endpoint == "http://hf-mirror.models.svc:8080"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--set", "replicaCount=0"], "/replicaCount"),
+    (["--set", "colour=blue"], "'colour'"),
+    (["--set", "watch.namespaces[0]=Bad_NS"], "/watch/namespaces/0"),
+    (["--set", "prometheusRule.tokenRateDropRatio=2"], "/prometheusRule/tokenRateDropRatio"),
+    (["--set", "runtime.hubEndpoint=ftp://mirror"], "/runtime/hubEndpoint"),
+    (["--set", "replicaCount=2"], "needs ha.enabled=true"),
+])
+def test_bad_values_are_rejected_naming_the_key(args, message):
+    r = helm("template", "r1", str(CHART), *args)
+    assert r.returncode != 0 and message in r.stderr, r.stderr
+
+
+def test_chart_crds_and_dashboard_are_the_generated_ones():
+    for f in ("r1deployments.yaml", "kopf-peering.yaml"):
+        assert (CHART / "crds" / f).read_text() == (REPO / "crds" / f).read_text(), f"copy crds/{f} into the chart"
+    from r1_operator.dashboard import dashboard_json
+
+    assert (CHART / "files" / "dashboard.json").read_text() == dashboard_json() + "\n", \
+        "regenerate with: r1ctl dashboard > charts/r1-operator/files/dashboard.json"
+
+
+def _rules(tmp_path: Path) -> Path:
+    (rule,) = [d for d in render("-f", str(CHART / "ci" / "monitoring-values.yaml")) if d["kind"] == "PrometheusRule"]
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(rule["spec"]))
+    return path
+
+
+def _promtool() -> str:
+    p = shutil.which("promtool")
+    assert p, "promtool is not installed; run 'make setup' (Debian package prometheus)"
+    return p
+
+
+def test_promtool_checks_the_rendered_rules(tmp_path):
+    r = subprocess.run([_promtool(), "check", "rules", str(_rules(tmp_path))], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SUCCESS: 7 rules found" in r.stdout
+
+
+def _fill(template: str, labels: dict) -> str:
+    for k, v in labels.items():
+        template = template.replace(f"{{{{ $labels.{k} }}}}", v)
+    return template
+
+
+def test_promtool_unit_tests_fire_and_resolve_each_alert(tmp_path):
+    rules = _rules(tmp_path)
+    tests = yaml.safe_load((Path(__file__).parent / "alerts_test.yaml").read_text())
+    tests["rule_files"] = [str(rules)]
+    fired = {t["alertname"] for case in tests["tests"] for t in case["alert_rule_test"] if t["exp_alerts"]}
+    by_name = {r["alert"]: r for g in yaml.safe_load(rules.read_text())["groups"] for r in g["rules"] if "alert" in r}
+    assert fired == set(by_name), f"alerts without a firing test: {set(by_name) - fired}"
+    for case in tests["tests"]:
+        for t in case["alert_rule_test"]:
+            for exp in t["exp_alerts"]:
+                exp["exp_annotations"] = {k: _fill(v, exp["exp_labels"])
+                                          for k, v in by_name[t["alertname"]]["annotations"].items()}
+    path = tmp_path / "alerts_test.yaml"
+    path.write_text(yaml.safe_dump(tests))
+    r = subprocess.run([_promtool(), "test", "rules", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

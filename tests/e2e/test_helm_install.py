@@ -1,0 +1,92 @@
+"""helm install into the real cluster; the operator then runs with the chart's RBAC (its ServiceAccount's token).
+
+The operator process runs here, not in the (simulated) pod: it gets the args and
+env the chart rendered into its Deployment and a kubeconfig holding a token for
+the chart's ServiceAccount, so every API call it makes is checked against the
+chart's Roles, not admin.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, drop_namespace, make_namespace, start_operator
+from helpers import wait_for
+
+HELM = str(Path(sys.executable).parent / "helm")
+
+
+def helm(kube, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([HELM, "--kubeconfig", kube.kubeconfig, *args], capture_output=True, text=True, timeout=180)
+    if check:
+        assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def sa_kubeconfig(kube, namespace: str, sa: str, path: Path) -> str:
+    token = kube.run("create", "token", sa, "-n", namespace, "--duration=1h").stdout.strip()
+    admin = yaml.safe_load(Path(kube.kubeconfig).read_text())
+    cfg = {"apiVersion": "v1", "kind": "Config", "clusters": admin["clusters"],
+           "users": [{"name": sa, "user": {"token": token}}],
+           "contexts": [{"name": sa, "context": {"cluster": admin["clusters"][0]["name"], "user": sa}}],
+           "current-context": sa}
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+@pytest.mark.cluster
+def test_helm_install_operator_with_chart_rbac_then_helm_test_and_uninstall(kube, hub, tmp_path):
+    suffix = uuid.uuid4().hex[:6]
+    system = make_namespace(kube, f"r1-system-{suffix}")
+    watched = make_namespace(kube, f"helm-{suffix}")
+    release = "r1-operator"
+    op = None
+    try:
+        helm(kube, "install", release, str(REPO / "charts" / "r1-operator"), "-n", system, "--wait", "--timeout=90s",
+             "--set", f"watch.namespaces={{{watched}}}", "--set", f"runtime.hubEndpoint={hub}")
+        dep = kube.json("get", "deploy", release, "-n", system)
+        container = dep["spec"]["template"]["spec"]["containers"][0]
+        args = [a for a in container["args"] if not a.startswith(("--liveness", "--metrics-port"))]
+        env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+        assert env["R1_HUB_ENDPOINT"] == hub and f"--namespace={watched}" in args
+
+        kubeconfig = sa_kubeconfig(kube, system, dep["spec"]["template"]["spec"]["serviceAccountName"],
+                                   tmp_path / "sa.kubeconfig")
+        # the token really is restricted: no reads outside what the chart grants
+        denied = subprocess.run([str(Path(sys.executable).parent / "kubectl"), "--kubeconfig", kubeconfig,
+                                 "get", "secrets", "-n", watched], capture_output=True, text=True)
+        assert denied.returncode != 0 and "forbidden" in denied.stderr.lower()
+
+        op = start_operator(kubeconfig, tmp_path / "operator.log", *args, env={**env, "R1_REPLAN_INTERVAL_S": "2"})
+        sample = yaml.safe_load((REPO / "examples" / "cpu-only.yaml").read_text())
+        kube.apply(sample, watched)
+        kube.wait_condition(watched, "r1-cpu", "Planned", timeout=30)
+        kube.wait_condition(watched, "r1-cpu", "CacheReady", timeout=60)
+        kube.run("wait", "--for=condition=Ready", "r1d/r1-cpu", "-n", watched, "--timeout=60s")
+        log = op.log.read_text()
+        assert "403" not in log and "orbidden" not in log, op.tail(40)
+
+        helm(kube, "test", release, "-n", system, "--timeout=90s")
+
+        kube.run("delete", "r1d", "--all", "-n", watched, "--wait=true")
+        op.stop()
+        op = None
+        helm(kube, "uninstall", release, "-n", system, "--wait", "--timeout=90s")
+        sel = f"app.kubernetes.io/instance={release}"
+        left = kube.json("get", "deploy,svc,sa,configmap,rolebinding", "-n", system, "-l", sel)["items"]
+        left += kube.json("get", "clusterrole,clusterrolebinding", "-l", sel)["items"]
+        left += kube.json("get", "rolebinding", "-n", watched, "-l", sel)["items"]
+        assert not left, [f"{i['kind']}/{i['metadata']['name']}" for i in left]
+        # the CRD policy: CRDs come from the chart's crds/ directory and stay (R1Deployments would go with them)
+        kube.run("get", "crd", "r1deployments.r1.inference.dev")
+    finally:
+        if op is not None:
+            op.stop()
+        helm(kube, "uninstall", release, "-n", system, check=False)
+        drop_namespace(kube, watched)
+        kube.run("delete", "namespace", system, "--wait=false", check=False)
