@@ -18,7 +18,7 @@ RUN apt-get update \
 WORKDIR /src
 COPY hack/llama-wheel.sh hack/
 RUN python3 -m venv /opt/build && . /opt/build/bin/activate \
- && pip install --no-cache-dir --upgrade pip setuptools wheel \
+ && pip install --no-cache-dir pip==26.3 setuptools==84.2.1 wheel==0.48.0 \
  && if [ "$GGML_CUDA" = "on" ]; then export CMAKE_ARGS="-DGGML_CUDA=on -DGGML_NATIVE=OFF"; fi \
  && mkdir -p /wheels && PYTHON=python3 R1_CACHE_DIR=/wheels hack/llama-wheel.sh > /wheels/path.txt
 

@@ -16,7 +16,6 @@ from r1_operator import metrics
 from r1_operator.api.types import GROUP, PLURAL, VERSION
 from r1_operator.builders import names
 from r1_operator.builders.settings import OperatorSettings
-from r1_operator.builders.status import Event
 from r1_operator.k8s.inventory import api_client
 from r1_operator.reconcile import Inventory, Reconciler
 
@@ -59,10 +58,6 @@ def gpu_pods_index(body: Any, **_: Any) -> dict[Any, Any]:
                    "status": {"phase": (body.get("status") or {}).get("phase")}}}
 
 
-def _emit(body: dict[str, Any], ev: Event) -> None:
-    kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
-
-
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, nodes_index: kopf.Index, gpu_pods_index: kopf.Index, **_: Any) -> None:
     settings.persistence.finalizer = f"{GROUP}/finalizer"
@@ -78,7 +73,7 @@ def startup(settings: kopf.OperatorSettings, nodes_index: kopf.Index, gpu_pods_i
     settings.peering.lifetime = int(os.environ.get("R1_PEERING_LIFETIME", "30"))
     api = api_client(os.environ.get("R1_KUBECONFIG") or None)
     inv = Inventory(nodes=lambda: list(nodes_index.get(None, [])), pods=lambda: list(gpu_pods_index.get(None, [])))
-    _STATE["r"] = Reconciler(api=api, settings=_SETTINGS, inventory=inv, emit=_emit)
+    _STATE["r"] = Reconciler(api=api, settings=_SETTINGS, inventory=inv)
 
 
 @kopf.on.create(*R1D)

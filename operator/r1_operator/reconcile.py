@@ -7,6 +7,8 @@ Handlers call `Reconciler.reconcile` (spec or nodes changed) and `Reconciler.ref
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import os
 import hashlib
 import json
 import threading
@@ -15,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from r1_operator import metrics
@@ -23,12 +26,13 @@ from r1_operator.builders import manifests as mf
 from r1_operator.builders import names
 from r1_operator.builders.planfor import PlanError, decide, inventory_for
 from r1_operator.builders.settings import OperatorSettings
-from r1_operator.builders.status import Desired, Event, build_status
+from r1_operator.builders.status import Desired, build_status
 from r1_operator.dashboard import dashboard_json
 from r1_operator.k8s import apply as k
 from r1_operator.k8s import observe
 
 SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
+log = logging.getLogger("r1_operator")
 
 
 def _now() -> str:
@@ -48,7 +52,6 @@ class Reconciler:
     api: Any
     settings: OperatorSettings
     inventory: Inventory
-    emit: Callable[[dict[str, Any], Event], None]
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
     _crd_seen: dict[str, tuple[float, bool]] = field(default_factory=dict)
@@ -227,7 +230,11 @@ class Reconciler:
             return
         k.replace_status(self.api, GROUP, VERSION, PLURAL, meta["namespace"], meta["name"], result.status)
         for ev in result.events:
-            self.emit(body, ev)
+            try:
+                k.post_event(self.api, body, ev.type, ev.reason, ev.message, names.MANAGED_BY,
+                             os.environ.get("POD_NAME", names.MANAGED_BY), _now())
+            except ApiException as exc:  # an event is a courtesy; the status already says it
+                log.warning("event %s on %s/%s not posted: %s", ev.reason, meta["namespace"], meta["name"], exc.reason)
             metrics.transition(ev.reason)
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from r1_operator.dev.cluster import COMPONENTS
+
 pytestmark = pytest.mark.cluster
 
 BIN = Path(sys.executable).parent

@@ -122,3 +122,19 @@ def crd_exists(api, name: str) -> bool:
         if exc.status in (403, 404):
             return False
         raise
+
+
+def post_event(api, obj: dict[str, Any], type_: str, reason: str, message: str, component: str,
+               instance: str, now: str) -> None:
+    """A core/v1 Event on the object (what `kubectl describe` and `kubectl get events` show)."""
+    m = obj["metadata"]
+    event = {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{m['name']}.", "namespace": m["namespace"]},
+        "involvedObject": {"apiVersion": obj["apiVersion"], "kind": obj["kind"], "name": m["name"],
+                           "namespace": m["namespace"], "uid": m["uid"]},
+        "type": type_, "reason": reason, "message": message[:1024], "count": 1,
+        "firstTimestamp": now, "lastTimestamp": now, "source": {"component": component},
+        "reportingComponent": component, "reportingInstance": instance[:128],
+    }
+    _call(api, "POST", f"/api/v1/namespaces/{m['namespace']}/events", event)

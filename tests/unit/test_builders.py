@@ -1,0 +1,184 @@
+"""Pure builders: plan decisions, manifests and status, as tables of cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from r1_operator.api.types import R1DeploymentSpec
+from r1_operator.builders import manifests as mf
+from r1_operator.builders.planfor import PlanError, decide, inventory_for
+from r1_operator.builders.settings import OperatorSettings
+from r1_operator.builders.status import CacheObservation, Desired, RuntimeObservation, build_status
+from r1_operator.dev.nodes import NodeShape
+
+S = OperatorSettings()
+
+
+def node(name: str, gpus: int, mib: int | None, memory: str = "512Gi", **kw) -> dict:
+    n = NodeShape.model_validate({"name": name, "gpus": gpus, "gpuMemoryMiB": mib, "memory": memory, "cpu": "64",
+                                  **kw}).to_node()
+    n["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+    return n
+
+
+def spec(**kw) -> R1DeploymentSpec:
+    return R1DeploymentSpec.model_validate(kw)
+
+
+def inv(*nodes):
+    return inventory_for(list(nodes), [], "nvidia.com/gpu", frozenset())
+
+
+# ---------------------------------------------------------------- decide
+
+def test_first_plan_then_kept_while_it_fits_even_when_a_better_node_joins():
+    s = spec(model={"variant": "UD-IQ1_S"})
+    first = decide(s, 1, inv(node("small", 1, 24576)), None)
+    assert first.changed and first.plan["node"] == "small" and first.plan["why"] == "planned"
+    again = decide(s, 1, inv(node("small", 1, 24576), node("big", 2, 81920)), first.plan)
+    assert not again.changed and again.plan is first.plan
+
+
+def test_node_loss_or_spec_change_replans_and_says_why():
+    s = spec(model={"variant": "UD-IQ1_S"})
+    first = decide(s, 1, inv(node("a", 1, 81920)), None).plan
+    gone = decide(s, 1, inv(node("b", 1, 81920)), first)
+    assert gone.plan["node"] == "b" and gone.why == "re-planned: node a is gone"
+    cordoned = decide(s, 1, inv(node("a", 1, 81920, unschedulable=True), node("b", 1, 81920)), first)
+    assert cordoned.plan["node"] == "b" and "cordoned" in cordoned.why
+    bigger_ctx = decide(spec(model={"variant": "UD-IQ1_S"}, inference={"ctxSize": 65536}), 2, inv(node("a", 1, 81920)),
+                        first)
+    assert bigger_ctx.why == "re-planned: the spec changed" and bigger_ctx.plan["nGpuLayers"] < first["nGpuLayers"]
+    same = decide(spec(model={"variant": "UD-IQ1_S"}, replicas=3), 2, inv(node("a", 1, 81920)), first)
+    assert not same.changed and same.plan["why"] == "planned"  # a new generation with the same plan is no news
+
+
+@pytest.mark.parametrize("kw,field", [
+    ({"model": {"variant": "UD-IQ9_Z"}}, "spec.model.variant"),
+    ({"model": {"minVariant": "nope"}}, "spec.model.minVariant"),
+    ({"model": {"repo": "someone/other-GGUF"}}, "spec.model.repo"),
+])
+def test_unplannable_specs_name_the_field(kw, field):
+    with pytest.raises(PlanError) as e:
+        decide(spec(**kw), 1, inv(node("a", 1, 81920)), None)
+    assert e.value.field == field and str(e.value).startswith(field)
+
+
+# ---------------------------------------------------------------- manifests
+
+def _plan(**kw):
+    s = spec(model={"variant": "UD-IQ1_S"}, **kw)
+    return s, decide(s, 1, inv(node("h100x2", 2, 81920)), None).plan
+
+
+def test_runtime_renders_the_plan_and_requests_its_gpus_on_its_node():
+    s, plan = _plan(inference={"flashAttention": True, "cacheTypeV": "q4_0", "cacheTypeK": "q4_0"})
+    dep = mf.build_deployment("r1", "ns", "uid-1", s, plan, S, cache_ready=True)
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    cmd = c["command"]
+    assert cmd[cmd.index("--n-gpu-layers") + 1] == str(plan["nGpuLayersArg"])
+    assert cmd[cmd.index("--tensor-split") + 1] == "0.5,0.5"
+    assert "--flash-attn" in cmd and cmd[cmd.index("--cache-type-v") + 1] == "q4_0"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "2" == c["resources"]["requests"]["nvidia.com/gpu"]
+    assert pod["nodeSelector"]["kubernetes.io/hostname"] == "h100x2"
+    assert dep["spec"]["strategy"]["type"] == "Recreate"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/ready" and c["livenessProbe"]["httpGet"]["path"] == "/health"
+    # the startup window covers reading the model at the slowest expected rate
+    window = c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"]
+    assert window >= plan["diskBytes"] // 2 / S.load_bytes_per_second
+    assert pod["terminationGracePeriodSeconds"] > S.shutdown_grace_s + S.prestop_sleep_s
+
+
+def test_runtime_has_no_replicas_until_the_cache_is_ready():
+    s, plan = _plan(replicas=3)
+    assert mf.build_deployment("r1", "ns", "u", s, plan, S, cache_ready=False)["spec"]["replicas"] == 0
+    assert mf.build_deployment("r1", "ns", "u", s, plan, S, cache_ready=True)["spec"]["replicas"] == 3
+
+
+def test_every_pod_meets_the_restricted_profile():
+    s, plan = _plan()
+    for obj in (mf.build_deployment("r1", "ns", "u", s, plan, S, cache_ready=True),
+                mf.build_fetch_job("ns", s, plan, S, owners=[])):
+        pod = obj["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        assert pod["automountServiceAccountToken"] is False
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+            assert sc["readOnlyRootFilesystem"] and sc["runAsNonRoot"]
+
+
+def test_fetch_job_fails_fast_on_permanent_errors_and_keeps_secrets_as_references():
+    s, plan = _plan(hfTokenSecretRef={"name": "hf", "key": "token"})
+    job = mf.build_fetch_job("ns", s, plan, OperatorSettings(hub_endpoint="http://mirror:8080"), owners=[])
+    rule = job["spec"]["podFailurePolicy"]["rules"][0]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [2, 3, 4]
+    env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
+    assert env["HF_ENDPOINT"]["value"] == "http://mirror:8080"
+    assert job["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/hostname"] == plan["node"]
+
+
+def test_cache_size_auto_covers_download_and_merge():
+    s, plan = _plan()
+    assert int(mf.cache_size(s, plan).removesuffix("Gi")) * (1 << 30) >= plan["diskBytes"]
+    assert mf.cache_size(spec(cache={"size": "900Gi"}), plan) == "900Gi"
+
+
+# ---------------------------------------------------------------- status
+
+def _desired(plan, error=""):
+    return Desired(generation=2, replicas=1, plan=plan, plan_error=error, endpoint="http://r1.ns.svc:8080/v1",
+                   selector="x=y")
+
+
+def _conds(res):
+    return {c["type"]: (c["status"], c["reason"]) for c in res.status["conditions"]}
+
+
+def test_status_through_the_stages():
+    _, plan = _plan()
+    cases = [
+        (_desired(None, "spec.model.variant: unknown"), CacheObservation(), RuntimeObservation(),
+         {"Planned": ("False", "InvalidSpec"), "Degraded": ("True", "InvalidSpec"), "Ready": ("False", "NotPlanned")}),
+        (_desired({**plan, "fits": False, "reasons": ["nothing fits"]}), CacheObservation(), RuntimeObservation(),
+         {"Planned": ("False", "NoFeasiblePlan"), "Degraded": ("True", "NoFeasiblePlan")}),
+        (_desired(plan), CacheObservation(pvc="c", pvc_phase="Pending"), RuntimeObservation(),
+         {"CacheReady": ("False", "VolumePending"), "Progressing": ("True", "WaitingForCache")}),
+        (_desired(plan), CacheObservation(pvc="c", pvc_phase="Bound", job_active=1,
+                                          progress={"bytesDone": 50, "bytesTotal": 200, "phase": "downloading"}),
+         RuntimeObservation(), {"CacheReady": ("False", "Downloading"), "Ready": ("False", "WaitingForCache")}),
+        (_desired(plan), CacheObservation(pvc="c", job_failed=True, last_message={"error": "no space: need 9 GiB"}),
+         RuntimeObservation(), {"CacheReady": ("False", "FetchFailed"), "Degraded": ("True", "FetchFailed"),
+                                "Progressing": ("False", "Stalled")}),
+        (_desired(plan), CacheObservation(pvc="c", ready={"bytesTotal": 10}),
+         RuntimeObservation(exists=True, replicas=1, waiting="pod x Unschedulable: 0/4 nodes"),
+         {"Ready": ("False", "RuntimeStarting"), "CacheReady": ("True", "Cached")}),
+        (_desired(plan), CacheObservation(pvc="c", ready={"bytesTotal": 10}),
+         RuntimeObservation(exists=True, replicas=1, ready_replicas=1, updated_replicas=1, up_to_date=True),
+         {"Ready": ("True", "RuntimeReady"), "Degraded": ("False", "AsExpected"), "Progressing": ("False", "Idle")}),
+    ]
+    for d, c, r, want in cases:
+        got = _conds(build_status(d, c, r, None, "2026-01-01T00:00:00Z"))
+        assert {k: got[k] for k in want} == want, (want, got)
+
+
+def test_downloading_shows_percent_for_kubectl_get():
+    _, plan = _plan()
+    res = build_status(_desired(plan), CacheObservation(pvc="c", job_active=1, progress={"bytesDone": 50, "bytesTotal": 200}),
+                       RuntimeObservation(), None, "t0")
+    assert res.status["cache"]["display"] == "25%" and res.status["cache"]["percent"] == 25.0
+    assert "endpoint" not in res.status
+
+
+def test_transition_times_and_events_only_change_on_transitions():
+    _, plan = _plan()
+    obs = (CacheObservation(pvc="c", job_active=1), RuntimeObservation())
+    first = build_status(_desired(plan), *obs, None, "t0")
+    assert {e.reason for e in first.events} >= {"Planned", "Downloading"}
+    again = build_status(_desired(plan), *obs, first.status, "t1")
+    assert again.events == [] and {c["lastTransitionTime"] for c in again.status["conditions"]} == {"t0"}
+    done = build_status(_desired(plan), CacheObservation(pvc="c", ready={}), RuntimeObservation(), first.status, "t2")
+    cache = next(c for c in done.status["conditions"] if c["type"] == "CacheReady")
+    assert cache["lastTransitionTime"] == "t2" and any(e.reason == "Cached" for e in done.events)
