@@ -47,7 +47,7 @@ def test_dev_up_with_custom_shapes_then_down_leaves_no_process(tmp_path):
         assert _r1ctl("dev", "up", "--name", name).stdout.strip() == kubeconfig
         status = json.loads(_r1ctl("dev", "status", "--name", name).stdout)
         pids = [p["pid"] for p in status["processes"].values()]
-        assert len(pids) == 5 and all(p["alive"] for p in status["processes"].values())
+        assert len(pids) == len(COMPONENTS) and all(p["alive"] for p in status["processes"].values())
     finally:
         _r1ctl("dev", "down", "--name", name)
     for pid in pids:
