@@ -84,6 +84,11 @@ def test_fetch_merge_is_byte_identical_and_a_rerun_serves_nothing(hub, hub_root,
     assert progress["phase"] == "done" and progress["percent"] == 100.0
     assert json.loads((tmp_path / "termination-log").read_text())["phase"] == "done"
     assert "downloading" in r.stderr  # the periodic progress lines
+    # ... end in JSON the operator reads from the pod's log (the CACHE column); the last one is the finished merge
+    from r1_operator.k8s.observe import progress_from_log
+
+    last = progress_from_log(r.stderr)
+    assert last["phase"] == "done" and last["bytesDone"] == last["bytesTotal"] > 0 and last["percent"] == 100.0
 
     served_before = sum(state.stats()["served"].values())
     again = run_fetch(endpoint, dest, "--merge")

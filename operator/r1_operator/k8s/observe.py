@@ -9,6 +9,7 @@ from r1_operator.builders import names
 from r1_operator.builders.status import CacheObservation, RuntimeObservation
 from r1_operator.k8s import apply as k
 
+PROGRESS_MARK = "r1-progress="  # as r1_runtime.cache.fetch prints it (the operator does not import the runtime)
 _STUCK = ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "InvalidImageName")
 
 
@@ -24,6 +25,34 @@ def _termination(pod: dict[str, Any]) -> dict[str, Any] | None:
                 return json.loads(term["message"])
             except ValueError:
                 return {"error": term["message"].strip()[-500:]}
+    return None
+
+
+def progress_from_log(text: str) -> dict[str, Any] | None:
+    """The last progress object a fetch printed, or None."""
+    for line in reversed(text.splitlines()):
+        _, mark, tail = line.rpartition(PROGRESS_MARK)
+        if mark:
+            try:
+                return json.loads(tail)
+            except ValueError:
+                continue
+    return None
+
+
+def _fetch_progress(api, namespace: str, job_name: str) -> dict[str, Any] | None:
+    """Progress of a running fetch from its pod's log; best effort (no log, no figure)."""
+    for pod in _pods(api, namespace, f"job-name={job_name}"):
+        if (pod.get("status") or {}).get("phase") != "Running":
+            continue
+        path = f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}/log"
+        try:
+            args = api.param_serialize("GET", path, query_params=[("tailLines", "20")], auth_settings=["BearerToken"])
+            resp = api.call_api(*args, _request_timeout=3)
+            if resp.status == 200:
+                return progress_from_log(resp.read().decode(errors="replace"))
+        except Exception:  # noqa: BLE001 - a node without a reachable kubelet; the status just lacks the figure
+            return None
     return None
 
 
@@ -48,9 +77,10 @@ def cache(api, namespace: str, pvc_name: str, pvc: dict[str, Any] | None, job: d
                 message = _termination(pod) or message
     if succeeded and ready is None:
         ready = {**(message or {}), "job": pvc_name}
+    progress = _fetch_progress(api, namespace, pvc_name) if active and ready is None else None
     return CacheObservation(pvc=pvc_name, pvc_phase=((pvc or {}).get("status") or {}).get("phase", ""), ready=ready,
                             job_active=active, job_failed=failed and ready is None, job_failure=failure,
-                            last_message=message)
+                            last_message=message, progress=progress)
 
 
 def runtime(api, namespace: str, name: str, dep: dict[str, Any] | None) -> RuntimeObservation:

@@ -34,6 +34,7 @@ from r1_runtime.cache import merge as merging
 PROGRESS_FILE = ".r1-fetch-progress.json"
 LOCK_FILE = ".r1-fetch.lock"
 MANIFEST_FILE = ".r1-fetch.json"
+PROGRESS_MARK = "r1-progress="  # progress lines end with this and a JSON object
 FREE_BYTES_ENV = "R1_FETCH_FREE_BYTES"  # test injection of the free-space figure
 RETRIES = 5
 CHUNK = 1 << 20
@@ -173,8 +174,10 @@ class Progress:
             self._last_write = now
         if self._bar is None and (now - self._last_line >= self.interval or (force and self.phase != self._printed_phase)):
             rate = snap["bytesPerSecond"] / (1 << 20)
+            # The JSON tail is for machines: the operator reads it from the pod's log for the CACHE column.
+            machine = json.dumps({k: snap[k] for k in ("phase", "bytesDone", "bytesTotal", "percent")})
             print(f"r1-runtime fetch: {snap['phase']} {snap['file']} {_gib(self.done)}/{_gib(self.total)} "
-                  f"({snap['percent']}%) {rate:.1f} MiB/s", file=self.stream, flush=True)
+                  f"({snap['percent']}%) {rate:.1f} MiB/s {PROGRESS_MARK}{machine}", file=self.stream, flush=True)
             self._last_line = now
             self._printed_phase = self.phase
         return snap
