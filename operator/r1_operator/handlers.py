@@ -88,15 +88,33 @@ def r1d_index(namespace: str, name: str, **_: Any) -> dict[Any, Any]:
     return {None: (namespace, name)}
 
 
-async def _replan_loop(index: kopf.Index) -> None:
-    """Nodes change without touching the R1Deployments: re-check every plan each interval.
+def _inventory_digest(nodes: kopf.Index, pods: kopf.Index) -> str:
+    """What a plan depends on, without the heartbeats that change every few seconds."""
+    shape = sorted(
+        (n["metadata"]["name"], sorted(n["metadata"]["labels"].items()), n["spec"]["unschedulable"],
+         json.dumps(n["spec"]["taints"], sort_keys=True), sorted(n["status"]["allocatable"].items()),
+         [c.get("status") for c in n["status"]["conditions"]])
+        for n in nodes.get(None, []))
+    held = sorted((p["metadata"]["uid"], p["spec"]["nodeName"] or "", p["status"]["phase"] or "")
+                  for p in pods.get(None, []))
+    return hashlib.sha256(json.dumps([shape, held], default=str).encode()).hexdigest()
+
+
+async def _replan_loop(index: kopf.Index, nodes: kopf.Index, pods: kopf.Index) -> None:
+    """Nodes change without touching the R1Deployments: re-check every plan when the inventory changed,
+    and all of them every R1_RESYNC_INTERVAL_S regardless (a safety net for missed events).
 
     A loop of our own rather than a kopf timer: kopf puts a finalizer on resources
     with timers, and garbage collection already removes every child.
     """
     loop = asyncio.get_running_loop()
+    last, last_full = "", loop.time()
     while True:
         await asyncio.sleep(_SETTINGS.replan_interval_s)
+        digest = _inventory_digest(nodes, pods)
+        if digest == last and loop.time() - last_full < _SETTINGS.resync_interval_s:
+            continue
+        last, last_full = digest, loop.time()
         for namespace, name in list(index.get(None, [])):
             try:
                 await loop.run_in_executor(None, _STATE["r"].replan, namespace, name)
@@ -105,8 +123,9 @@ async def _replan_loop(index: kopf.Index) -> None:
 
 
 @kopf.on.startup()
-async def start_replan_loop(r1d_index: kopf.Index, memo: kopf.Memo, **_: Any) -> None:
-    memo.replan_task = asyncio.create_task(_replan_loop(r1d_index))
+async def start_replan_loop(r1d_index: kopf.Index, nodes_index: kopf.Index, gpu_pods_index: kopf.Index,
+                            memo: kopf.Memo, **_: Any) -> None:
+    memo.replan_task = asyncio.create_task(_replan_loop(r1d_index, nodes_index, gpu_pods_index))
 
 
 @kopf.on.cleanup()

@@ -21,7 +21,8 @@ class OperatorSettings:
     fetch_backoff_limit: int = 6
     run_as_user: int = 65532  # the image's user (Dockerfile)
     dashboard_label: str = "grafana_dashboard=1"
-    replan_interval_s: float = 60.0
+    replan_interval_s: float = 60.0  # how often the inventory is compared; plans are re-checked when it changed
+    resync_interval_s: float = 600.0  # every plan re-checked at least this often
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
