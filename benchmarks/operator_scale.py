@@ -55,17 +55,30 @@ class Watcher(threading.Thread):
 
     def run(self) -> None:
         from kubernetes import client, watch
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
 
         core = client.CoreV1Api(self.api)
         lister = core.list_service_for_all_namespaces if self.kind == "service" else core.list_config_map_for_all_namespaces
-        rv = lister(label_selector=self.label).metadata.resource_version
-        self.ready.set()
+        rv = None
         while True:
-            w = watch.Watch()
-            for ev in w.stream(lister, label_selector=self.label, resource_version=rv, timeout_seconds=300):
-                m = ev["object"].metadata
-                rv = m.resource_version
-                self.seen.setdefault((m.namespace, m.name), time.perf_counter())
+            if rv is None:  # (re)list: anything already there counts as seen now, which only overstates latency
+                listed = lister(label_selector=self.label)
+                now = time.perf_counter()
+                for item in listed.items:
+                    self.seen.setdefault((item.metadata.namespace, item.metadata.name), now)
+                rv = listed.metadata.resource_version
+                self.ready.set()
+            try:
+                for ev in watch.Watch().stream(lister, label_selector=self.label, resource_version=rv,
+                                               timeout_seconds=120):
+                    m = ev["object"].metadata
+                    rv = m.resource_version
+                    self.seen.setdefault((m.namespace, m.name), time.perf_counter())
+            except ApiException as exc:
+                rv = None if exc.status == 410 else rv  # too old: list again
+            except HTTPError:  # the server closed the stream early under load; resume from rv
+                pass
 
 
 def create_at_rate(n: int, rate: float, create) -> dict[tuple[str, str], float]:

@@ -14,7 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -57,6 +57,7 @@ class Reconciler:
     _crd_seen: dict[str, tuple[float, bool]] = field(default_factory=dict)
     _deleted: set[tuple[str, str, str, str]] = field(default_factory=set)
     _waiting: set[str] = field(default_factory=set)
+    _applied: dict[tuple[str, str, str], str] = field(default_factory=dict)
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
         with self._guard:
@@ -65,6 +66,8 @@ class Reconciler:
     def forget(self, namespace: str, name: str) -> None:
         with self._guard:
             self._locks.pop(f"{namespace}/{name}", None)
+            for key in [k for k in self._applied if k[1] == namespace and k[2] in (name, f"{name}-dashboard")]:
+                del self._applied[key]
 
     def _has_crd(self, name: str) -> bool:
         at, seen = self._crd_seen.get(name, (0.0, False))
@@ -105,7 +108,7 @@ class Reconciler:
             plan = (body.get("status") or {}).get("plan")
             if spec is None or not plan or not plan.get("fits"):
                 return
-            self._ensure_children(body, spec, self._desired(body, spec, plan, ""))
+            self._converge(body, spec, self._desired(body, spec, plan, ""))
 
     # ------------------------------------------------------------------ the chain
 
@@ -149,7 +152,16 @@ class Reconciler:
             return
         if stored and stored.get("fits") and stored.get("variant") != plan["variant"]:
             self._release_cache(ns, spec, stored["variant"], uid)
-        self._ensure_children(body, spec, desired)
+        self._converge(body, spec, desired)
+
+    def _converge(self, body: dict[str, Any], spec: R1DeploymentSpec, desired: Desired) -> None:
+        try:
+            self._ensure_children(body, spec, desired)
+        except ApiException as exc:
+            # Say so in the status (the condition quotes the API server), then let kopf retry.
+            msg = _api_message(exc)
+            self._write(body, replace(desired, apply_error=f"creating or updating a child failed: {msg}"), None)
+            raise
 
     def _release_cache(self, ns: str, spec: R1DeploymentSpec, variant: str, uid: str) -> None:
         old = names.cache_name(spec.model.repo, spec.model.revision, variant)
@@ -203,14 +215,22 @@ class Reconciler:
         return live
 
     def _apply_if_changed(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply unless the live object already carries this configuration's hash."""
+        """Server-side apply unless the live object is exactly what this process last applied.
+
+        The live object must carry this configuration's hash and be unchanged since (same generation, or
+        resourceVersion for kinds without one): an edit by someone else, e.g. `kubectl scale`, is reverted.
+        """
         digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
         obj["metadata"].setdefault("annotations", {})[names.ANN_APPLIED] = digest
         m = obj["metadata"]
+        key = (obj["kind"], m["namespace"], m["name"])
         live = k.get(self.api, obj["apiVersion"], obj["kind"], m["namespace"], m["name"])
-        if live is not None and ((live.get("metadata") or {}).get("annotations") or {}).get(names.ANN_APPLIED) == digest:
+        if live is not None and ((live.get("metadata") or {}).get("annotations") or {}).get(names.ANN_APPLIED) == digest \
+                and self._applied.get(key) == _version(live):
             return live
-        return k.apply(self.api, obj)
+        live = k.apply(self.api, obj)
+        self._applied[key] = _version(live)
+        return live
 
     def _delete_once(self, ref: tuple[str, str, str, str]) -> None:
         """Delete a child the spec turned off; once per process per child, not on every reconcile."""
@@ -236,6 +256,18 @@ class Reconciler:
             except ApiException as exc:  # an event is a courtesy; the status already says it
                 log.warning("event %s on %s/%s not posted: %s", ev.reason, meta["namespace"], meta["name"], exc.reason)
             metrics.transition(ev.reason)
+
+
+def _api_message(exc: ApiException) -> str:
+    try:
+        return json.loads(exc.body or "{}").get("message") or str(exc.reason)
+    except ValueError:
+        return str(exc.reason)
+
+
+def _version(obj: dict[str, Any]) -> str:
+    m = obj.get("metadata") or {}
+    return f"g{m['generation']}" if m.get("generation") else f"rv{m.get('resourceVersion')}"
 
 
 def _same(old: dict[str, Any], new: dict[str, Any]) -> bool:

@@ -192,3 +192,16 @@ def test_operator_metrics_and_liveness(kube, e2e_ns, operator):
     assert 'r1_operator_reconciles_total{kind="reconcile",result="ok"}' in text
     assert f'r1_operator_plan_info{{gpu_layers="0/61",mode="hybrid",namespace="{e2e_ns}",node="cpu-only",' \
            f'r1deployment="r1-cpu",variant="UD-IQ1_S"}} 1.0' in text
+
+
+@pytest.mark.cluster
+def test_edits_to_children_are_reverted(kube, e2e_ns):
+    kube.apply(example("cpu-only.yaml"), e2e_ns)
+    kube.run("wait", "--for=condition=Ready", "r1d/r1-cpu", "-n", e2e_ns, "--timeout=60s")
+    kube.run("scale", "deploy/r1-cpu", "-n", e2e_ns, "--replicas=0")
+    wait_for(lambda: kube.json("get", "deploy", "r1-cpu", "-n", e2e_ns)["spec"]["replicas"] == 1, 30,
+             "the operator to restore the runtime's replicas")
+    kube.run("delete", "deploy", "r1-cpu", "-n", e2e_ns)
+    wait_for(lambda: kube.run("get", "deploy", "r1-cpu", "-n", e2e_ns, check=False).returncode == 0, 30,
+             "the operator to recreate a deleted runtime Deployment")
+    kube.run("wait", "--for=condition=Ready", "r1d/r1-cpu", "-n", e2e_ns, "--timeout=60s")

@@ -182,3 +182,12 @@ def test_transition_times_and_events_only_change_on_transitions():
     done = build_status(_desired(plan), CacheObservation(pvc="c", ready={}), RuntimeObservation(), first.status, "t2")
     cache = next(c for c in done.status["conditions"] if c["type"] == "CacheReady")
     assert cache["lastTransitionTime"] == "t2" and any(e.reason == "Cached" for e in done.events)
+
+
+def test_a_refused_child_degrades_with_the_api_message():
+    _, plan = _plan()
+    d = Desired(generation=1, replicas=1, plan=plan, apply_error="creating or updating a child failed: range is full")
+    res = build_status(d, CacheObservation(), RuntimeObservation(), None, "t0")
+    assert _conds(res)["Degraded"] == ("True", "ApplyFailed")
+    assert "range is full" in res.condition("Degraded")["message"]
+    assert any(e.type == "Warning" and e.reason == "ApplyFailed" for e in res.events)

@@ -42,6 +42,7 @@ class Desired:
     replicas: int
     plan: dict[str, Any] | None
     plan_error: str = ""  # the spec cannot be planned (names the field)
+    apply_error: str = ""  # the API server refused a child (the operator retries)
     endpoint: str = ""
     selector: str = ""
 
@@ -142,6 +143,8 @@ def build_status(d: Desired, cache: CacheObservation, rt: RuntimeObservation, ol
 
     degraded = [(c.reason, c.message) for c in (conds["Planned"], conds["CacheReady"])
                 if c.reason in ("InvalidSpec", "NoFeasiblePlan", "FetchFailed")]
+    if d.apply_error:
+        degraded.insert(0, ("ApplyFailed", d.apply_error))
     if rt.failing and cached:
         degraded.append(("RuntimeFailing", rt.failing))
     conds["Degraded"] = (_Cond("True", degraded[0][0], degraded[0][1]) if degraded
@@ -171,7 +174,8 @@ def build_status(d: Desired, cache: CacheObservation, rt: RuntimeObservation, ol
 
 
 def _event(type_: str, c: _Cond) -> Event:
-    bad = (type_ == "Degraded" and c.status == "True") or c.reason in ("FetchFailed", "NoFeasiblePlan", "InvalidSpec")
+    bad = (type_ == "Degraded" and c.status == "True") or c.reason in ("FetchFailed", "NoFeasiblePlan", "InvalidSpec",
+                                                                     "ApplyFailed")
     quiet = type_ == "Progressing" or (type_ == "Degraded" and c.status == "False")
     return Event("Warning" if bad else "Normal", c.reason if not quiet else f"{type_}{c.status}",
                  f"{type_}={c.status}: {c.message}"[:1024])

@@ -162,7 +162,7 @@ def _write_pki(pki: Path) -> None:
                         x509.DNSName("kubernetes.default.svc"),
                         x509.DNSName("kubernetes.default.svc.cluster.local"),
                         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                        x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+                        x509.IPAddress(ipaddress.ip_address("10.96.0.1")),
                     ]
                 ),
                 critical=False,
@@ -342,7 +342,7 @@ def _start(state: ClusterState, binary: Path, kwok: Path, pki: Path, shapes: lis
         f"--etcd-servers={etcd_url}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
         f"--secure-port={p['apiserver']}", f"--cert-dir={pki}",
         f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
-        f"--client-ca-file={pki / 'ca.crt'}", "--service-cluster-ip-range=10.0.0.0/24",
+        f"--client-ca-file={pki / 'ca.crt'}", "--service-cluster-ip-range=10.96.0.0/16",
         "--authorization-mode=RBAC", "--allow-privileged=true",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={pki / 'sa.pub'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
