@@ -10,7 +10,8 @@ be planned (each plan takes every free GPU of its node).
 Baseline in the same run: bare ConfigMaps created at the same rate, timed from
 create to watch, i.e. what the API server and watch path cost with no operator.
 
-    .venv/bin/python benchmarks/operator_scale.py [--count 1000] [--nodes 200] [--rate 20]
+    .venv/bin/python benchmarks/operator_scale.py [--count 1000] [--nodes 200] [--rate 5]
+    .venv/bin/python benchmarks/operator_scale.py --rate 20 --results operator_scale_rate20   # past saturation
 """
 
 from __future__ import annotations
@@ -127,8 +128,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=1000)
     ap.add_argument("--nodes", type=int, default=200)
-    ap.add_argument("--rate", type=float, default=20.0, help="R1Deployments created per second")
+    ap.add_argument("--rate", type=float, default=5.0, help="R1Deployments created per second")
     ap.add_argument("--namespaces", type=int, default=20)
+    ap.add_argument("--results", default="operator_scale", help="name of the results files")
     args = ap.parse_args()
     from kubernetes import client, config
 
@@ -223,7 +225,7 @@ def main() -> int:
           f"peak {data['operator_rss_mib']['peak']} MiB. Goals: p99 ≤ 1000 ms, RSS ≤ 250 MiB.\n\n"
           f"Operator work: {work['reconcile']['count']} reconciles (mean {work['reconcile']['mean_ms']} ms), "
           f"{work['refresh']['count']} refreshes (mean {work['refresh']['mean_ms']} ms).\n")
-    results_io.save("operator_scale", data, md)
+    results_io.save(args.results, data, md)
     print(md)
     return 0
 
