@@ -42,7 +42,14 @@ class Kube:
         res = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout,
                              env={**os.environ, "KUBECONFIG": self.kubeconfig})
         if check and res.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({res.returncode}): {res.stderr}")
+            detail = ""
+            if args and args[0] == "wait":  # say where it stood: the R1Deployments' conditions and pods
+                ns = args[args.index("-n") + 1] if "-n" in args else "default"
+                detail = "\n" + self.run("get", "r1d,pods,jobs,deploy,pvc", "-n", ns, "-o", "wide", check=False).stdout
+                detail += self.run("get", "r1d", "-n", ns, "-o",
+                                   "jsonpath={range .items[*].status.conditions[*]}{.type}={.status} {.reason}: "
+                                   "{.message}{'\\n'}{end}", check=False).stdout
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({res.returncode}): {res.stderr}{detail}")
         return res
 
     def json(self, *args: str) -> dict:
@@ -172,7 +179,9 @@ def e2e_ns(request, kube, operator) -> Iterator[str]:
     name = make_namespace(kube, _ns_name(request, "e2e"), labels)
     yield name
     if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
-        print(f"--- operator log ---\n{operator.tail(80)}")
+        lines = operator.log.read_text(errors="replace").splitlines()
+        print("--- operator log (warnings and errors) ---\n" + "\n".join(
+            ln for ln in lines if "WARNING" in ln or "ERROR" in ln)[-6000:])
     drop_namespace(kube, name)
 
 

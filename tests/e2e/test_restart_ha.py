@@ -29,14 +29,17 @@ def counts(kube, ns: str) -> dict[str, int]:
 
 
 @pytest.fixture
-def solo_ns(request, kube, hub):
-    name = make_namespace(kube, _ns_name(request, "solo"))
+def own_ns(request, kube, hub):
+    """A namespace the session operator does not watch (its prefix is the test's parameter)."""
+    name = make_namespace(kube, _ns_name(request, request.param))
     yield name
     drop_namespace(kube, name)
 
 
 @pytest.mark.cluster
-def test_killed_at_each_stage_the_operator_converges_without_duplicates(kube, solo_ns, hub, tmp_path):
+@pytest.mark.parametrize("own_ns", ["solo"], indirect=True)
+def test_killed_at_each_stage_the_operator_converges_without_duplicates(kube, own_ns, hub, tmp_path):
+    solo_ns = own_ns
     log = tmp_path / "operator.log"
     args = ("--standalone", "--namespace", solo_ns)
     env = {"R1_HUB_ENDPOINT": hub}
@@ -83,15 +86,10 @@ def test_killed_at_each_stage_the_operator_converges_without_duplicates(kube, so
         kube.run("delete", "pv", f"pv-{solo_ns}", "--wait=false", check=False)
 
 
-@pytest.fixture
-def ha_ns(request, kube, hub):
-    name = make_namespace(kube, _ns_name(request, "ha"))
-    yield name
-    drop_namespace(kube, name)
-
-
 @pytest.mark.cluster
-def test_two_replicas_one_works_and_the_other_takes_over(kube, ha_ns, hub, tmp_path):
+@pytest.mark.parametrize("own_ns", ["ha"], indirect=True)
+def test_two_replicas_one_works_and_the_other_takes_over(kube, own_ns, hub, tmp_path):
+    ha_ns = own_ns
     kube.apply({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "r1-operator"}}, ha_ns)
     env = {"R1_HUB_ENDPOINT": hub, "R1_PEERING_LIFETIME": "6"}
     common = ("--namespace", ha_ns, "--peering", "r1-operator")
