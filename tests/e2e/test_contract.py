@@ -75,7 +75,7 @@ def test_rendered_fetch_and_serve_commands_run_and_serve(kube, e2e_ns, tmp_path)
     merged = cache_dir / "DeepSeek-R1-UD-IQ1_S" / "DeepSeek-R1-UD-IQ1_S.gguf"
     assert merged.is_file() and not list(cache_dir.rglob("*-of-*.gguf"))  # merged, shards deleted
 
-    kube.run("wait", "--for=condition=Ready", "r1d/r1-contract", "-n", e2e_ns, "--timeout=60s")
+    kube.run("wait", "--for=condition=Ready", "r1d/r1-contract", "-n", e2e_ns, "--timeout=120s")
     dep = kube.json("get", "deploy", "r1-contract", "-n", e2e_ns)
     pod = dep["spec"]["template"]["spec"]
     container = pod["containers"][0]
