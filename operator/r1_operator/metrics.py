@@ -48,31 +48,35 @@ def transition(reason: str) -> None:
     TRANSITIONS.labels(reason).inc()
 
 
+_PLAN_LABELS: dict[tuple[str, str], tuple[str, ...]] = {}  # (namespace, name) → labels of its PLAN series
+
+
 def record_status(namespace: str, name: str, status: dict) -> None:
     plan, cache = status.get("plan") or {}, status.get("cache") or {}
     ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
     READY.labels(namespace, name).set(1 if ready else 0)
-    forget_plan(namespace, name)
-    if plan.get("variant"):
-        PLAN.labels(namespace, name, plan["variant"], plan.get("gpuLayers", ""), plan.get("node", ""),
-                    plan.get("mode", "")).set(1)
-        CACHE_PROGRESS.labels(namespace, name, plan["variant"]).set((cache.get("percent") or 0) / 100)
     CACHE_BYTES.labels(namespace, name).set(cache.get("bytesDone") or 0)
     CACHE_FAILED.labels(namespace, name).set(1 if cache.get("phase") == "Failed" else 0)
+    labels = ((namespace, name, plan["variant"], plan.get("gpuLayers", ""), plan.get("node", ""), plan.get("mode", ""))
+              if plan.get("variant") else None)
+    if _PLAN_LABELS.get((namespace, name)) != labels:
+        _forget_plan(namespace, name)
+        if labels:
+            PLAN.labels(*labels).set(1)
+            _PLAN_LABELS[(namespace, name)] = labels
+    if labels:
+        CACHE_PROGRESS.labels(namespace, name, plan["variant"]).set((cache.get("percent") or 0) / 100)
 
 
-def forget_plan(namespace: str, name: str) -> None:
-    for gauge in (PLAN, CACHE_PROGRESS):
-        for labels in [s.labels for m in gauge.collect() for s in m.samples]:
-            if labels.get("namespace") == namespace and labels.get("r1deployment") == name:
-                try:
-                    gauge.remove(*labels.values())
-                except KeyError:
-                    pass
+def _forget_plan(namespace: str, name: str) -> None:
+    old = _PLAN_LABELS.pop((namespace, name), None)
+    if old:
+        PLAN.remove(*old)
+        CACHE_PROGRESS.remove(namespace, name, old[2])
 
 
 def forget(namespace: str, name: str) -> None:
-    forget_plan(namespace, name)
+    _forget_plan(namespace, name)
     for gauge in (READY, CACHE_BYTES, CACHE_FAILED):
         try:
             gauge.remove(namespace, name)

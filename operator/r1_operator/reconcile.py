@@ -26,7 +26,7 @@ from r1_operator.builders import manifests as mf
 from r1_operator.builders import names
 from r1_operator.builders.planfor import PlanError, decide, inventory_for
 from r1_operator.builders.settings import OperatorSettings
-from r1_operator.builders.status import Desired, build_status
+from r1_operator.builders.status import CacheObservation, Desired, RuntimeObservation, build_status
 from r1_operator.dashboard import dashboard_json
 from r1_operator.k8s import apply as k
 from r1_operator.k8s import observe
@@ -66,8 +66,10 @@ class Reconciler:
     def forget(self, namespace: str, name: str) -> None:
         with self._guard:
             self._locks.pop(f"{namespace}/{name}", None)
-            for key in [k for k in self._applied if k[1] == namespace and k[2] in (name, f"{name}-dashboard")]:
+            mine = (name, f"{name}-dashboard")
+            for key in [k for k in self._applied if k[1] == namespace and k[2] in mine]:
                 del self._applied[key]
+            self._deleted -= {ref for ref in self._deleted if ref[2] == namespace and ref[3] in mine}
 
     def _has_crd(self, name: str) -> bool:
         at, seen = self._crd_seen.get(name, (0.0, False))
@@ -175,7 +177,7 @@ class Reconciler:
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         s = self.settings
         owner = mf.owner_reference(name, uid, controller=False)
-        pvc = mf.build_cache_pvc(ns, spec, plan, s, owners=[])
+        pvc = mf.build_cache_pvc(ns, spec, plan, s)
         cache = pvc["metadata"]["name"]
         pvc_live = self._shared(pvc, owner)
         job_live = k.get(self.api, "batch/v1", "Job", ns, cache)
@@ -186,7 +188,7 @@ class Reconciler:
             k.annotate(self.api, "v1", "PersistentVolumeClaim", ns, cache,
                        {names.ANN_CACHE_READY: json.dumps(cache_obs.ready, sort_keys=True)})
         elif cache_obs.ready is None:
-            self._shared(mf.build_fetch_job(ns, spec, plan, s, owners=[]), owner, job_live)
+            self._shared(mf.build_fetch_job(ns, spec, plan, s), owner, job_live)
         dep = self._apply_if_changed(mf.build_deployment(name, ns, uid, spec, plan, s,
                                                          cache_ready=cache_obs.ready is not None))
         self._apply_if_changed(mf.build_service(name, ns, uid, s))
@@ -239,8 +241,6 @@ class Reconciler:
             self._deleted.add(ref)
 
     def _write(self, body: dict[str, Any], desired: Desired, observed) -> None:
-        from r1_operator.builders.status import CacheObservation, RuntimeObservation
-
         meta = body["metadata"]
         cache_obs, rt = observed or (CacheObservation(), RuntimeObservation())
         old = body.get("status") or {}

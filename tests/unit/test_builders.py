@@ -99,7 +99,7 @@ def test_runtime_has_no_replicas_until_the_cache_is_ready():
 def test_every_pod_meets_the_restricted_profile():
     s, plan = _plan()
     for obj in (mf.build_deployment("r1", "ns", "u", s, plan, S, cache_ready=True),
-                mf.build_fetch_job("ns", s, plan, S, owners=[])):
+                mf.build_fetch_job("ns", s, plan, S)):
         pod = obj["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
         assert pod["automountServiceAccountToken"] is False
@@ -111,7 +111,7 @@ def test_every_pod_meets_the_restricted_profile():
 
 def test_fetch_job_fails_fast_on_permanent_errors_and_keeps_secrets_as_references():
     s, plan = _plan(hfTokenSecretRef={"name": "hf", "key": "token"})
-    job = mf.build_fetch_job("ns", s, plan, OperatorSettings(hub_endpoint="http://mirror:8080"), owners=[])
+    job = mf.build_fetch_job("ns", s, plan, OperatorSettings(hub_endpoint="http://mirror:8080"))
     rule = job["spec"]["podFailurePolicy"]["rules"][0]
     assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [2, 3, 4]
     env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}

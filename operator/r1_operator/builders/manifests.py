@@ -51,8 +51,8 @@ def cache_size(spec: R1DeploymentSpec, plan: dict[str, Any]) -> str:
     return f"{max(math.ceil(plan['diskBytes'] * 1.05 / GiB), 1)}Gi"
 
 
-def build_cache_pvc(namespace: str, spec: R1DeploymentSpec, plan: dict[str, Any], s: OperatorSettings,
-                    owners: list[dict[str, Any]]) -> dict[str, Any]:
+def build_cache_pvc(namespace: str, spec: R1DeploymentSpec, plan: dict[str, Any], s: OperatorSettings) -> dict[str, Any]:
+    """The shared cache volume, without owners: each R1Deployment using it adds its own (k8s.apply.own_shared)."""
     m = spec.model
     key = names.cache_key(m.repo, m.revision, plan["variant"])
     pvc_spec: dict[str, Any] = {"accessModes": [spec.cache.access_mode],
@@ -63,7 +63,7 @@ def build_cache_pvc(namespace: str, spec: R1DeploymentSpec, plan: dict[str, Any]
     return {
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": {"name": names.cache_name(m.repo, m.revision, plan["variant"]), "namespace": namespace,
-                     "labels": names.cache_labels(key), "ownerReferences": owners,
+                     "labels": names.cache_labels(key),
                      "annotations": {names.ANN_CACHE_SOURCE: f"{m.repo}@{m.revision}/{plan['variant']}"}},
         "spec": pvc_spec,
     }
@@ -82,8 +82,8 @@ def _secret_env(env_name: str, ref) -> dict[str, Any]:
     return {"name": env_name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
 
 
-def build_fetch_job(namespace: str, spec: R1DeploymentSpec, plan: dict[str, Any], s: OperatorSettings,
-                    owners: list[dict[str, Any]]) -> dict[str, Any]:
+def build_fetch_job(namespace: str, spec: R1DeploymentSpec, plan: dict[str, Any], s: OperatorSettings) -> dict[str, Any]:
+    """The shared fetch Job, without owners, like the volume it fills."""
     m = spec.model
     key = names.cache_key(m.repo, m.revision, plan["variant"])
     name = names.cache_name(m.repo, m.revision, plan["variant"])
@@ -105,7 +105,7 @@ def build_fetch_job(namespace: str, spec: R1DeploymentSpec, plan: dict[str, Any]
     _scheduling(pod, spec, plan, pin=True)
     return {
         "apiVersion": "batch/v1", "kind": "Job",
-        "metadata": {"name": name, "namespace": namespace, "labels": names.cache_labels(key), "ownerReferences": owners},
+        "metadata": {"name": name, "namespace": namespace, "labels": names.cache_labels(key)},
         "spec": {
             "backoffLimit": s.fetch_backoff_limit,
             "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {

@@ -266,8 +266,8 @@ def _wait(what: str, state: ClusterState, check, timeout: float) -> None:
     raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what} ({last}); logs in {state.logs}")
 
 
-class _Api:
-    """Minimal JSON client for the few calls the bootstrap needs (no kubernetes package import)."""
+class AdminApi:
+    """Minimal JSON client (admin cert) for the bootstrap and the dev provisioner; no kubernetes package import."""
 
     def __init__(self, server: str, pki: Path) -> None:
         self.server = server
@@ -378,9 +378,9 @@ def _start(state: ClusterState, binary: Path, kwok: Path, pki: Path, shapes: lis
         "--cidr=10.244.0.0/16", "--node-ip=10.250.0.1", "--node-lease-duration-seconds=40",
     ])
 
-    _spawn(state, "provisioner", [sys.executable, "-m", "r1_operator.dev.provisioner", f"--kubeconfig={state.kubeconfig}",
-                                  f"--root={Path(state.root) / 'volumes'}"])
-    api = _Api(state.server, pki)
+    _spawn(state, "provisioner", [sys.executable, "-m", "r1_operator.dev.provisioner", f"--server={state.server}",
+                                  f"--pki={pki}", f"--root={Path(state.root) / 'volumes'}"])
+    api = AdminApi(state.server, pki)
     for shape in shapes:
         code, body = api.request("POST", "/api/v1/nodes", shape.to_node())
         if code not in (200, 201, 409):

@@ -8,44 +8,14 @@ objects: PVCs bind, pods that use them schedule, released volumes are deleted.
 from __future__ import annotations
 
 import argparse
-import json
-import ssl
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+from r1_operator.dev.cluster import AdminApi
 
 STORAGE_CLASS = "r1-dev-local"
 PROVISIONER = "r1.inference.dev/dev-hostpath"
-
-
-class _Api:
-    def __init__(self, kubeconfig: str) -> None:
-        import base64
-        import tempfile
-
-        import yaml
-
-        cfg = yaml.safe_load(Path(kubeconfig).read_text())
-        cluster = cfg["clusters"][0]["cluster"]
-        user = cfg["users"][0]["user"]
-        self.server = cluster["server"]
-        tmp = Path(tempfile.mkdtemp(prefix="r1-prov-"))
-        for key, fname in (("certificate-authority-data", "ca"), ("client-certificate-data", "crt"),
-                           ("client-key-data", "key")):
-            (tmp / fname).write_bytes(base64.b64decode(cluster.get(key) or user.get(key)))
-        self.ctx = ssl.create_default_context(cafile=str(tmp / "ca"))
-        self.ctx.load_cert_chain(str(tmp / "crt"), str(tmp / "key"))
-
-    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        req = urllib.request.Request(self.server + path, method=method, data=json.dumps(body).encode() if body else None,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, context=self.ctx, timeout=10) as r:
-                return r.status, json.loads(r.read() or b"{}")
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"{}")
 
 
 def storage_class() -> dict:
@@ -66,7 +36,7 @@ def _pv(pvc: dict, root: Path) -> dict:
                                   "name": m["name"], "uid": m["uid"]}}}
 
 
-def step(api: _Api, root: Path) -> None:
+def step(api: AdminApi, root: Path) -> None:
     _, pvcs = api.request("GET", "/api/v1/persistentvolumeclaims")
     for pvc in pvcs.get("items", []):
         sc = pvc["spec"].get("storageClassName")
@@ -81,11 +51,12 @@ def step(api: _Api, root: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="r1-dev-provisioner", description=__doc__)
-    p.add_argument("--kubeconfig", required=True)
+    p.add_argument("--server", required=True, help="API server URL")
+    p.add_argument("--pki", required=True, help="the dev cluster's PKI directory (admin client certificate)")
     p.add_argument("--root", required=True)
     p.add_argument("--interval", type=float, default=0.5)
     args = p.parse_args(argv)
-    api = _Api(args.kubeconfig)
+    api = AdminApi(args.server, Path(args.pki))
     code, body = api.request("POST", "/apis/storage.k8s.io/v1/storageclasses", storage_class())
     if code not in (200, 201, 409):
         print(f"creating StorageClass {STORAGE_CLASS}: HTTP {code}: {body.get('message')}", file=sys.stderr)

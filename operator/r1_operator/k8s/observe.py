@@ -71,7 +71,7 @@ def cache(api, namespace: str, pvc_name: str, pvc: dict[str, Any] | None, job: d
                 failed, failure = True, f"{c.get('reason', '')}: {c.get('message', '')}".strip(": ")
             if c.get("type") == "Complete" and c.get("status") == "True":
                 succeeded = True
-        if failed or succeeded:
+        if (failed or succeeded) and ready is None:  # once recorded on the PVC, the pods have nothing new
             for pod in sorted(_pods(api, namespace, f"job-name={pvc_name}"),
                               key=lambda p: p["metadata"].get("creationTimestamp", "")):
                 message = _termination(pod) or message
