@@ -141,6 +141,12 @@ def test_api_key_protects_the_api_but_not_probes(smollm2):
         with pytest.raises(openai.AuthenticationError):
             s.openai(api_key="wrong").models.list()
         assert s.openai(api_key="sekret-key-1").models.list().data
+        for headers in ({}, {"Authorization": "Bearer sekret-key"}, {"Authorization": "sekret-key-1"}):
+            r = httpx.post(s.v1 + "/chat/completions", json={"messages": PROMPT}, headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", (headers, r.text)
+        stream = s.openai(api_key="sekret-key-1").chat.completions.create(
+            model="x", messages=PROMPT, max_tokens=8, stream=True, **greedy())
+        assert sum(1 for c in stream if c.choices and c.choices[0].delta.content) == 8
         for path in ("/health", "/ready", "/metrics"):
             assert httpx.get(s.url + path).status_code == 200
         assert "sekret-key-1" not in s.log.read_text()

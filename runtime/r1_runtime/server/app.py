@@ -372,6 +372,30 @@ def _usage(d: dict) -> dict:
             "total_tokens": d["prompt_tokens"] + d["completion_tokens"]}
 
 
+OPEN_PATHS = frozenset(("/health", "/ready", "/metrics"))
+
+
+class BearerAuth:
+    """Bearer API key on every path but health, ready and metrics.
+
+    A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` would pass every
+    streamed chunk through an extra task and memory stream, costing CPU per token
+    that the decode threads need."""
+
+    def __init__(self, app, key: str):
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            header = dict(scope["headers"]).get(b"authorization", b"")
+            given = header[7:] if header[:7].lower() == b"bearer " else b""
+            if not hmac.compare_digest(given, self.key):
+                resp = err(401, "Invalid or missing API key: send 'Authorization: Bearer <key>'.",
+                           code="invalid_api_key")
+                return await resp(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def create_app(rt: Runtime) -> FastAPI:
     app = FastAPI(title="r1-runtime", version=__version__,
                   description="OpenAI-compatible API for llama.cpp with continuous batching and Prometheus metrics.")
@@ -384,15 +408,8 @@ def create_app(rt: Runtime) -> FastAPI:
         rt.metrics.requests.labels(_endpoint(request), "invalid").inc()
         return err(400, f"{where}: {first.get('msg', 'invalid value')}", param=where or None)
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if rt.api_key and request.url.path not in ("/health", "/ready", "/metrics"):
-            header = request.headers.get("authorization", "")
-            given = header[7:] if header.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(given.encode(), rt.api_key.encode()):
-                return err(401, "Invalid or missing API key: send 'Authorization: Bearer <key>'.",
-                           code="invalid_api_key")
-        return await call_next(request)
+    if rt.api_key:
+        app.add_middleware(BearerAuth, key=rt.api_key)
 
     @app.get("/health")
     async def health():
@@ -520,13 +537,15 @@ async def _chain(first, rest):
 
 
 async def _sse(rt: Runtime, endpoint: str, rid: str, created: int, first, events, include_usage: bool):
+    obj = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
+    # The envelope is the same for every chunk of a stream: encode it once, then only the choice per token.
+    head = "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": rt.model_id},
+                                 ensure_ascii=False)[:-1] + ', "choices": ['
+
     def chunk(choice: dict, usage: dict | None = None) -> str:
-        obj = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
-        body = {"id": rid, "object": obj, "created": created, "model": rt.model_id,
-                "choices": [choice] if choice else []}
         if usage is not None:
-            body["usage"] = usage
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+            return f"{head}], \"usage\": {json.dumps(usage)}}}\n\n"
+        return f"{head}{json.dumps(choice, ensure_ascii=False)}]}}\n\n"
 
     if endpoint == "chat":
         yield chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None})
