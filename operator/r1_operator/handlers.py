@@ -138,10 +138,14 @@ async def stop_replan_loop(memo: kopf.Memo, **_: Any) -> None:
 _SEEN: dict[str, str] = {}  # child uid → digest of the fields that matter to status
 
 
-def _news(body: Any, summary: Any) -> bool:
-    """True when the summary of a child that feeds the status changed since its last event. Metadata never
-    counts: a shared Job gains an owner reference per R1Deployment, which must not refresh every sharer."""
+def _news(body: Any, type: str | None, summary: Any) -> bool:
+    """True when a child that feeds the status was deleted, or its summary changed since its last event.
+    Metadata never counts: a shared Job gains an owner reference per R1Deployment, which must not refresh
+    every sharer."""
     uid = (body.get("metadata") or {}).get("uid", "")
+    if type == "DELETED":
+        _SEEN.pop(uid, None)
+        return True
     digest = hashlib.sha256(json.dumps(summary, sort_keys=True, default=str).encode()).hexdigest()
     if _SEEN.get(uid) == digest:
         return False
@@ -163,7 +167,7 @@ def _owners(body: Any) -> list[str]:
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
 def job_changed(body: Any, namespace: str, type: str | None, **_: Any) -> None:
     st = body.get("status") or {}
-    if type == "DELETED" or _news(body, [st.get("active"), st.get("succeeded"), st.get("failed"), _conditions(st)]):
+    if _news(body, type, [st.get("active"), st.get("succeeded"), st.get("failed"), _conditions(st)]):
         for owner in _owners(body):
             _STATE["r"].refresh(namespace, owner)
 
@@ -174,7 +178,7 @@ def deployment_changed(body: Any, namespace: str, type: str | None, **_: Any) ->
     summary = [(body.get("spec") or {}).get("replicas"), st.get("replicas"), st.get("readyReplicas"),
                st.get("updatedReplicas"), (st.get("observedGeneration") or 0) >= (meta.get("generation") or 0),
                _conditions(st)]
-    if type == "DELETED" or _news(body, summary):
+    if _news(body, type, summary):
         for owner in _owners(body):
             _STATE["r"].refresh(namespace, owner)
 
@@ -184,8 +188,8 @@ def runtime_pod_changed(body: Any, namespace: str, labels: Any, type: str | None
     # Readiness reaches the Deployment status too; pods add why they wait (Unschedulable, CrashLoopBackOff).
     st = body.get("status") or {}
     waiting = [((c.get("state") or {}).get("waiting") or {}).get("reason") for c in st.get("containerStatuses") or []]
-    if type in ("ADDED", "MODIFIED") and labels.get(names.LABEL_DEPLOYMENT) \
-            and _news(body, [st.get("phase"), _conditions(st), waiting]):
+    if _news(body, type, [st.get("phase"), _conditions(st), waiting]) and type in ("ADDED", "MODIFIED") \
+            and labels.get(names.LABEL_DEPLOYMENT):
         _STATE["r"].refresh(namespace, labels[names.LABEL_DEPLOYMENT])
 
 

@@ -66,7 +66,7 @@ class Reconciler:
     def forget(self, namespace: str, name: str) -> None:
         with self._guard:
             self._locks.pop(f"{namespace}/{name}", None)
-            mine = (name, f"{name}-dashboard")
+            mine = (names.runtime_name(name), names.dashboard_name(name))
             for key in [k for k in self._applied if k[1] == namespace and k[2] in mine]:
                 del self._applied[key]
             self._deleted -= {ref for ref in self._deleted if ref[2] == namespace and ref[3] in mine}
@@ -136,11 +136,11 @@ class Reconciler:
         if spec is None:
             self._write(body, self._desired(body, None, stored, error), None)
             return
-        own = frozenset(p["metadata"]["uid"] for p in self.inventory.pods()
+        pods = list(self.inventory.pods())
+        own = frozenset(p["metadata"]["uid"] for p in pods
                         if (p["metadata"].get("labels") or {}).get(names.LABEL_DEPLOYMENT) == name
                         and p["metadata"].get("namespace") == ns)
-        nodes = inventory_for(list(self.inventory.nodes()), list(self.inventory.pods()),
-                              spec.scheduling.gpu_resource_name, own)
+        nodes = inventory_for(list(self.inventory.nodes()), pods, spec.scheduling.gpu_resource_name, own)
         try:
             outcome = decide(spec, int(meta.get("generation") or 1), nodes, stored)
         except PlanError as exc:
@@ -198,12 +198,12 @@ class Reconciler:
                 self._apply_if_changed(mf.build_service_monitor(name, ns, uid))
             else:
                 self._delete_once(("monitoring.coreos.com/v1", "ServiceMonitor", ns, names.runtime_name(name)))
-        cm = mf.build_dashboard_configmap(name, ns, uid, dashboard_json(), s)
+        dashboard = ("v1", "ConfigMap", ns, names.dashboard_name(name))
         if spec.monitoring.dashboard:
-            self._deleted.discard(("v1", "ConfigMap", ns, cm["metadata"]["name"]))
-            self._apply_if_changed(cm)
+            self._deleted.discard(dashboard)
+            self._apply_if_changed(mf.build_dashboard_configmap(name, ns, uid, dashboard_json(), s))
         else:
-            self._delete_once(("v1", "ConfigMap", ns, cm["metadata"]["name"]))
+            self._delete_once(dashboard)
         self._write(body, desired, (cache_obs, observe.runtime(self.api, ns, name, dep)))
 
     def _shared(self, obj: dict[str, Any], owner: dict[str, Any], live: dict[str, Any] | None = None) -> dict[str, Any]:

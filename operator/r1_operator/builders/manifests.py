@@ -251,7 +251,7 @@ def build_dashboard_configmap(name: str, namespace: str, uid: str, dashboard_jso
     key, _, value = s.dashboard_label.partition("=")
     return {
         "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": f"{names.runtime_name(name)}-dashboard", "namespace": namespace,
+        "metadata": {"name": names.dashboard_name(name), "namespace": namespace,
                      "labels": {**names.labels(name, "dashboard"), key: value},
                      "ownerReferences": [owner_reference(name, uid)]},
         "data": {f"r1-{name}.json": dashboard_json},

@@ -36,6 +36,11 @@ def runtime_name(name: str) -> str:
     return name
 
 
+def dashboard_name(name: str) -> str:
+    """The per-R1Deployment Grafana dashboard ConfigMap."""
+    return f"{runtime_name(name)}-dashboard"
+
+
 def labels(name: str, component: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "r1-runtime",

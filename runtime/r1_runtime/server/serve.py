@@ -113,8 +113,8 @@ def run(args: argparse.Namespace) -> int:
             super().handle_exit(sig, frame)
             self._captured_signals.clear()  # a finished drain exits 0 rather than re-raising the signal
 
-    # uvloop and httptools by name, not "auto": without them a streamed token costs about four times the
-    # CPU, taken from the decode threads, so a missing package must fail here rather than run slow.
+    # uvloop and httptools by name, not "auto": without them each streamed token costs more event-loop CPU,
+    # taken from the decode threads, so a missing package must fail here rather than run slow.
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=args.shutdown_grace, lifespan="off",
                             loop="uvloop", http="httptools")
