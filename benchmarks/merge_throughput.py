@@ -21,7 +21,7 @@ from pathlib import Path
 
 import results_io  # benchmarks/ is on sys.path when a script runs
 
-from r1_runtime.ggufio.testmodel import ModelShape, shard_names
+from r1_devtools.testmodel import ModelShape, shard_names
 
 SHAPE = ModelShape(n_embd=2048, n_layer=12, n_dense=1, n_head=16, q_lora_rank=512, kv_lora_rank=256, n_ff=4096,
                    n_ff_exp=1024, n_expert=16, n_expert_used=2)
@@ -41,7 +41,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 from merge_throughput import SHAPE
-from r1_runtime.ggufio.testmodel import write_test_model
+from r1_devtools.testmodel import write_test_model
 write_test_model(Path(sys.argv[1]), SHAPE, n_shards=4, seed=1)
 """
 

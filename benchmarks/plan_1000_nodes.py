@@ -17,10 +17,11 @@ import time
 import results_io  # benchmarks/ is on sys.path when a script runs
 
 from r1_operator.dev.nodes import NodeShape
-from r1_operator.planning import plan as plan_mod
+from r1_operator.planning import evaluate, layout
 from r1_operator.planning.catalog import BUILTIN, R1_REPO
 from r1_operator.planning.inventory import inventory
-from r1_operator.planning.plan import PlanRequest, plan_cluster
+from r1_operator.planning.evaluate import PlanRequest
+from r1_operator.planning.plan import plan_cluster
 
 TYPES = [(0, 0, "256Gi"), (1, 24576, "64Gi"), (1, 81920, "512Gi"), (2, 81920, "256Gi"), (4, 81920, "1Ti"),
          (8, 81920, "2Ti"), (8, 143771, "2Ti"), (1, 49152, "128Gi")]
@@ -47,8 +48,8 @@ def timed(fn, repeat: int = 7, cold: bool = True) -> list[float]:
     out = []
     for _ in range(repeat):
         if cold:  # nothing carried over from a previous run: per-shape evaluations and per-model tables
-            plan_mod._CACHE.clear()
-            plan_mod._DERIVED.clear()
+            evaluate._CACHE.clear()
+            layout._DERIVED.clear()
         t = time.perf_counter()
         fn()
         out.append((time.perf_counter() - t) * 1000)

@@ -55,9 +55,8 @@ import llama_cpp as L
 
 import results_io  # benchmarks/ is on sys.path when a script runs
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import smollm2_path  # noqa: E402
-from serving import running_server  # noqa: E402
+from r1_devtools.models import smollm2_path
+from r1_devtools.serving import running_server
 
 BS = (1, 2, 4, 8)
 CTX = 4096

@@ -20,7 +20,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-sys.path.insert(0, str(REPO / "tests"))
 
 
 def step(msg: str) -> None:
@@ -90,13 +89,12 @@ def flow(op: subprocess.Popen, log: Path) -> int:
     step("running the runtime as the operator rendered it, with SmolLM2-135M as the model")
     dep = json.loads(kubectl("get", "deploy", "r1-cpu", "-o", "json"))
     cmd = dep["spec"]["template"]["spec"]["containers"][0]["command"]
-    from helpers import smollm2_path
+    from r1_devtools.models import smollm2_path
 
     port = free_port()
     cmd[cmd.index("--model") + 1] = str(smollm2_path())
     cmd[cmd.index("--port") + 1] = str(port)
     cmd[cmd.index("--host") + 1] = "127.0.0.1"
-    cmd[cmd.index("--threads") + 1] = str(min(os.cpu_count() or 2, 4))
     print("    " + " ".join(cmd))
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     serve = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

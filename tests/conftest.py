@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
+from r1_devtools.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from helpers import wait_for
+from r1_devtools.waiting import wait_for
 
 
 class Prometheus:

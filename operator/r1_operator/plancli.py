@@ -6,11 +6,12 @@ import argparse
 import json
 import sys
 
-from r1_operator.planning import ggml
+from r1_operator.api import contract
 from r1_operator.planning.catalog import R1_REPO, Catalog, catalog_for, single_model_catalog
+from r1_operator.planning.evaluate import OFFLOADS, POLICIES, PlanRequest
 from r1_operator.planning.inventory import NodeCapacity, Toleration, hypothetical, inventory
 from r1_operator.planning.memory import RuntimeSettings
-from r1_operator.planning.plan import OFFLOADS, POLICIES, Plan, PlanRequest, plan_cluster
+from r1_operator.planning.plan import Plan, plan_cluster
 
 GiB = 1 << 30
 
@@ -35,15 +36,11 @@ def add_plan_parser(sub) -> None:
     m.add_argument("--min-variant", help="never choose a variant below this one")
     m.add_argument("--policy", choices=POLICIES, default="auto")
     m.add_argument("--offload", choices=OFFLOADS, default="estimate")
-    r = p.add_argument_group("runtime settings")
-    r.add_argument("--ctx-size", type=int, default=8192)
-    r.add_argument("--cache-type-k", choices=ggml.CACHE_TYPES, default="q4_0")
-    r.add_argument("--cache-type-v", choices=ggml.CACHE_TYPES, default="f16")
-    r.add_argument("--flash-attn", action="store_true")
-    r.add_argument("--parallel", type=int, default=1)
+    r = p.add_argument_group("runtime settings (the runtime's own flags, defaults and bounds)")
+    contract.add_arguments(r, {k: contract.SERVE_FLAGS[k] for k in
+                               ("ctx_size", "cache_type_k", "cache_type_v", "flash_attn", "parallel")})
     r.add_argument("--gpu-headroom-gb", type=float, default=1.0, help="kept free on each GPU (default 1)")
     r.add_argument("--ram-reserve-gb", type=float, default=8.0, help="RAM kept for the system (default 8)")
-    r.add_argument("--keep-shards", action="store_true", help="keep the downloaded shards after merging (2× disk)")
     r.add_argument("--toleration", action="append", default=[], metavar="KEY[=VALUE][:EFFECT]",
                    help="taints the deployment tolerates (repeatable)")
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
@@ -70,7 +67,7 @@ def _catalog(args: argparse.Namespace) -> Catalog:
 
 def _nodes(args: argparse.Namespace) -> list[NodeCapacity]:
     if args.kubeconfig:
-        from r1_operator.k8s.inventory import api_client, read_nodes_and_pods
+        from r1_operator.k8s.client import api_client, read_nodes_and_pods
 
         nodes, pods = read_nodes_and_pods(api_client(args.kubeconfig))
         return inventory(nodes, pods)
@@ -90,13 +87,13 @@ def render_table(best: Plan, plans: list[Plan], excluded: list[str]) -> str:
     rows = [("NODE", "VARIANT", "MODE", "GPU-LAYERS", "GPUS", "GPU-MEM", "CPU-MEM", "DISK")]
     for p in plans:
         gpu, cpu = _mem(p)
-        rows.append((p.node or "-", p.variant or "-", p.mode, f"{p.n_gpu_layers}/{p.n_layers}", str(p.gpus), gpu, cpu,
+        rows.append((p.node or "-", p.variant or "-", p.mode, p.gpu_layers_text, str(p.gpus), gpu, cpu,
                      f"{p.disk_bytes / GiB:.0f} GiB"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     if best.fits:
-        lines.append(f"\nchosen: {best.variant} on {best.node}, --n-gpu-layers {best.n_gpu_layers_arg}"
-                     + (f" --tensor-split {','.join(f'{x:g}' for x in best.tensor_split)}" if best.tensor_split else ""))
+        lines.append(f"\nchosen: {best.variant} on {best.node}, --n-gpu-layers {best.n_gpu_layers}"
+                     + (f" --tensor-split {','.join(map(str, best.tensor_split))}" if best.tensor_split else ""))
     else:
         lines.append("\nnothing fits")
     lines += ["reasons:"] + [f"  - {r}" for r in best.reasons]
@@ -106,8 +103,6 @@ def render_table(best: Plan, plans: list[Plan], excluded: list[str]) -> str:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    if args.ctx_size <= 0:
-        raise ValueError(f"--ctx-size must be > 0, got {args.ctx_size}")
     for flag, v in (("--gpu-headroom-gb", args.gpu_headroom_gb), ("--ram-reserve-gb", args.ram_reserve_gb)):
         if v < 0:
             raise ValueError(f"{flag} must be >= 0, got {v}")
@@ -115,12 +110,12 @@ def run_plan(args: argparse.Namespace) -> int:
                                flash_attn=args.flash_attn, parallel=args.parallel)
     req = PlanRequest(variant=args.variant, policy=args.policy, min_variant=args.min_variant, offload=args.offload,
                       settings=settings, gpu_headroom_bytes=int(args.gpu_headroom_gb * GiB),
-                      ram_reserve_bytes=int(args.ram_reserve_gb * GiB), keep_shards=args.keep_shards,
+                      ram_reserve_bytes=int(args.ram_reserve_gb * GiB),
                       tolerations=tuple(_toleration(t) for t in args.toleration))
     catalog = _catalog(args)
     best, plans, excluded = plan_cluster(catalog, _nodes(args), req)
     if args.output == "json":
-        print(json.dumps({**best.to_dict(), "nodes": [p.to_dict() for p in plans], "excluded": excluded}, indent=2))
+        print(json.dumps({**best.as_dict(), "nodes": [p.as_dict() for p in plans], "excluded": excluded}, indent=2))
     else:
         print(render_table(best, plans, excluded))
     if not best.fits:

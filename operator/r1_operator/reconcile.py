@@ -1,15 +1,13 @@
 """The reconcile chain for one R1Deployment: inventory → plan → cache → runtime → Service → monitors → status.
 
 Handlers call `Reconciler.reconcile` (spec or nodes changed) and `Reconciler.refresh`
-(a child changed). Both end in `_write_status`, the only writer of status.
+(a child changed). Both end in `_write`, the only writer of status.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import hashlib
 import json
 import threading
 import time
@@ -22,14 +20,16 @@ from pydantic import ValidationError
 
 from r1_operator import metrics
 from r1_operator.api.types import GROUP, PLURAL, VERSION, R1DeploymentSpec
+from r1_operator.builders import children as ch
 from r1_operator.builders import manifests as mf
 from r1_operator.builders import names
-from r1_operator.builders.planfor import PlanError, decide, inventory_for
-from r1_operator.builders.settings import OperatorSettings
 from r1_operator.builders.status import CacheObservation, Desired, RuntimeObservation, build_status
 from r1_operator.dashboard import dashboard_json
 from r1_operator.k8s import apply as k
 from r1_operator.k8s import observe
+from r1_operator.planning.decide import PlanError, decide
+from r1_operator.planning.inventory import inventory
+from r1_operator.settings import OperatorSettings
 
 SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 log = logging.getLogger("r1_operator")
@@ -55,9 +55,9 @@ class Reconciler:
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
     _crd_seen: dict[str, tuple[float, bool]] = field(default_factory=dict)
-    _deleted: set[tuple[str, str, str, str]] = field(default_factory=set)
+    _absent: set[ch.Ref] = field(default_factory=set)  # optional children seen absent or deleted by this process
     _waiting: set[str] = field(default_factory=set)
-    _applied: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    _applied: dict[ch.Ref, str] = field(default_factory=dict)  # child → its version right after our last apply
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
         with self._guard:
@@ -67,9 +67,9 @@ class Reconciler:
         with self._guard:
             self._locks.pop(f"{namespace}/{name}", None)
             mine = (names.runtime_name(name), names.dashboard_name(name))
-            for key in [k for k in self._applied if k[1] == namespace and k[2] in mine]:
-                del self._applied[key]
-            self._deleted -= {ref for ref in self._deleted if ref[2] == namespace and ref[3] in mine}
+            for ref in [r for r in self._applied if r[2] == namespace and r[3] in mine]:
+                del self._applied[ref]
+            self._absent -= {ref for ref in self._absent if ref[2] == namespace and ref[3] in mine}
 
     def _has_crd(self, name: str) -> bool:
         at, seen = self._crd_seen.get(name, (0.0, False))
@@ -140,7 +140,7 @@ class Reconciler:
         own = frozenset(p["metadata"]["uid"] for p in pods
                         if (p["metadata"].get("labels") or {}).get(names.LABEL_DEPLOYMENT) == name
                         and p["metadata"].get("namespace") == ns)
-        nodes = inventory_for(list(self.inventory.nodes()), pods, spec.scheduling.gpu_resource_name, own)
+        nodes = inventory(list(self.inventory.nodes()), pods, spec.scheduling.gpu_resource_name, ignore_uids=own)
         try:
             outcome = decide(spec, int(meta.get("generation") or 1), nodes, stored)
         except PlanError as exc:
@@ -171,16 +171,17 @@ class Reconciler:
         k.disown_shared(self.api, "v1", "PersistentVolumeClaim", ns, old, uid)
 
     def _ensure_children(self, body: dict[str, Any], spec: R1DeploymentSpec, desired: Desired) -> None:
-        """Converge the children on the plan. Reads first and writes only what differs, so a steady-state
-        reconcile costs four GETs."""
+        """Read the children, plan a Step for each (builders.children), execute the steps, write status.
+
+        A steady-state reconcile reads four objects and writes nothing."""
         meta, plan = body["metadata"], desired.plan
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         s = self.settings
         owner = mf.owner_reference(name, uid, controller=False)
         pvc = mf.build_cache_pvc(ns, spec, plan, s)
         cache = pvc["metadata"]["name"]
-        pvc_live = self._shared(pvc, owner)
-        job_live = k.get(self.api, "batch/v1", "Job", ns, cache)
+        pvc_live = self._execute(ch.plan_shared(pvc, live := self._read(ch.ref_of(pvc)), owner), live)
+        job_live = self._read(("batch/v1", "Job", ns, cache))
         cache_obs = observe.cache(self.api, ns, cache, pvc_live, job_live)
         annotated = names.ANN_CACHE_READY in ((pvc_live.get("metadata") or {}).get("annotations") or {})
         if cache_obs.ready is not None and not annotated:
@@ -188,57 +189,54 @@ class Reconciler:
             k.annotate(self.api, "v1", "PersistentVolumeClaim", ns, cache,
                        {names.ANN_CACHE_READY: json.dumps(cache_obs.ready, sort_keys=True)})
         elif cache_obs.ready is None:
-            self._shared(mf.build_fetch_job(ns, spec, plan, s), owner, job_live)
-        dep = self._apply_if_changed(mf.build_deployment(name, ns, uid, spec, plan, s,
-                                                         cache_ready=cache_obs.ready is not None))
-        self._apply_if_changed(mf.build_service(name, ns, uid, s))
+            self._execute(ch.plan_shared(mf.build_fetch_job(ns, spec, plan, s), job_live, owner), job_live)
+        wanted: list[dict[str, Any]] = [
+            mf.build_deployment(name, ns, uid, spec, plan, s, cache_ready=cache_obs.ready is not None),
+            mf.build_service(name, ns, uid, s)]
+        unwanted: list[ch.Ref] = []
+        monitor = ("monitoring.coreos.com/v1", "ServiceMonitor", ns, names.runtime_name(name))
         if self._has_crd(SERVICE_MONITOR_CRD):
             if spec.monitoring.service_monitor:
-                self._deleted.discard(("monitoring.coreos.com/v1", "ServiceMonitor", ns, names.runtime_name(name)))
-                self._apply_if_changed(mf.build_service_monitor(name, ns, uid))
+                wanted.append(mf.build_service_monitor(name, ns, uid))
             else:
-                self._delete_once(("monitoring.coreos.com/v1", "ServiceMonitor", ns, names.runtime_name(name)))
-        dashboard = ("v1", "ConfigMap", ns, names.dashboard_name(name))
+                unwanted.append(monitor)
         if spec.monitoring.dashboard:
-            self._deleted.discard(dashboard)
-            self._apply_if_changed(mf.build_dashboard_configmap(name, ns, uid, dashboard_json(), s))
+            wanted.append(mf.build_dashboard_configmap(name, ns, uid, dashboard_json(), s))
         else:
-            self._delete_once(dashboard)
-        self._write(body, desired, (cache_obs, observe.runtime(self.api, ns, name, dep)))
+            unwanted.append(("v1", "ConfigMap", ns, names.dashboard_name(name)))
+        results = []
+        for obj in wanted:
+            ref = ch.ref_of(obj)
+            self._absent.discard(ref)
+            live = self._read(ref)
+            results.append(self._execute(ch.plan_owned(obj, live, self._applied.get(ref)), live))
+        for ref in unwanted:
+            if ref not in self._absent:  # once seen absent, not read again on every reconcile
+                self._execute(ch.plan_absent(ref, live := self._read(ref), "turned off in spec.monitoring"), live)
+        self._write(body, desired, (cache_obs, observe.runtime(self.api, ns, name, results[0])))
 
-    def _shared(self, obj: dict[str, Any], owner: dict[str, Any], live: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A child shared by several R1Deployments: created once, then each sharer adds its owner reference."""
-        m = obj["metadata"]
-        live = live or k.get(self.api, obj["apiVersion"], obj["kind"], m["namespace"], m["name"])
-        if live is None:
-            live, _ = k.create_if_missing(self.api, obj)
-        if owner["uid"] not in {o.get("uid") for o in (live.get("metadata") or {}).get("ownerReferences") or []}:
-            live = k.own_shared(self.api, obj, owner)
-        return live
+    def _read(self, ref: ch.Ref) -> dict[str, Any] | None:
+        return k.get(self.api, *ref)
 
-    def _apply_if_changed(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply unless the live object is exactly what this process last applied.
-
-        The live object must carry this configuration's hash and be unchanged since (same generation, or
-        resourceVersion for kinds without one): an edit by someone else, e.g. `kubectl scale`, is reverted.
-        """
-        digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-        obj["metadata"].setdefault("annotations", {})[names.ANN_APPLIED] = digest
-        m = obj["metadata"]
-        key = (obj["kind"], m["namespace"], m["name"])
-        live = k.get(self.api, obj["apiVersion"], obj["kind"], m["namespace"], m["name"])
-        if live is not None and ((live.get("metadata") or {}).get("annotations") or {}).get(names.ANN_APPLIED) == digest \
-                and self._applied.get(key) == _version(live):
+    def _execute(self, step: ch.Step, live: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Carry out one Step on the child whose live state was `live`; returns the live object afterwards."""
+        if step.action == "leave":
+            if live is None:
+                self._absent.add(step.ref)
             return live
-        live = k.apply(self.api, obj)
-        self._applied[key] = _version(live)
+        if step.action == "delete":
+            k.delete(self.api, *step.ref)
+            self._absent.add(step.ref)
+            return None
+        if step.owner is not None:  # a shared child: created once, then each sharer adds its owner reference
+            if step.action == "create":
+                live, _ = k.create_if_missing(self.api, step.obj)
+            if step.owner["uid"] not in {o.get("uid") for o in (live.get("metadata") or {}).get("ownerReferences") or []}:
+                live = k.own_shared(self.api, step.obj, step.owner)
+            return live
+        live = k.apply(self.api, step.obj)
+        self._applied[step.ref] = ch.version(live)
         return live
-
-    def _delete_once(self, ref: tuple[str, str, str, str]) -> None:
-        """Delete a child the spec turned off; once per process per child, not on every reconcile."""
-        if ref not in self._deleted:
-            k.delete(self.api, *ref)
-            self._deleted.add(ref)
 
     def _write(self, body: dict[str, Any], desired: Desired, observed) -> None:
         meta = body["metadata"]
@@ -252,7 +250,7 @@ class Reconciler:
         for ev in result.events:
             try:
                 k.post_event(self.api, body, ev.type, ev.reason, ev.message, names.MANAGED_BY,
-                             os.environ.get("POD_NAME", names.MANAGED_BY), _now())
+                             self.settings.pod_name, _now())
             except ApiException as exc:  # an event is a courtesy; the status already says it
                 log.warning("event %s on %s/%s not posted: %s", ev.reason, meta["namespace"], meta["name"], exc.reason)
             metrics.transition(ev.reason)
@@ -263,11 +261,6 @@ def _api_message(exc: ApiException) -> str:
         return json.loads(exc.body or "{}").get("message") or str(exc.reason)
     except ValueError:
         return str(exc.reason)
-
-
-def _version(obj: dict[str, Any]) -> str:
-    m = obj.get("metadata") or {}
-    return f"g{m['generation']}" if m.get("generation") else f"rv{m.get('resourceVersion')}"
 
 
 def _same(old: dict[str, Any], new: dict[str, Any]) -> bool:

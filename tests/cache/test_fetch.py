@@ -1,4 +1,4 @@
-"""r1-runtime fetch against a local Hugging Face-compatible hub (r1_runtime.devhub).
+"""r1-runtime fetch against a local Hugging Face-compatible hub (r1_devtools.devhub).
 
 The hub serves a generated miniature split set; the fetch runs as a real
 subprocess (as in the cache Job) using huggingface_hub for listing, auth and
@@ -16,11 +16,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import wait_for
+from r1_devtools.waiting import wait_for
 
-from r1_runtime import devhub
-from r1_runtime.cache.fetch import PROGRESS_FILE, partial_path
-from r1_runtime.ggufio.testmodel import write_test_model
+from r1_devtools import devhub
+from r1_operator.api.contract import PROGRESS_FILE, cache_peak_bytes
+from r1_runtime.cache.download import partial_path
+from r1_devtools.testmodel import write_test_model
 
 REPO_ID = "unsloth/DeepSeek-R1-GGUF"
 VARIANT = "UD-IQ1_S"
@@ -164,20 +165,35 @@ def test_sha256_catches_a_corrupt_byte(hub, hub_root, tmp_path, corrupt_times, e
     assert sum(q["corrupted"] for q in state.stats()["requests"]) == corrupt_times
 
 
-def test_not_enough_space_fails_before_writing(hub, tmp_path):
+def _peak(hub_root: Path, merge: bool) -> int:
+    sizes = [p.stat().st_size for p in (hub_root / REPO_ID / f"DeepSeek-R1-{VARIANT}").glob("*.gguf")]
+    return cache_peak_bytes(sum(sizes), sum(sizes), merge=merge)
+
+
+def test_not_enough_space_fails_before_writing(hub, hub_root, tmp_path):
     """The free-space figure is injected (R1_FETCH_FREE_BYTES): no small filesystem can be mounted without root."""
     endpoint, state = hub
     dest = tmp_path / "cache"
-    r = run_fetch(endpoint, dest, "--merge", env={"R1_FETCH_FREE_BYTES": "5033165"})
+    peak = _peak(hub_root, merge=True)
+    r = run_fetch(endpoint, dest, "--merge", env={"R1_FETCH_FREE_BYTES": str(peak - 1)})
     assert r.returncode == 3, r.stderr
-    assert "not enough free space" in r.stderr and "4.8 MiB free" in r.stderr and "spec.cache.size" in r.stderr
+    assert "not enough free space" in r.stderr and "spec.cache.size" in r.stderr
     # need = 3 shards + the merged copy (~9.4 MiB); nothing was downloaded or written
-    assert "need 9.4 MiB more" in r.stderr
+    assert "need 9.4 MiB more" in r.stderr and "plus the merged copy" in r.stderr
     assert state.stats()["served"] == {}
     assert not list(dest.rglob("*.gguf")) and not list(dest.rglob("*.partial"))
-    # without --merge the shards alone fit
-    ok = run_fetch(endpoint, dest, env={"R1_FETCH_FREE_BYTES": "5033165"})
+    # without --merge the shards alone fit in the same space
+    ok = run_fetch(endpoint, dest, env={"R1_FETCH_FREE_BYTES": str(peak - 1)})
     assert ok.returncode == 0, ok.stderr
+
+
+def test_a_volume_of_exactly_the_contract_peak_holds_fetch_and_merge(hub, hub_root, tmp_path):
+    """The operator sizes `cache.size: auto` from contract.cache_peak_bytes; exactly that much free space is enough."""
+    endpoint, _ = hub
+    dest = tmp_path / "cache"
+    r = run_fetch(endpoint, dest, "--merge", env={"R1_FETCH_FREE_BYTES": str(_peak(hub_root, merge=True))})
+    assert r.returncode == 0, r.stderr
+    assert (dest / f"DeepSeek-R1-{VARIANT}" / f"DeepSeek-R1-{VARIANT}.gguf").is_file()
 
 
 def test_token_is_sent_and_never_printed(hub_root, tmp_path):

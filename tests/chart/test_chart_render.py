@@ -98,7 +98,7 @@ def test_runtime_defaults_reach_the_operator():
     assert env["R1_DEFAULT_STORAGE_CLASS"] == "fast-nvme"
     assert env["R1_HUB_ENDPOINT"] == "http://hf-mirror.models.svc:8080"
     assert env["R1_RUNTIME_IMAGE"] == "r1-operator/runtime:0.1.0"
-    from r1_operator.builders.settings import OperatorSettings
+    from r1_operator.settings import OperatorSettings
 
     s = OperatorSettings.from_env({k: v for k, v in env.items() if k.startswith("R1_") and v is not None})
     assert s.default_storage_class == "fast-nvme" and s.hub_endpoint == "http://hf-mirror.models.svc:8080"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from r1_runtime.ggufio.testmodel import write_test_model
+from r1_devtools.testmodel import write_test_model
 
 BIN = Path(sys.executable).parent
 
@@ -23,12 +23,13 @@ def r1ctl(*args: str) -> subprocess.CompletedProcess:
 def test_hypothetical_hardware_table_and_json():
     res = r1ctl("--gpu-count", "1", "--gpu-memory-gb", "80", "--ram-gb", "512")
     assert res.returncode == 0, res.stderr
-    assert "UD-Q2_K_XL" in res.stdout and "19/61" in res.stdout and "reasons:" in res.stdout
+    assert "UD-Q2_K_XL" in res.stdout and "20/62" in res.stdout and "--n-gpu-layers 20" in res.stdout
+    assert "reasons:" in res.stdout and "424 GiB" in res.stdout  # the cache peak: 212 GiB of shards + the merged copy
     res = r1ctl("--gpu-count", "1", "--gpu-memory-gb", "80", "--ram-gb", "512", "--offload", "formula", "-o", "json")
     plan = json.loads(res.stdout)
-    for key in ("variant", "n_layers", "n_gpu_layers", "tensor_split", "node", "fits", "warnings", "reasons", "memory"):
-        assert key in plan
-    assert (plan["variant"], plan["n_gpu_layers"], plan["n_layers"]) == ("UD-Q2_K_XL", 19, 61)
+    # the blog's formula: floor(80 / 212 × 61) − 4 = 19 blocks, plus the output head
+    assert (plan["variant"], plan["nGpuLayers"], plan["nLayers"], plan["gpuLayers"]) == ("UD-Q2_K_XL", 20, 61, "20/62")
+    assert plan["offload"] == "formula" and plan["tensorSplit"] == [] and plan["memory"][-1]["device"] == "cpu"
 
 
 def test_nothing_fits_exits_non_zero_with_numbers():
@@ -45,7 +46,7 @@ def test_nothing_fits_exits_non_zero_with_numbers():
         (["--gpu-count", "1", "--gpu-memory-gb", "80", "--ram-gb", "64", "--variant", "UD-IQ9"], "unknown variant 'UD-IQ9'"),
         (["--gpu-count", "1", "--gpu-memory-gb", "80"], "--ram-gb"),
         (["--gpu-count", "1", "--gpu-memory-gb", "80", "--ram-gb", "64", "--model-file", "/nonexistent/m.gguf"], "/nonexistent/m.gguf: no such file"),
-        (["--gpu-count", "1", "--gpu-memory-gb", "80", "--ram-gb", "64", "--cache-type-v", "q4_0"], "requires flash attention"),
+        (["--gpu-count", "1", "--gpu-memory-gb", "80", "--ram-gb", "64", "--cache-type-v", "q4_0"], "needs --flash-attn"),
     ],
 )
 def test_bad_input_names_the_flag(args, message):
@@ -67,7 +68,7 @@ def test_model_file_is_described_from_its_own_header(tmp_path):
     res = r1ctl("--gpu-count", "1", "--gpu-memory-gb", "8", "--ram-gb", "16", "--model-file", str(first), "-o", "json")
     plan = json.loads(res.stdout)
     assert res.returncode == 0, res.stderr
-    assert plan["n_layers"] == 4 and plan["n_gpu_layers"] == 4 and plan["mode"] == "gpu"
+    assert plan["nLayers"] == 4 and plan["nGpuLayers"] == 5 and plan["mode"] == "gpu"
 
 
 class _RangeHandler(http.server.SimpleHTTPRequestHandler):
@@ -122,4 +123,4 @@ def test_plan_against_the_dev_cluster(cluster):
     per_node = {p["node"]: p for p in out["nodes"]}
     assert {"gpu-24g", "gpu-80g", "gpu-2x80g", "cpu-only"} <= set(per_node)
     assert per_node["gpu-2x80g"]["gpus"] == 2 and per_node["cpu-only"]["gpus"] == 0
-    assert out["node"] == "gpu-2x80g" and out["tensor_split"] == [0.5, 0.5]
+    assert out["node"] == "gpu-2x80g" and out["tensorSplit"] == [1, 1]

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import BIN
-from helpers import wait_for
+from e2ekit import BIN
+from r1_devtools.waiting import wait_for
 from openai import OpenAI
 
 from r1_operator.dev.cluster import free_port

@@ -15,11 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 import yaml
-from conftest import REPO
-from helpers import smollm2_path, wait_for
+from e2ekit import REPO
+from r1_devtools.models import smollm2_path
+from r1_devtools.waiting import wait_for
 from openai import OpenAI
 from prom import running_prometheus
-from serving import running_server
+from r1_devtools.serving import running_server
 
 from r1_operator.dashboard import build
 from r1_operator.dev.cluster import free_port

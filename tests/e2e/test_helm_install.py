@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, drop_namespace, make_namespace, start_operator
-from helpers import wait_for
+from e2ekit import REPO, drop_namespace, make_namespace, start_operator
+from r1_devtools.waiting import wait_for
 
 HELM = str(Path(sys.executable).parent / "helm")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import REPO
-from helpers import wait_for
+from e2ekit import REPO
+from r1_devtools.waiting import wait_for
 
 from r1_operator.builders import names
 

@@ -10,8 +10,8 @@ import copy
 import signal
 
 import pytest
-from conftest import _ns_name, drop_namespace, make_namespace, start_operator
-from helpers import wait_for
+from e2ekit import drop_namespace, make_namespace, ns_name, start_operator
+from r1_devtools.waiting import wait_for
 
 from r1_operator.builders import names
 
@@ -31,7 +31,7 @@ def counts(kube, ns: str) -> dict[str, int]:
 @pytest.fixture
 def own_ns(request, kube, hub):
     """A namespace the session operator does not watch (its prefix is the test's parameter)."""
-    name = make_namespace(kube, _ns_name(request, request.param))
+    name = make_namespace(kube, ns_name(request, request.param))
     yield name
     drop_namespace(kube, name)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import wait_for
+from r1_devtools.waiting import wait_for
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import wait_for
+from r1_devtools.waiting import wait_for
 
 from r1_operator.api.types import R1DeploymentSpec
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from helpers import smollm2_path
+from r1_devtools.models import smollm2_path
 
-from r1_runtime.ggufio.testmodel import ModelShape, write_test_model
+from r1_devtools.testmodel import ModelShape, write_test_model
 
 pytestmark = pytest.mark.llama
 

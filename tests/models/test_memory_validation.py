@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import memory_validation as mv  # noqa: E402
+from r1_devtools import memcheck as mv
 
 pytestmark = pytest.mark.llama
 

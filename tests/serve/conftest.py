@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import smollm2_path
-from serving import running_server
+from r1_devtools.models import smollm2_path
+from r1_devtools.serving import running_server
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +17,7 @@ def smollm2() -> Path:
 @pytest.fixture(scope="session")
 def r1_mini(tmp_path_factory) -> Path:
     """A miniature DeepSeek-R1-shaped model with R1's chat template (generation prompt opens <think>)."""
-    from r1_runtime.ggufio.testmodel import write_test_model
+    from r1_devtools.testmodel import write_test_model
 
     (path,) = write_test_model(tmp_path_factory.mktemp("r1mini") / "DeepSeek-R1-UD-IQ1_S.gguf", seed=5)
     return path

@@ -8,8 +8,8 @@ import time
 
 import httpx
 import pytest
-from serving import free_port, running_server
-from helpers import wait_for
+from r1_devtools.serving import free_port, running_server
+from r1_devtools.waiting import wait_for
 from prom import running_prometheus
 
 pytestmark = pytest.mark.llama

@@ -8,8 +8,8 @@ import json
 import httpx
 import openai
 import pytest
-from serving import running_server
-from helpers import wait_for
+from r1_devtools.serving import running_server
+from r1_devtools.waiting import wait_for
 
 from r1_runtime.server.app import CANARY_PROMPT
 
@@ -261,7 +261,7 @@ def test_canary_on_a_sound_model_passes(smollm2):
 
 def test_serves_shard_1_of_a_split_set(tmp_path):
     """--model may name shard 1 of a split set; llama.cpp finds the other shards next to it."""
-    from r1_runtime.ggufio.testmodel import write_test_model
+    from r1_devtools.testmodel import write_test_model
 
     shards = write_test_model(tmp_path / "DeepSeek-R1-UD-IQ1_S.gguf", n_shards=3, seed=5)
     (whole,) = write_test_model(tmp_path / "whole" / "DeepSeek-R1-UD-IQ1_S.gguf", seed=5)

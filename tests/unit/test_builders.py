@@ -6,10 +6,12 @@ import pytest
 
 from r1_operator.api.types import R1DeploymentSpec
 from r1_operator.builders import manifests as mf
-from r1_operator.builders.planfor import PlanError, decide, inventory_for
-from r1_operator.builders.settings import OperatorSettings
 from r1_operator.builders.status import CacheObservation, Desired, RuntimeObservation, build_status
 from r1_operator.dev.nodes import NodeShape
+from r1_operator.planning.catalog import catalog_for
+from r1_operator.planning.decide import PlanError, decide
+from r1_operator.planning.inventory import inventory
+from r1_operator.settings import OperatorSettings
 
 S = OperatorSettings()
 
@@ -26,7 +28,7 @@ def spec(**kw) -> R1DeploymentSpec:
 
 
 def inv(*nodes):
-    return inventory_for(list(nodes), [], "nvidia.com/gpu", frozenset())
+    return inventory(list(nodes), [], "nvidia.com/gpu")
 
 
 # ---------------------------------------------------------------- decide
@@ -77,16 +79,16 @@ def test_runtime_renders_the_plan_and_requests_its_gpus_on_its_node():
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
     cmd = c["command"]
-    assert cmd[cmd.index("--n-gpu-layers") + 1] == str(plan["nGpuLayersArg"])
-    assert cmd[cmd.index("--tensor-split") + 1] == "0.5,0.5"
+    assert cmd[cmd.index("--n-gpu-layers") + 1] == str(plan["nGpuLayers"])
+    assert cmd[cmd.index("--tensor-split") + 1] == "1,1"
     assert "--flash-attn" in cmd and cmd[cmd.index("--cache-type-v") + 1] == "q4_0"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "2" == c["resources"]["requests"]["nvidia.com/gpu"]
     assert pod["nodeSelector"]["kubernetes.io/hostname"] == "h100x2"
     assert dep["spec"]["strategy"]["type"] == "Recreate"
     assert c["readinessProbe"]["httpGet"]["path"] == "/ready" and c["livenessProbe"]["httpGet"]["path"] == "/health"
-    # the startup window covers reading the model at the slowest expected rate
+    # the startup window covers reading the whole variant (its published size) at the slowest expected rate
     window = c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"]
-    assert window >= plan["diskBytes"] // 2 / S.load_bytes_per_second
+    assert window * S.load_bytes_per_second >= catalog_for(s.model.repo).get("UD-IQ1_S").size_bytes
     assert pod["terminationGracePeriodSeconds"] > S.shutdown_grace_s + S.prestop_sleep_s
 
 
@@ -113,7 +115,7 @@ def test_fetch_job_fails_fast_on_permanent_errors_and_keeps_secrets_as_reference
     s, plan = _plan(hfTokenSecretRef={"name": "hf", "key": "token"})
     job = mf.build_fetch_job("ns", s, plan, OperatorSettings(hub_endpoint="http://mirror:8080"))
     rule = job["spec"]["podFailurePolicy"]["rules"][0]
-    assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [2, 3, 4]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [2, 3, 4]  # bad input, no space, verify
     env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
     assert env["HF_ENDPOINT"]["value"] == "http://mirror:8080"
@@ -137,31 +139,37 @@ def _conds(res):
     return {c["type"]: (c["status"], c["reason"]) for c in res.status["conditions"]}
 
 
-def test_status_through_the_stages():
-    _, plan = _plan()
-    cases = [
-        (_desired(None, "spec.model.variant: unknown"), CacheObservation(), RuntimeObservation(),
-         {"Planned": ("False", "InvalidSpec"), "Degraded": ("True", "InvalidSpec"), "Ready": ("False", "NotPlanned")}),
-        (_desired({**plan, "fits": False, "reasons": ["nothing fits"]}), CacheObservation(), RuntimeObservation(),
-         {"Planned": ("False", "NoFeasiblePlan"), "Degraded": ("True", "NoFeasiblePlan")}),
-        (_desired(plan), CacheObservation(pvc="c", pvc_phase="Pending"), RuntimeObservation(),
-         {"CacheReady": ("False", "VolumePending"), "Progressing": ("True", "WaitingForCache")}),
-        (_desired(plan), CacheObservation(pvc="c", pvc_phase="Bound", job_active=1,
-                                          progress={"bytesDone": 50, "bytesTotal": 200, "phase": "downloading"}),
-         RuntimeObservation(), {"CacheReady": ("False", "Downloading"), "Ready": ("False", "WaitingForCache")}),
-        (_desired(plan), CacheObservation(pvc="c", job_failed=True, last_message={"error": "no space: need 9 GiB"}),
-         RuntimeObservation(), {"CacheReady": ("False", "FetchFailed"), "Degraded": ("True", "FetchFailed"),
-                                "Progressing": ("False", "Stalled")}),
-        (_desired(plan), CacheObservation(pvc="c", ready={"bytesTotal": 10}),
-         RuntimeObservation(exists=True, replicas=1, waiting="pod x Unschedulable: 0/4 nodes"),
-         {"Ready": ("False", "RuntimeStarting"), "CacheReady": ("True", "Cached")}),
-        (_desired(plan), CacheObservation(pvc="c", ready={"bytesTotal": 10}),
-         RuntimeObservation(exists=True, replicas=1, ready_replicas=1, updated_replicas=1, up_to_date=True),
-         {"Ready": ("True", "RuntimeReady"), "Degraded": ("False", "AsExpected"), "Progressing": ("False", "Idle")}),
-    ]
-    for d, c, r, want in cases:
-        got = _conds(build_status(d, c, r, None, "2026-01-01T00:00:00Z"))
-        assert {k: got[k] for k in want} == want, (want, got)
+_, PLAN = _plan()
+_CACHED = CacheObservation(pvc="c", ready={"bytesTotal": 10})
+
+
+@pytest.mark.parametrize("desired,cache,runtime,want", [
+    pytest.param(_desired(None, "spec.model.variant: unknown"), CacheObservation(), RuntimeObservation(),
+                 {"Planned": ("False", "InvalidSpec"), "Degraded": ("True", "InvalidSpec"),
+                  "Ready": ("False", "NotPlanned")}, id="invalid-spec"),
+    pytest.param(_desired({**PLAN, "fits": False, "reasons": ["nothing fits"]}), CacheObservation(),
+                 RuntimeObservation(), {"Planned": ("False", "NoFeasiblePlan"), "Degraded": ("True", "NoFeasiblePlan")},
+                 id="nothing-fits"),
+    pytest.param(_desired(PLAN), CacheObservation(pvc="c", pvc_phase="Pending"), RuntimeObservation(),
+                 {"CacheReady": ("False", "VolumePending"), "Progressing": ("True", "WaitingForCache")},
+                 id="volume-pending"),
+    pytest.param(_desired(PLAN), CacheObservation(pvc="c", pvc_phase="Bound", job_active=1, progress={
+        "bytesDone": 50, "bytesTotal": 200, "phase": "downloading"}), RuntimeObservation(),
+                 {"CacheReady": ("False", "Downloading"), "Ready": ("False", "WaitingForCache")}, id="downloading"),
+    pytest.param(_desired(PLAN), CacheObservation(pvc="c", job_failed=True, last_message={"error": "no space"}),
+                 RuntimeObservation(), {"CacheReady": ("False", "FetchFailed"), "Degraded": ("True", "FetchFailed"),
+                                        "Progressing": ("False", "Stalled")}, id="fetch-failed"),
+    pytest.param(_desired(PLAN), _CACHED, RuntimeObservation(exists=True, replicas=1,
+                                                             waiting="pod x Unschedulable: 0/4 nodes"),
+                 {"Ready": ("False", "RuntimeStarting"), "CacheReady": ("True", "Cached")}, id="runtime-unschedulable"),
+    pytest.param(_desired(PLAN), _CACHED, RuntimeObservation(exists=True, replicas=1, ready_replicas=1,
+                                                             updated_replicas=1, up_to_date=True),
+                 {"Ready": ("True", "RuntimeReady"), "Degraded": ("False", "AsExpected"),
+                  "Progressing": ("False", "Idle")}, id="ready"),
+])
+def test_status_through_the_stages(desired, cache, runtime, want):
+    got = _conds(build_status(desired, cache, runtime, None, "2026-01-01T00:00:00Z"))
+    assert {k: got[k] for k in want} == want
 
 
 def test_downloading_shows_percent_for_kubectl_get():

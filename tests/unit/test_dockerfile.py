@@ -75,7 +75,7 @@ def test_pods_run_as_the_image_user():
     """The UID of the images, of the runtime pods the operator builds, and of the chart's operator pod agree."""
     import yaml
 
-    from r1_operator.builders.settings import OperatorSettings
+    from r1_operator.settings import OperatorSettings
 
     (uid,) = set(re.findall(r"^USER (\d+):\1$", DOCKERFILE, flags=re.M))
     chart = yaml.safe_load((REPO / "charts" / "r1-operator" / "values.yaml").read_text())

@@ -7,7 +7,7 @@ import pytest
 
 from r1_operator.modelinfo.describe import describe_local
 from r1_operator.modelinfo.gguf_header import GGUFError, SkippedArray, read_local
-from r1_runtime.ggufio.testmodel import ModelShape, write_test_model
+from r1_devtools.testmodel import ModelShape, write_test_model
 
 
 @pytest.fixture(scope="module")

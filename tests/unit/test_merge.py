@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from r1_runtime.cache.merge import MergeError, marker_path, merge
-from r1_runtime.ggufio.testmodel import ModelShape, write_test_model
+from r1_devtools.testmodel import ModelShape, write_test_model
 
 BIN = Path(sys.executable).parent
 

@@ -10,7 +10,8 @@ from r1_operator.dev.nodes import NodeShape, load_shapes
 from r1_operator.planning.catalog import BUILTIN, R1_REPO
 from r1_operator.planning.inventory import Toleration, hypothetical, inventory
 from r1_operator.planning.memory import RuntimeSettings
-from r1_operator.planning.plan import PlanRequest, plan_cluster, plan_node
+from r1_operator.planning.evaluate import PlanRequest
+from r1_operator.planning.plan import plan_cluster, plan_node
 
 GiB = 1 << 30
 CAT = BUILTIN[R1_REPO]
@@ -37,31 +38,30 @@ def dev_nodes(shapes=None):
 def test_auto_plan_per_dev_node(node, variant, mode, blocks):
     cap = next(c for c in dev_nodes() if c.name == node)
     p = plan_node(CAT, cap, PlanRequest())
-    assert (p.variant, p.mode, p.n_gpu_layers) == (variant, mode, blocks)
+    assert (p.variant, p.mode, p.gpu_blocks) == (variant, mode, blocks)
     assert p.fits and p.reasons
-    if blocks:
-        assert p.offload_output and p.n_gpu_layers_arg == blocks + 1
+    assert p.n_gpu_layers == (blocks + 1 if blocks else 0)  # llama.cpp counts the output head, offloaded first
 
 
 def test_cluster_choice_prefers_the_better_variant_then_more_gpu_layers():
     best, plans, excluded = plan_cluster(CAT, dev_nodes(), PlanRequest())
     assert len(plans) == 4 and not excluded
-    assert (best.node, best.variant, best.n_gpu_layers) == ("gpu-2x80g", "UD-Q2_K_XL", 37)
-    assert best.tensor_split == (0.5, 0.5) and best.gpus == 2
+    assert (best.node, best.variant, best.gpu_blocks) == ("gpu-2x80g", "UD-Q2_K_XL", 37)
+    assert best.tensor_split == (1, 1) and best.gpus == 2
 
 
 def test_auto_takes_the_largest_variant_that_fits_entirely_on_gpu():
     # 8×H200: everything fits on GPU; auto takes the best variant with all layers on GPU.
     p = plan_node(CAT, hypothetical(8, 141, 2048), PlanRequest())
-    assert p.mode == "gpu" and p.variant == "UD-Q2_K_XL" and p.n_gpu_layers == 61
+    assert p.mode == "gpu" and p.variant == "UD-Q2_K_XL" and p.n_gpu_layers == 62
     # 2×80 GB with a short context: only UD-IQ1_S fits entirely on GPU, and auto prefers it over a bigger hybrid.
     short = PlanRequest(settings=RuntimeSettings(ctx_size=2048))
     p = plan_node(CAT, hypothetical(2, 80, 256), short)
-    assert (p.variant, p.mode, p.n_gpu_layers) == ("UD-IQ1_S", "gpu", 61)
+    assert (p.variant, p.mode, p.n_gpu_layers) == ("UD-IQ1_S", "gpu", 62)
     assert any("UD-IQ1_M does not fit entirely in GPU memory" in r for r in p.reasons)
     # quality takes the largest that fits in GPU + RAM instead, with layers spilling to the CPU.
     q = plan_node(CAT, hypothetical(2, 80, 256), PlanRequest(policy="quality", settings=RuntimeSettings(ctx_size=2048)))
-    assert q.variant == "UD-Q2_K_XL" and q.mode == "hybrid" and q.n_gpu_layers < 61
+    assert q.variant == "UD-Q2_K_XL" and q.mode == "hybrid" and q.gpu_blocks < 61
 
 
 def test_explicit_and_minimum_variant():
@@ -119,19 +119,24 @@ def test_plan_memory_never_exceeds_what_it_claims_fits():
             assert p.memory[-1].total <= node.ram_bytes - 8 * GiB
 
 
-def test_json_has_the_documented_keys():
-    d = plan_node(CAT, hypothetical(1, 80, 512), PlanRequest()).to_dict()
-    for key in ("variant", "n_layers", "n_gpu_layers", "tensor_split", "node", "fits", "warnings", "reasons", "memory"):
-        assert key in d
-    json.dumps(d)
+def test_the_one_serialization_carries_llama_cpp_units_and_the_peak_disk():
+    p = plan_node(CAT, hypothetical(2, 80, 512), PlanRequest())
+    d = json.loads(json.dumps(p.as_dict()))
+    assert (d["variant"], d["nGpuLayers"], d["nLayers"]) == (p.variant, p.gpu_blocks + 1, 61)
+    assert d["gpuLayers"] == f"{p.gpu_blocks + 1}/62" and d["tensorSplit"] == [1, 1]
+    # the cache peak: every file plus the merged copy, since the merge deletes shards only once verified
+    v = CAT.get(p.variant)
+    assert d["modelBytes"] == v.size_bytes and d["diskBytes"] >= 2 * v.size_bytes
+    assert [m["device"] for m in d["memory"]] == ["gpu0", "gpu1", "cpu"]
+    assert d["cpuMemoryBytes"] == p.memory[-1].total
 
 
 def test_invalid_settings_are_rejected_with_the_field():
-    with pytest.raises(ValueError, match="requires flash attention"):
+    with pytest.raises(ValueError, match="needs --flash-attn"):
         plan_node(CAT, hypothetical(1, 80, 512), PlanRequest(settings=RuntimeSettings(cache_type_v="q4_0")))
     with pytest.raises(ValueError, match="policy"):
         plan_node(CAT, hypothetical(1, 80, 512), PlanRequest(policy="fastest"))
-    with pytest.raises(ValueError, match="ctx size"):
+    with pytest.raises(ValueError, match="--ctx-size must be >= 512"):
         plan_node(CAT, hypothetical(1, 80, 512), PlanRequest(settings=RuntimeSettings(ctx_size=10)))
 
 

@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from r1_operator.planning.catalog import BUILTIN, R1_REPO
 from r1_operator.planning.inventory import hypothetical
 from r1_operator.planning.memory import RuntimeSettings
-from r1_operator.planning.plan import PlanRequest, max_gpu_layers, plan_cluster, plan_node
+from r1_operator.planning.evaluate import PlanRequest
+from r1_operator.planning.layout import max_gpu_layers
+from r1_operator.planning.plan import plan_cluster, plan_node
 
 GiB = 1 << 30
 CAT = BUILTIN[R1_REPO]
@@ -57,9 +59,9 @@ def test_more_memory_never_turns_a_fit_into_no_fit(req, gpus, gb, ram, extra_gpu
 def test_plans_are_bounded_and_honest(req, gpus, gb, ram):
     node = hypothetical(gpus, gb, ram)
     p = plan_node(CAT, node, req)
-    assert 0 <= p.n_gpu_layers <= p.n_layers
+    assert 0 <= p.n_gpu_layers <= p.n_layers + 1
     assert p.gpus <= gpus
-    if p.n_gpu_layers_arg:  # the GPUs requested are exactly the ones the memory layout was checked on
+    if p.n_gpu_layers:  # the GPUs requested are exactly the ones the memory layout was checked on
         assert len(p.memory) - 1 == p.gpus
         assert len(p.tensor_split) == (p.gpus if p.gpus > 1 else 0)
     if p.fits and req.offload == "estimate":
@@ -77,7 +79,7 @@ def test_auto_never_leaves_layers_on_cpu_when_some_variant_fits_entirely(gpus, g
     full = [v for v in CAT.variants if plan_node(CAT, node, PlanRequest(variant=v.name, settings=s)).mode == "gpu"]
     p = plan_node(CAT, node, PlanRequest(settings=s))
     if full:
-        assert p.mode == "gpu" and p.n_gpu_layers == p.n_layers
+        assert p.mode == "gpu" and p.gpu_blocks == p.n_layers
         assert p.variant == max(full, key=lambda v: v.rank).name
 
 
@@ -85,8 +87,8 @@ def test_auto_never_leaves_layers_on_cpu_when_some_variant_fits_entirely(gpus, g
 @given(st.lists(st.tuples(GPUS, GPU_GB, RAM_GB), min_size=1, max_size=8), REQS, st.randoms())
 def test_deterministic_whatever_the_node_order(shapes, req, rnd: random.Random):
     nodes = [hypothetical(g, gb, ram, name=f"n{i}") for i, (g, gb, ram) in enumerate(shapes)]
-    a = plan_cluster(CAT, nodes, req)[0].to_dict()
+    a = plan_cluster(CAT, nodes, req)[0].as_dict()
     shuffled = nodes[:]
     rnd.shuffle(shuffled)
-    b = plan_cluster(CAT, shuffled, req)[0].to_dict()
+    b = plan_cluster(CAT, shuffled, req)[0].as_dict()
     assert a == b

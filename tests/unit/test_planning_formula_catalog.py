@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-from fractions import Fraction
 
 import pytest
 
 from r1_operator.planning.catalog import BUILTIN, R1_REPO, catalog_for
-from r1_operator.planning.plan import formula_layers
+from r1_operator.planning.layout import formula_layers
 
 GiB = 1 << 30
 CAT = BUILTIN[R1_REPO]
@@ -30,8 +29,8 @@ def test_formula_reproduces_the_rule(variant, vram_gib, expected):
 
 
 def test_formula_is_exact_at_a_boundary():
-    # 15/22 × 22 layers is exactly 15; floating point gives 14.999999999999998 and would answer 10.
-    assert 15 / 22 * 22 < 15 and Fraction(15 * 22, 22) == 15
+    # 15/22 × 22 layers is exactly 15 (11 after the − 4); a float implementation computes 14.999999999999998
+    # and answers 10.
     assert formula_layers(15 * GiB, 22 * GiB, 22) == 11
     # 24/183 × 61 is exactly 8 (the blog's 2.22-bit on 24 GB): 8 - 4.
     assert formula_layers(24 * GiB, 183 * GiB, 61) == 4

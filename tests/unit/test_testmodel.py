@@ -7,7 +7,7 @@ import hashlib
 import gguf
 import pytest
 
-from r1_runtime.ggufio.testmodel import ModelShape, _partition, build_vocab, shape_from_options, write_test_model
+from r1_devtools.testmodel import ModelShape, _partition, build_vocab, shape_from_options, write_test_model
 
 
 def _sha(paths) -> list[str]:

@@ -6,6 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from r1_operator.api.contract import CACHE_TYPES, MIN_TOKENS_PER_SEQUENCE, SERVE_FLAGS, UNQUANTIZED_CACHE_TYPES, \
+    Flag
+
 GROUP = "r1.inference.dev"
 VERSION = "v1alpha1"
 KIND = "R1Deployment"
@@ -13,7 +16,7 @@ PLURAL = "r1deployments"
 SINGULAR = "r1deployment"
 SHORT_NAMES = ["r1d"]
 
-CacheType = Literal["f16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
+CacheType = Literal[tuple(CACHE_TYPES)]  # type: ignore[valid-type]
 QUANTITY = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 
 
@@ -24,6 +27,16 @@ def _cel(rule: str, message: str, field_path: str | None = None, reason: str | N
     if reason:
         r["reason"] = reason
     return r
+
+
+def _bounded(dest: str, default=None, alias: str | None = None, **kw):
+    """A spec field with the runtime flag's default and bounds (r1_operator.api.contract)."""
+    f: Flag = SERVE_FLAGS[dest]
+    if f.lo is not None:
+        kw["gt" if f.lo_open else "ge"] = f.lo
+    if f.hi is not None:
+        kw["le"] = f.hi
+    return Field(f.default if default is None else default, alias=alias, **kw)
 
 
 class _Model(BaseModel):
@@ -46,27 +59,29 @@ class ModelSpec(_Model):
 
 
 class Sampling(_Model):
-    temperature: float = Field(0.6, ge=0, le=2)
-    min_p: float = Field(0.05, alias="minP", ge=0, le=1)
-    top_p: float = Field(1.0, alias="topP", gt=0, le=1)
-    top_k: int = Field(0, alias="topK", ge=0, le=1000)
+    temperature: float = _bounded("temperature")
+    min_p: float = _bounded("min_p", alias="minP")
+    top_p: float = _bounded("top_p", alias="topP")
+    top_k: int = _bounded("top_k", alias="topK")
 
 
 class InferenceSpec(_Model):
     model_config = ConfigDict(populate_by_name=True, extra="forbid", json_schema_extra={
         "x-kubernetes-validations": [
-            _cel("self.cacheTypeV == 'f16' || self.flashAttention",
-                 "cacheTypeV other than f16 requires flashAttention: true", ".cacheTypeV"),
-            _cel("self.ctxSize / self.parallel >= 256",
-                 "ctxSize / parallel must leave at least 256 tokens per sequence", ".parallel"),
+            _cel(f"self.cacheTypeV in {list(UNQUANTIZED_CACHE_TYPES)} || self.flashAttention",
+                 f"a quantized cacheTypeV (not {', '.join(UNQUANTIZED_CACHE_TYPES)}) requires flashAttention: true",
+                 ".cacheTypeV"),
+            _cel(f"self.ctxSize / self.parallel >= {MIN_TOKENS_PER_SEQUENCE}",
+                 f"ctxSize / parallel must leave at least {MIN_TOKENS_PER_SEQUENCE} tokens per sequence", ".parallel"),
         ]})
-    ctx_size: int = Field(8192, alias="ctxSize", ge=512, le=163840, description="Whole KV cache in tokens, shared "
-                          "by the parallel sequences.")
-    cache_type_k: CacheType = Field("q4_0", alias="cacheTypeK")
-    cache_type_v: CacheType = Field("f16", alias="cacheTypeV")
+    ctx_size: int = _bounded("ctx_size", alias="ctxSize", description="Whole KV cache in tokens, shared by the "
+                             "parallel sequences.")
+    cache_type_k: CacheType = Field(SERVE_FLAGS["cache_type_k"].default, alias="cacheTypeK")
+    cache_type_v: CacheType = Field(SERVE_FLAGS["cache_type_v"].default, alias="cacheTypeV")
     flash_attention: bool = Field(False, alias="flashAttention")
-    threads: int = Field(0, ge=0, le=512, description="CPU threads; 0 lets llama.cpp choose.")
-    parallel: int = Field(1, ge=1, le=64, description="Sequences decoded together (continuous batching).")
+    threads: int = _bounded("threads", description="CPU threads; 0: the CPUs the runtime container may use "
+                            "(its CPU limit, else the node's). Non-zero also sets the pod's CPU request.")
+    parallel: int = _bounded("parallel", description="Sequences decoded together (continuous batching).")
     sampling: Sampling = Field(default_factory=Sampling)
     stop_on_loop: bool = Field(False, alias="stopOnLoop", description="Stop generations that loop.")
     canary: bool = Field(True, description="Fail readiness when a fixed prompt's output loops.")

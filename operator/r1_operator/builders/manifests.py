@@ -1,7 +1,8 @@
 """Desired children of an R1Deployment (pure): cache PVC and fetch Job, runtime Deployment, Service, monitors.
 
 The runtime's command line is the contract between the planes: `runtime_command`
-and `fetch_command` render it, and tests/e2e runs exactly what they render.
+and `fetch_command` render it from r1_operator.api.contract, whose tables also build
+the runtime's parser; tests/e2e runs exactly what they render.
 """
 
 from __future__ import annotations
@@ -9,16 +10,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from r1_operator.api import contract
 from r1_operator.api.types import GROUP, KIND, VERSION, R1DeploymentSpec
 from r1_operator.builders import names
-from r1_operator.builders.planfor import plan_hash
-from r1_operator.builders.settings import OperatorSettings
+from r1_operator.planning.decide import plan_hash
+from r1_operator.settings import OperatorSettings
 
 GiB = 1 << 30
 CACHE_MOUNT = "/cache"
 PROBE_PERIOD_S = 10
-# Exit codes of `r1-runtime fetch` that retrying cannot fix: bad input, no space, verification failed twice.
-FETCH_PERMANENT_EXIT_CODES = [2, 3, 4]
+DEFAULT_CPU_REQUEST = 2  # without spec.inference.threads
 
 
 def owner_reference(name: str, uid: str, controller: bool = True) -> dict[str, Any]:
@@ -45,10 +46,10 @@ _MOUNTS = [{"name": "cache", "mountPath": CACHE_MOUNT}, {"name": "tmp", "mountPa
 
 
 def cache_size(spec: R1DeploymentSpec, plan: dict[str, Any]) -> str:
-    """spec.cache.size, or for auto the planner's disk figure (download + merge) plus 5%, in whole GiB."""
+    """spec.cache.size, or for auto a volume whose filesystem holds the fetch's peak (contract.cache_volume_gib)."""
     if spec.cache.size != "auto":
         return spec.cache.size
-    return f"{max(math.ceil(plan['diskBytes'] * 1.05 / GiB), 1)}Gi"
+    return f"{contract.cache_volume_gib(plan['diskBytes'])}Gi"
 
 
 def build_cache_pvc(namespace: str, spec: R1DeploymentSpec, plan: dict[str, Any], s: OperatorSettings) -> dict[str, Any]:
@@ -71,11 +72,9 @@ def build_cache_pvc(namespace: str, spec: R1DeploymentSpec, plan: dict[str, Any]
 
 def fetch_command(spec: R1DeploymentSpec, variant: str) -> list[str]:
     m = spec.model
-    cmd = ["r1-runtime", "fetch", "--repo", m.repo, "--revision", m.revision, "--variant", variant,
-           "--dest", CACHE_MOUNT, "--merge", "--progress-interval", "10"]
-    if spec.cache.keep_shards:
-        cmd.append("--keep-shards")
-    return cmd
+    return ["r1-runtime", "fetch", *contract.render(contract.FETCH_FLAGS, {
+        "repo": m.repo, "variant": variant, "dest": CACHE_MOUNT, "revision": m.revision, "merge": True,
+        "keep_shards": spec.cache.keep_shards, "progress_interval": 10.0})]
 
 
 def _secret_env(env_name: str, ref) -> dict[str, Any]:
@@ -109,32 +108,27 @@ def build_fetch_job(namespace: str, spec: R1DeploymentSpec, plan: dict[str, Any]
         "spec": {
             "backoffLimit": s.fetch_backoff_limit,
             "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {
-                "containerName": "fetch", "operator": "In", "values": FETCH_PERMANENT_EXIT_CODES}}]},
+                "containerName": "fetch", "operator": "In", "values": [int(c) for c in contract.PERMANENT_EXITS]}}]},
             "template": {"metadata": {"labels": names.cache_labels(key)}, "spec": pod},
         },
     }
 
 
 def runtime_command(name: str, spec: R1DeploymentSpec, plan: dict[str, Any], s: OperatorSettings) -> list[str]:
+    """`r1-runtime serve` with every spec field the runtime takes, rendered by the contract (bounds checked)."""
     inf, smp = spec.inference, spec.inference.sampling
-    cmd = ["r1-runtime", "serve", "--model", CACHE_MOUNT, "--host", "0.0.0.0", "--port", str(s.runtime_port),
-           "--alias", name, "--variant", plan["variant"],
-           "--n-gpu-layers", str(plan["nGpuLayersArg"]), "--ctx-size", str(inf.ctx_size),
-           "--cache-type-k", inf.cache_type_k, "--parallel", str(inf.parallel),
-           "--threads", str(inf.threads or plan["threads"]),
-           "--temperature", f"{smp.temperature:g}", "--min-p", f"{smp.min_p:g}", "--top-p", f"{smp.top_p:g}",
-           "--top-k", str(smp.top_k), "--shutdown-grace", str(s.shutdown_grace_s)]
+    values: dict[str, Any] = {
+        "model": CACHE_MOUNT, "host": "0.0.0.0", "port": s.runtime_port, "alias": name, "variant": plan["variant"],
+        "n_gpu_layers": plan["nGpuLayers"], "ctx_size": inf.ctx_size, "cache_type_k": inf.cache_type_k,
+        "cache_type_v": inf.cache_type_v, "flash_attn": inf.flash_attention, "parallel": inf.parallel,
+        "temperature": smp.temperature, "min_p": smp.min_p, "top_p": smp.top_p, "top_k": smp.top_k,
+        "shutdown_grace": float(s.shutdown_grace_s), "stop_on_loop": inf.stop_on_loop, "canary": inf.canary,
+    }
+    if inf.threads:  # 0: the runtime counts the CPUs its container may use
+        values["threads"] = inf.threads
     if plan.get("tensorSplit"):
-        cmd += ["--tensor-split", ",".join(plan["tensorSplit"])]
-    if inf.flash_attention:
-        cmd.append("--flash-attn")
-    if inf.cache_type_v != "f16":
-        cmd += ["--cache-type-v", inf.cache_type_v]
-    if inf.stop_on_loop:
-        cmd.append("--stop-on-loop")
-    if inf.canary:
-        cmd.append("--canary")
-    return cmd
+        values["tensor_split"] = ",".join(str(x) for x in plan["tensorSplit"])
+    return ["r1-runtime", "serve", *contract.render(contract.SERVE_FLAGS, values)]
 
 
 def _scheduling(pod: dict[str, Any], spec: R1DeploymentSpec, plan: dict[str, Any], pin: bool) -> None:
@@ -155,9 +149,11 @@ def _quantity_gib(n: int) -> str:
 
 
 def runtime_resources(spec: R1DeploymentSpec, plan: dict[str, Any]) -> dict[str, Any]:
-    """The plan's GPUs and CPU-side memory (+2 GiB for the process); spec.resources overrides key by key."""
+    """The plan's GPUs and CPU-side memory (+2 GiB for the process), CPUs for the threads; spec.resources overrides
+    key by key."""
     gpu = spec.scheduling.gpu_resource_name
-    requests = {"cpu": "2", "memory": _quantity_gib(plan.get("cpuMemoryBytes", 0) + 2 * GiB)}
+    requests = {"cpu": str(spec.inference.threads or DEFAULT_CPU_REQUEST),
+                "memory": _quantity_gib(plan.get("cpuMemoryBytes", 0) + 2 * GiB)}
     limits: dict[str, str] = {}
     if plan.get("gpus"):
         requests[gpu] = limits[gpu] = str(plan["gpus"])
@@ -172,7 +168,7 @@ def runtime_resources(spec: R1DeploymentSpec, plan: dict[str, Any]) -> dict[str,
 
 def startup_failure_threshold(plan: dict[str, Any], s: OperatorSettings) -> int:
     """Enough probe periods to read the model at the slowest expected rate, plus 5 minutes of warm-up."""
-    model_bytes = plan.get("diskBytes", 0) // 2 or GiB
+    model_bytes = plan.get("modelBytes") or GiB
     return math.ceil(model_bytes / s.load_bytes_per_second / PROBE_PERIOD_S) + 300 // PROBE_PERIOD_S
 
 

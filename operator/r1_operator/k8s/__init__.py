@@ -1,1 +1,1 @@
-"""The only package that talks to the Kubernetes API server."""
+"""The operator's calls to the Kubernetes API server (the dev cluster in r1_operator.dev has its own admin client)."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from r1_operator.api.contract import PROGRESS_MARK
 from r1_operator.builders import names
 from r1_operator.builders.status import CacheObservation, RuntimeObservation
 from r1_operator.k8s import apply as k
 
-PROGRESS_MARK = "r1-progress="  # as r1_runtime.cache.fetch prints it (the operator does not import the runtime)
 _STUCK = ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "InvalidImageName")
 
 

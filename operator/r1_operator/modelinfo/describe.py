@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import os
-import re
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from r1_operator.api.contract import parse_split
 from r1_operator.modelinfo.gguf_header import GGUFError, GGUFHeader, read_header, read_local
 from r1_operator.planning.model import ModelFacts, facts_from_gguf
 
-SPLIT_RE = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
-
-
-def shard_paths(first: Path) -> list[Path]:
-    """All shards of a split set given any shard's path (or [first] when not split)."""
-    m = SPLIT_RE.match(first.name)
-    if not m:
-        return [first]
-    count = int(m.group("count"))
-    return [first.with_name(f"{m.group('stem')}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+def set_paths(any_shard: Path) -> list[Path]:
+    """Every file of the split set any_shard belongs to, or [any_shard] when it is not split."""
+    split = parse_split(any_shard.name)
+    return [any_shard.with_name(n) for n in split.names()] if split else [any_shard]
 
 
 def facts_from_headers(headers: list[GGUFHeader], sizes: list[int], name: str | None = None) -> ModelFacts:
@@ -48,7 +42,7 @@ def facts_from_headers(headers: list[GGUFHeader], sizes: list[int], name: str | 
 
 def describe_local(path: str | os.PathLike[str], name: str | None = None) -> ModelFacts:
     p = Path(path)
-    paths = shard_paths(p)
+    paths = set_paths(p)
     if len(paths) == 1 and not p.is_file():
         raise GGUFError(f"{p}: no such file")
     missing = [str(x) for x in paths if not x.is_file()]

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from r1_operator.api import contract
 from r1_operator.planning import ggml
 from r1_operator.planning.model import ModelFacts, TensorInfo, facts_from_gguf
 
@@ -108,6 +109,11 @@ class Variant:
     @property
     def allow_pattern(self) -> str:
         return f"*{self.name}*"
+
+    @property
+    def cache_peak_bytes(self) -> int:
+        """The cache volume's peak while fetching and merging this variant (the operator always merges)."""
+        return contract.cache_peak_bytes(self.size_bytes, self.size_bytes if self.shards > 1 else 0, merge=True)
 
 
 def _r1_variant(name: str, label: str, gib: int, shards: int, rank: int, experts: Callable[[str, int], str]) -> Variant:

@@ -47,9 +47,6 @@ TYPES: dict[int, GGMLType] = {
 }
 BY_NAME: dict[str, int] = {t.name.lower(): i for i, t in TYPES.items()}
 
-# KV-cache types llama.cpp accepts for --cache-type-k/-v.
-CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
-
 
 def type_id(name: str) -> int:
     try:

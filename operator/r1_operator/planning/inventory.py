@@ -154,9 +154,27 @@ def gpus_in_use(pods: list[dict[str, Any]], resource: str = GPU_RESOURCE, ignore
     return used
 
 
-def inventory(nodes: list[dict[str, Any]], pods: list[dict[str, Any]] | None = None, gpu_resource: str = GPU_RESOURCE) -> list[NodeCapacity]:
-    used = gpus_in_use(pods or [], gpu_resource)
+def inventory(nodes: list[dict[str, Any]], pods: list[dict[str, Any]] | None = None, gpu_resource: str = GPU_RESOURCE,
+              ignore_uids: frozenset[str] = frozenset()) -> list[NodeCapacity]:
+    """Node capacity with the GPUs pods hold; pods in ignore_uids (a deployment's own) do not count against it."""
+    used = gpus_in_use(pods or [], gpu_resource, ignore_uids=ignore_uids)
     return [node_capacity(n, used.get((n.get("metadata") or {}).get("name", ""), 0), gpu_resource) for n in nodes]
+
+
+def eligible(node: NodeCapacity, node_selector: tuple[tuple[str, str], ...] = (),
+             tolerations: tuple[Toleration, ...] = ()) -> str | None:
+    """Why the node cannot run the runtime at all, or None."""
+    if not node.ready:
+        return f"{node.name} is not Ready"
+    if not node.schedulable:
+        return f"{node.name} is cordoned (unschedulable)"
+    for key, value in node_selector:
+        if node.labels.get(key) != value:
+            return f"{node.name} does not match nodeSelector {key}={value}"
+    for t in node.taints:
+        if t.effect in ("NoSchedule", "NoExecute") and not any(tol.tolerates(t) for tol in tolerations):
+            return f"{node.name} has taint {t.key}={t.value}:{t.effect} that the spec does not tolerate"
+    return None
 
 
 def hypothetical(gpu_count: int, gpu_memory_gb: float, ram_gb: float, disk_gb: float | None = None, cpus: int = 16,

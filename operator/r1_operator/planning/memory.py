@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from r1_operator.api import contract
 from r1_operator.planning import ggml
 from r1_operator.planning.model import ModelFacts
 
@@ -25,27 +26,24 @@ KV_PAD = 256  # llama.cpp pads the KV cache size to this many cells
 class RuntimeSettings:
     """The llama.cpp context settings that change memory use."""
 
-    ctx_size: int = 8192
+    ctx_size: int = contract.SERVE_FLAGS["ctx_size"].default
     n_ubatch: int = 512
-    cache_type_k: str = "q4_0"
-    cache_type_v: str = "f16"
+    cache_type_k: str = contract.SERVE_FLAGS["cache_type_k"].default
+    cache_type_v: str = contract.SERVE_FLAGS["cache_type_v"].default
     flash_attn: bool = False
-    parallel: int = 1
+    parallel: int = contract.SERVE_FLAGS["parallel"].default
 
     def validate(self, m: ModelFacts | None = None) -> None:
-        if not 256 <= self.ctx_size <= 1 << 21:
-            raise ValueError(f"ctx size must be between 256 and 2097152, got {self.ctx_size}")
-        if not 1 <= self.n_ubatch <= 1 << 16:
-            raise ValueError(f"ubatch size must be between 1 and 65536, got {self.n_ubatch}")
-        for field_, value in (("cache type K", self.cache_type_k), ("cache type V", self.cache_type_v)):
-            if value not in ggml.CACHE_TYPES:
-                raise ValueError(f"{field_} must be one of {', '.join(ggml.CACHE_TYPES)}, got {value!r}")
-        if self.cache_type_v not in ("f16", "f32", "bf16") and not self.flash_attn:
-            raise ValueError(f"a quantized V cache ({self.cache_type_v}) requires flash attention")
+        """The runtime's own bounds and rules (the contract), so a plan is never made for flags it rejects."""
+        flags = contract.SERVE_FLAGS
+        for dest, value in (("ctx_size", self.ctx_size), ("n_batch", self.n_ubatch), ("cache_type_k", self.cache_type_k),
+                            ("cache_type_v", self.cache_type_v), ("parallel", self.parallel)):
+            flags[dest].check(value)
+        problems = contract.inference_problems(self.ctx_size, self.parallel, self.cache_type_v, self.flash_attn)
+        if problems:
+            raise ValueError("; ".join(problems))
         if m is not None and m.mla and self.cache_type_k != self.cache_type_v:
             raise ValueError(f"{m.name} uses MLA: K and V cache types must match (got {self.cache_type_k}/{self.cache_type_v})")
-        if not 1 <= self.parallel <= 256:
-            raise ValueError(f"parallel must be between 1 and 256, got {self.parallel}")
 
 
 def kv_cells(s: RuntimeSettings) -> int:

@@ -12,10 +12,10 @@ output exists, naming the file.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
-import re
 import struct
 import time
 from collections.abc import Callable
@@ -24,14 +24,18 @@ from pathlib import Path
 
 import gguf
 
-SPLIT_RE = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+from r1_operator.api.contract import MERGED_MARKER_SUFFIX, Exit, parse_split, partial_name
+from r1_runtime.cache.files import CacheError, fsync_dir, write_json_atomic
+
 SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
-MARKER_SUFFIX = ".merged.json"
 COPY_CHUNK = 64 << 20
 
 
-class MergeError(ValueError):
-    """A shard is missing or inconsistent; the message names the file and what to do."""
+class MergeError(CacheError):
+    """A shard is missing or inconsistent (exit 2), or the volume is full (exit 3)."""
+
+    def __init__(self, message: str, exit_code: int = Exit.BAD_INPUT, phase: str = "merge-failed"):
+        super().__init__(message, exit_code, phase)
 
 
 @dataclass(frozen=True)
@@ -44,17 +48,17 @@ class _Tensor:
 
 
 def shard_paths(first: Path) -> list[Path]:
-    m = SPLIT_RE.match(first.name)
-    if not m:
+    """Every shard of the set that `first` (shard 1) starts."""
+    split = parse_split(first.name)
+    if split is None:
         raise MergeError(f"{first}: not a split-set name (expected NAME-00001-of-0000N.gguf)")
-    if int(m.group("no")) != 1:
-        raise MergeError(f"{first}: give shard 1 of the set, not shard {int(m.group('no'))}")
-    count = int(m.group("count"))
-    return [first.with_name(f"{m.group('stem')}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+    if split.no != 1:
+        raise MergeError(f"{first}: give shard 1 of the set, not shard {split.no}")
+    return [first.with_name(n) for n in split.names()]
 
 
 def marker_path(output: Path) -> Path:
-    return output.with_name(output.name + MARKER_SUFFIX)
+    return output.with_name(output.name + MERGED_MARKER_SUFFIX)
 
 
 def _read_shard(path: Path, index: int, count: int) -> tuple[gguf.GGUFReader, dict]:
@@ -138,7 +142,9 @@ def _copy(src_fd: int, dst_fd: int, offset: int, n: int, progress: Callable[[int
     while done < n:
         try:
             k = os.copy_file_range(src_fd, dst_fd, min(COPY_CHUNK, n - done), offset + done)
-        except OSError:  # filesystems without copy_file_range: plain reads and writes, same constant memory
+        except OSError as exc:  # filesystems without copy_file_range: plain reads and writes, same constant memory
+            if exc.errno == errno.ENOSPC:
+                raise
             k = len(data := os.pread(src_fd, min(8 << 20, n - done), offset + done))
             os.write(dst_fd, data)
         if k == 0:
@@ -171,7 +177,7 @@ def merge(first: str | os.PathLike[str], output: str | os.PathLike[str], *, keep
     with open(paths[0], "rb") as f:
         version = struct.unpack("<I", f.read(8)[4:])[0]
     started = time.monotonic()
-    tmp = output.with_name(f".{output.name}.partial")
+    tmp = output.with_name(partial_name(output.name))
     output.parent.mkdir(parents=True, exist_ok=True)
     header = b"GGUF" + struct.pack("<IQQ", version, len(tensors), n_kv) + kv_raw
     offset = 0
@@ -197,12 +203,20 @@ def merge(first: str | os.PathLike[str], output: str | os.PathLike[str], *, keep
             os.close(fd)
         expected_size = len(header) + offset
         if tmp.stat().st_size != expected_size:
-            raise MergeError(f"{tmp}: wrote {tmp.stat().st_size} bytes, expected {expected_size}; check free disk space")
+            raise MergeError(f"{tmp}: wrote {tmp.stat().st_size} bytes, expected {expected_size}; check free disk space",
+                             Exit.NO_SPACE, "no-space")
         copied = time.monotonic() - started
         _verify(tmp, tensors)
         digest = sha256_file(tmp)
         os.replace(tmp, output)
-        _fsync_dir(output.parent)
+        fsync_dir(output.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC:
+            raise MergeError(f"{output.parent}: disk full while merging into {output.name}; the partial merge was "
+                             "deleted and the shards are kept. Grow the cache volume (spec.cache.size), then run "
+                             "again", Exit.NO_SPACE, "no-space") from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -247,24 +261,3 @@ def _verify(path: Path, tensors: list[_Tensor]) -> None:
     for a, b in zip(reader.tensors, tensors):
         if int(a.n_bytes) != b.nbytes:
             raise MergeError(f"{path}: tensor {a.name} has {int(a.n_bytes)} bytes, expected {b.nbytes}")
-
-
-def write_json_atomic(path: Path, data: dict, durable: bool = True) -> None:
-    """Write JSON under a temporary name and rename it; durable: fsync the file and its directory."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-    if durable:
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from r1_operator.api.contract import SAMPLING_DEFAULTS, SERVE_FLAGS
 from r1_runtime import __version__
 from r1_runtime.server.engine import Engine, EngineSettings, Job, PromptTooLong, QueueFull, Sampling
 from r1_runtime.server.metrics import Metrics
@@ -33,18 +34,18 @@ class ServeSettings:
     engine: EngineSettings
     alias: str = ""
     variant: str = ""
-    api_key_env: str = "R1_API_KEY"
-    max_tokens_cap: int = 4096
-    request_timeout: float = 600.0
-    temperature: float = 0.6
-    min_p: float = 0.05
-    top_p: float = 1.0
-    top_k: int = 0
+    api_key_env: str = SERVE_FLAGS["api_key_env"].default
+    max_tokens_cap: int = SERVE_FLAGS["max_tokens_cap"].default
+    request_timeout: float = SERVE_FLAGS["request_timeout"].default
+    temperature: float = SAMPLING_DEFAULTS["temperature"]
+    min_p: float = SAMPLING_DEFAULTS["min_p"]
+    top_p: float = SAMPLING_DEFAULTS["top_p"]
+    top_k: int = SAMPLING_DEFAULTS["top_k"]
     stop_on_loop: bool = False
     canary: bool = False
-    canary_seed: int = 3407
-    canary_tokens: int = 256
-    reasoning_format: str = "auto"  # auto | deepseek | none
+    canary_seed: int = SAMPLING_DEFAULTS["seed"]
+    canary_tokens: int = SERVE_FLAGS["canary_tokens"].default
+    reasoning_format: str = SERVE_FLAGS["reasoning_format"].default  # auto | deepseek | none
 
 
 @dataclass

@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 
 import llama_cpp as L
 
+from r1_operator.api.contract import CACHE_TYPES, SAMPLING_DEFAULTS, SERVE_FLAGS
 from r1_runtime.server.textproc import LoopDetector
-
-CACHE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
 
 
 class QueueFull(Exception):
@@ -40,26 +39,26 @@ class PromptTooLong(ValueError):
 @dataclass
 class EngineSettings:
     model: str
-    n_gpu_layers: int = 0
+    n_gpu_layers: int = SERVE_FLAGS["n_gpu_layers"].default
     tensor_split: list[float] | None = None
-    ctx_size: int = 8192
-    cache_type_k: str = "q4_0"
-    cache_type_v: str = "f16"
+    ctx_size: int = SERVE_FLAGS["ctx_size"].default
+    cache_type_k: str = SERVE_FLAGS["cache_type_k"].default
+    cache_type_v: str = SERVE_FLAGS["cache_type_v"].default
     flash_attn: bool = False
     threads: int = 0  # 0: llama.cpp's default
-    parallel: int = 1
-    n_batch: int = 512
-    seed: int = 3407
-    max_queue: int = 16
+    parallel: int = SERVE_FLAGS["parallel"].default
+    n_batch: int = SERVE_FLAGS["n_batch"].default
+    seed: int = SAMPLING_DEFAULTS["seed"]
+    max_queue: int = SERVE_FLAGS["max_queue"].default
     use_mmap: bool = True
 
 
 @dataclass
 class Sampling:
-    temperature: float = 0.6
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.05
+    temperature: float = SAMPLING_DEFAULTS["temperature"]
+    top_p: float = SAMPLING_DEFAULTS["top_p"]
+    top_k: int = SAMPLING_DEFAULTS["top_k"]
+    min_p: float = SAMPLING_DEFAULTS["min_p"]
     seed: int | None = None
     max_tokens: int = 512
     ignore_eos: bool = False

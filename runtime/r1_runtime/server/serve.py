@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 
-from r1_runtime.server.engine import CACHE_TYPES, EngineSettings
-
-DEFAULT_MAX_TOKENS_CAP = 4096
+from r1_operator.api import contract
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,50 +16,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Load a GGUF (a merged file or shard 1 of a split set) with llama.cpp and serve /v1/chat/completions, "
         "/v1/completions, /v1/models, /health, /ready and /metrics. --ctx-size is the whole KV cache; each of "
         "--parallel sequences gets ctx-size/parallel tokens, as in llama-server.")
-    p.add_argument("--model", required=True, help="GGUF file (merged, or NAME-00001-of-0000N.gguf), or a cache "
-                   "directory filled by `r1-runtime fetch` (its .r1-fetch.json names the model)")
-    p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--alias", help="model id reported by /v1/models (default: the file name)")
-    p.add_argument("--variant", default="", help="variant name for the info metric, e.g. UD-IQ1_S")
-    g = p.add_argument_group("placement and memory (as planned by the operator)")
-    g.add_argument("--n-gpu-layers", type=int, default=0)
-    g.add_argument("--tensor-split", help="comma-separated proportions per GPU, e.g. 1,1")
-    g.add_argument("--ctx-size", type=int, default=8192)
-    g.add_argument("--cache-type-k", default="q4_0", choices=sorted(CACHE_TYPES))
-    g.add_argument("--cache-type-v", default="f16", choices=sorted(CACHE_TYPES), help="a type other than f16 needs --flash-attn")
-    g.add_argument("--flash-attn", action="store_true")
-    g.add_argument("--threads", type=int, default=0, help="CPU threads (default: llama.cpp's choice)")
-    g.add_argument("--parallel", type=int, default=1, help="sequences decoded together (slots)")
-    g.add_argument("--n-batch", type=int, default=512)
-    g.add_argument("--no-mmap", action="store_true")
-    g.add_argument("--seed", type=int, default=3407, help="default sampling seed")
-    s = p.add_argument_group("sampling defaults (requests may override)")
-    s.add_argument("--temperature", type=float, default=0.6)
-    s.add_argument("--min-p", type=float, default=0.05)
-    s.add_argument("--top-p", type=float, default=1.0)
-    s.add_argument("--top-k", type=int, default=0)
-    s.add_argument("--reasoning-format", choices=["auto", "deepseek", "none"], default="auto",
-                   help="deepseek: return <think> text as reasoning_content (auto: when the chat template is R1's)")
-    lim = p.add_argument_group("limits")
-    lim.add_argument("--max-queue", type=int, default=16, help="requests waiting for a slot before 429")
-    lim.add_argument("--max-tokens-cap", type=int, default=DEFAULT_MAX_TOKENS_CAP, help="upper bound on max_tokens")
-    lim.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request")
-    lim.add_argument("--shutdown-grace", type=float, default=60.0, help="seconds to finish in-flight requests on SIGTERM")
-    lim.add_argument("--api-key-env", default="R1_API_KEY", help="env var holding the bearer API key (unset: no key)")
-    d = p.add_argument_group("degenerate output")
-    d.add_argument("--stop-on-loop", action="store_true", help="stop looping generations (finish_reason 'repetition')")
-    d.add_argument("--canary", action="store_true", help="at start-up, fail readiness if a fixed prompt's output loops")
-    d.add_argument("--canary-seed", type=int, default=3407)
-    d.add_argument("--canary-tokens", type=int, default=256)
+    contract.add_arguments(p, contract.SERVE_FLAGS)
 
 
 def resolve_model(path: str) -> str:
     """A GGUF file, or a cache directory written by `r1-runtime fetch` (its manifest names the model)."""
     if os.path.isdir(path):
-        manifest = os.path.join(path, ".r1-fetch.json")
+        manifest = os.path.join(path, contract.MANIFEST_FILE)
         if not os.path.isfile(manifest):
-            raise ValueError(f"--model {path}: a directory without .r1-fetch.json; the fetch into this cache volume "
+            raise ValueError(f"--model {path}: a directory without {contract.MANIFEST_FILE}; the fetch into this cache volume "
                              f"has not completed (run `r1-runtime fetch --dest {path}` or wait for the cache Job)")
         with open(manifest) as f:
             rel = json.load(f).get("model")
@@ -72,19 +36,42 @@ def resolve_model(path: str) -> str:
     return path
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (v2 cpu.max or v1 cfs)."""
+    cpus = len(os.sched_getaffinity(0))
+    quota = None
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            q, period = f.read().split()
+            quota = None if q == "max" else int(q) / int(period)
+    except (OSError, ValueError):
+        try:
+            with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f, open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as g:
+                q, period = int(f.read()), int(g.read())
+                quota = q / period if q > 0 else None
+        except (OSError, ValueError):
+            pass
+    return max(1, min(cpus, math.ceil(quota)) if quota else cpus)
+
+
 def settings_from_args(args: argparse.Namespace):
     from r1_runtime.server.app import ServeSettings
+    from r1_runtime.server.engine import EngineSettings
 
     args.model = resolve_model(args.model)
-    if args.cache_type_v != "f16" and not args.flash_attn:
-        raise ValueError(f"--cache-type-v {args.cache_type_v} needs --flash-attn (llama.cpp quantizes V only with flash attention)")
-    if args.parallel < 1 or args.ctx_size // args.parallel < 64:
-        raise ValueError(f"--ctx-size {args.ctx_size} / --parallel {args.parallel} leaves under 64 tokens per sequence")
-    split = [float(x) for x in args.tensor_split.split(",")] if args.tensor_split else None
+    problems = contract.inference_problems(args.ctx_size, args.parallel, args.cache_type_v, args.flash_attn)
+    if problems:
+        raise ValueError("; ".join(problems))
+    try:
+        split = [float(x) for x in args.tensor_split.split(",")] if args.tensor_split else None
+    except ValueError:
+        raise ValueError(f"--tensor-split {args.tensor_split!r}: expected comma-separated numbers, e.g. 1,1") from None
+    if split is not None and (any(x < 0 for x in split) or not any(split)):
+        raise ValueError(f"--tensor-split {args.tensor_split!r}: proportions must be >= 0 and not all 0")
     eng = EngineSettings(model=args.model, n_gpu_layers=args.n_gpu_layers, tensor_split=split, ctx_size=args.ctx_size,
                          cache_type_k=args.cache_type_k, cache_type_v=args.cache_type_v, flash_attn=args.flash_attn,
-                         threads=args.threads, parallel=args.parallel, n_batch=args.n_batch, seed=args.seed,
-                         max_queue=args.max_queue, use_mmap=not args.no_mmap)
+                         threads=args.threads or available_cpus(), parallel=args.parallel, n_batch=args.n_batch,
+                         seed=args.seed, max_queue=args.max_queue, use_mmap=not args.no_mmap)
     return ServeSettings(engine=eng, alias=args.alias or "", variant=args.variant, api_key_env=args.api_key_env,
                          max_tokens_cap=args.max_tokens_cap, request_timeout=args.request_timeout,
                          temperature=args.temperature, min_p=args.min_p, top_p=args.top_p, top_k=args.top_k,

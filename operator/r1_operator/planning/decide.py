@@ -14,11 +14,10 @@ from typing import Any
 
 from r1_operator.api.types import R1DeploymentSpec
 from r1_operator.planning.catalog import catalog_for
-from r1_operator.planning.inventory import NodeCapacity, Toleration, gpus_in_use, node_capacity
+from r1_operator.planning.evaluate import PlanRequest
+from r1_operator.planning.inventory import NodeCapacity, Toleration, eligible
 from r1_operator.planning.memory import RuntimeSettings
-from r1_operator.planning.plan import Plan, PlanRequest, eligible, plan_cluster, plan_node
-
-GiB = 1 << 30
+from r1_operator.planning.plan import Plan, plan_cluster, plan_node
 
 
 class PlanError(ValueError):
@@ -37,44 +36,17 @@ def plan_request(spec: R1DeploymentSpec, variant: str | None = None, max_gpus: i
                         for t in spec.scheduling.tolerations)
     return PlanRequest(variant=variant or spec.model.variant, policy=spec.model.policy,
                        min_variant=spec.model.min_variant, offload=spec.model.offload, settings=settings,
-                       keep_shards=spec.cache.keep_shards, tolerations=tolerations,
+                       tolerations=tolerations,
                        node_selector=tuple(sorted(spec.scheduling.node_selector.items())), max_gpus=max_gpus)
 
 
-def inventory_for(nodes: list[dict[str, Any]], pods: list[dict[str, Any]], gpu_resource: str,
-                  own_pod_uids: frozenset[str]) -> list[NodeCapacity]:
-    """Node capacity with the GPUs other pods hold; this deployment's own pods do not count against it."""
-    used = gpus_in_use(pods, gpu_resource, ignore_uids=own_pod_uids)
-    return [node_capacity(n, used.get((n.get("metadata") or {}).get("name", ""), 0), gpu_resource) for n in nodes]
-
-
-def plan_to_status(p: Plan, generation: int) -> dict[str, Any]:
-    cpu = p.memory[-1] if p.memory else None
-    out = {
-        "variant": p.variant or "",
-        "variantLabel": p.variant_label,
-        "nGpuLayers": p.n_gpu_layers,
-        "nLayers": p.n_layers,
-        "gpuLayers": f"{p.n_gpu_layers}/{p.n_layers}",
-        "nGpuLayersArg": p.n_gpu_layers_arg,
-        "mode": p.mode,
-        "node": p.node or "",
-        "gpus": p.gpus,
-        "gpuProduct": p.gpu_product,
-        "tensorSplit": [f"{x:g}" for x in p.tensor_split],
-        "threads": p.threads,
-        "diskBytes": p.disk_bytes,
-        "cpuMemoryBytes": (cpu.total if p.mode != "mmap" else cpu.kv_cache + cpu.compute) if cpu else 0,
-        "fits": p.fits,
-        "generation": generation,
-        "reasons": list(p.reasons)[:8],
-        "warnings": list(p.warnings)[:8],
-    }
-    return out
+def plan_to_status(p: Plan, generation: int, why: str) -> dict[str, Any]:
+    """status.plan: the plan's one serialization, plus the spec generation it was made for and why."""
+    return {**p.as_dict(), "generation": generation, "why": why}
 
 
 def plan_hash(plan: dict[str, Any]) -> str:
-    keep = {k: plan.get(k) for k in ("variant", "nGpuLayersArg", "node", "gpus", "tensorSplit", "threads", "mode")}
+    keep = {k: plan.get(k) for k in ("variant", "nGpuLayers", "node", "gpus", "tensorSplit", "mode")}
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -91,13 +63,13 @@ def _stored_still_fits(stored: dict[str, Any], nodes: list[NodeCapacity], spec: 
     if node is None:
         return f"node {stored.get('node')} is gone"
     req = plan_request(spec, variant=stored["variant"], max_gpus=stored.get("gpus", 0))
-    why = eligible(node, req)
+    why = eligible(node, req.node_selector, req.tolerations)
     if why:
         return why
     if node.gpus_free < stored.get("gpus", 0):
         return f"{node.name} has {node.gpus_free} free GPUs, the plan needs {stored.get('gpus')}"
     p = plan_node(catalog_for(spec.model.repo), node, req)
-    if not p.fits or p.n_gpu_layers_arg < stored.get("nGpuLayersArg", 0):
+    if not p.fits or p.n_gpu_layers < stored.get("nGpuLayers", 0):
         return f"{stored['variant']} with {stored.get('gpuLayers')} GPU layers no longer fits on {node.name}"
     return None
 
@@ -127,7 +99,7 @@ def decide(spec: R1DeploymentSpec, generation: int, nodes: list[NodeCapacity], s
         best, _, _ = plan_cluster(catalog, nodes, plan_request(spec))
     except ValueError as exc:
         raise PlanError("spec.inference", str(exc)) from None
-    plan = {**plan_to_status(best, generation), "why": why}
+    plan = plan_to_status(best, generation, why)
     changed = stored is None or plan_hash(plan) != plan_hash(stored) or plan.get("fits") != stored.get("fits")
     if not changed:
         plan["why"] = stored.get("why", why)  # the same plan for a new generation is no news

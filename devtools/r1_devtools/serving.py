@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from helpers import wait_for
+from r1_devtools.waiting import wait_for
 
 R1_RUNTIME = str(Path(sys.executable).with_name("r1-runtime"))
 

@@ -270,7 +270,7 @@ def serve(root: Path, host: str = "127.0.0.1", port: int = 0, token: str | None 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="r1-runtime dev-hub", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="r1-dev hub", description=__doc__.split("\n\n")[0])
     p.add_argument("root", help="directory holding ORG/NAME/ repos")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)

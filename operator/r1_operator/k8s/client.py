@@ -1,4 +1,4 @@
-"""Read Nodes and the pods that hold GPUs, as plain dicts for planning.inventory."""
+"""The API client (kubeconfig or in-cluster credentials), and one-shot reads of Nodes and GPU-holding pods."""
 
 from __future__ import annotations
 

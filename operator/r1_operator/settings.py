@@ -1,4 +1,8 @@
-"""What a platform team sets once for every R1Deployment the operator manages (from the chart's values)."""
+"""The operator's settings: read once at start-up from the environment (the chart's values set them).
+
+Every field is overridden by R1_<FIELD> in upper case (R1_RUNTIME_IMAGE, R1_HUB_ENDPOINT, ...),
+except pod_name, which is the Downward API's POD_NAME.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +27,10 @@ class OperatorSettings:
     dashboard_label: str = "grafana_dashboard=1"
     replan_interval_s: float = 60.0  # how often the inventory is compared; plans are re-checked when it changed
     resync_interval_s: float = 600.0  # every plan re-checked at least this often
+    workers: int = 16  # kopf's thread pool for the synchronous handlers
+    peering_lifetime: int = 30  # seconds without a heartbeat before another replica takes over
+    kubeconfig: str = ""  # empty: in-cluster credentials, else the default kubeconfig
+    pod_name: str = "r1-operator"  # reporting instance of Events (POD_NAME)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
@@ -30,7 +38,7 @@ class OperatorSettings:
         env = os.environ if env is None else env
         values = {}
         for f in fields(cls):
-            raw = env.get("R1_" + f.name.upper())
+            raw = env.get("POD_NAME" if f.name == "pod_name" else "R1_" + f.name.upper())
             if raw is None:
                 continue
             kind = type(getattr(cls, f.name))
