@@ -20,7 +20,7 @@ from pathlib import Path
 
 import results_io  # benchmarks/ is on sys.path when a script runs
 
-from r1_operator.dev.cluster import find_binary, free_port
+from r1_operator.dev.processes import find_binary, free_port
 
 BIN = Path(sys.executable).parent
 

@@ -177,13 +177,13 @@ def main() -> int:
     args = ap.parse_args()
     model = str(smollm2_path())
 
-    from r1_runtime.server.app import Runtime, ServeSettings
+    from r1_runtime.server.generation import Runtime, ServeSettings
     from r1_runtime.server.engine import EngineSettings
 
     rt = Runtime(ServeSettings(engine=EngineSettings(model=model, ctx_size=CTX, threads=args.threads)))
     rt.load_model()
-    prompt = rt.render_chat(PROMPT)  # the same prompt tokens the server builds for PROMPT
-    assert rt.state.compiled_template is not None, "SmolLM2's chat template was not read"
+    prompt = rt.prompt.render_chat(PROMPT)  # the same prompt tokens the server builds for PROMPT
+    assert rt.prompt.compiled_template is not None, "SmolLM2's chat template was not read"
     rt.engine.close()
 
     raw = {b: [] for b in BS}

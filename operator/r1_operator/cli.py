@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - top-level: one clear line instead of a traceback
         from pydantic import ValidationError
 
-        from r1_operator.dev.cluster import ClusterError
+        from r1_operator.dev.processes import ClusterError
 
         if isinstance(exc, (ClusterError, ValueError, OSError, ValidationError)):
             print(f"r1ctl: error: {exc}", file=sys.stderr)

@@ -2,7 +2,7 @@
 
 Runtime series carry the scrape labels `namespace`, `service` (the R1Deployment's
 name: its Service is named after it) and `pod`; operator series carry
-`namespace` and `r1deployment`. tests/monitoring runs every query against a real
+`namespace` and `r1deployment`. tests/e2e/test_dashboard_queries.py runs every query against a real
 Prometheus scraping a real runtime.
 """
 

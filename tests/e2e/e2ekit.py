@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from r1_devtools.waiting import wait_for
-from r1_operator.dev.cluster import free_port
+from r1_operator.dev.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

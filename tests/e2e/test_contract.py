@@ -23,7 +23,7 @@ from e2ekit import BIN
 from r1_devtools.waiting import wait_for
 from openai import OpenAI
 
-from r1_operator.dev.cluster import free_port
+from r1_operator.dev.processes import free_port
 
 SPEC = {
     "apiVersion": "r1.inference.dev/v1alpha1", "kind": "R1Deployment",
@@ -80,7 +80,8 @@ def test_rendered_fetch_and_serve_commands_run_and_serve(kube, e2e_ns, tmp_path)
     pod = dep["spec"]["template"]["spec"]
     container = pod["containers"][0]
     cmd, env = _local(container, pod, kube, e2e_ns, cache_dir)
-    assert cmd[cmd.index("--n-gpu-layers") + 1] == str(plan["nGpuLayersArg"]) == "0"
+    assert cmd[cmd.index("--n-gpu-layers") + 1] == str(plan["nGpuLayers"]) == "0"
+    assert cmd[cmd.index("--threads") + 1] == "2" and container["resources"]["requests"]["cpu"] == "2"
     port = free_port()
     cmd[cmd.index("--port") + 1] = str(port)
     cmd[cmd.index("--host") + 1] = "127.0.0.1"

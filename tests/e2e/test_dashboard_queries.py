@@ -23,7 +23,7 @@ from prom import running_prometheus
 from r1_devtools.serving import running_server
 
 from r1_operator.dashboard import build
-from r1_operator.dev.cluster import free_port
+from r1_operator.dev.processes import free_port
 
 POD = "r1-cpu-7d9f-test"
 

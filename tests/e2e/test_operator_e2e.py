@@ -31,7 +31,7 @@ def runtime_pods(kube, ns: str, name: str) -> list[dict]:
     return kube.json("get", "pods", "-n", ns, "-l", sel)["items"]
 
 
-# (example file, node the plan must choose, GPUs, GPU layers of 61, variant)
+# (example file, node the plan must choose, GPUs, llama.cpp --n-gpu-layers of 62, variant)
 CASES = [
     ("auto-2x80g.yaml", "gpu-2x80g", 2, None, None),
     ("auto-24g.yaml", "gpu-24g", 1, None, "UD-IQ1_S"),
@@ -54,10 +54,10 @@ def test_example_is_planned_cached_scheduled_and_ready(kube, e2e_ns, file, node,
     if layers is not None:
         assert plan["nGpuLayers"] == layers
     elif gpus:
-        assert 0 < plan["nGpuLayers"] <= 61
+        assert 0 < plan["nGpuLayers"] <= 62
     # kubectl get shows the plan in its columns
     wide = kube.run("get", "r1d", name, "-n", e2e_ns, "-o", "wide").stdout
-    assert plan["variant"] in wide and f"{plan['nGpuLayers']}/61" in wide and node in wide
+    assert plan["variant"] in wide and f"{plan['nGpuLayers']}/62" in wide and node in wide
 
     # the fetch Job completes (kwok) and the operator records the cache as ready on the volume
     job = names.cache_name("unsloth/DeepSeek-R1-GGUF", "main", plan["variant"])
@@ -73,9 +73,9 @@ def test_example_is_planned_cached_scheduled_and_ready(kube, e2e_ns, file, node,
     limits = pod["spec"]["containers"][0]["resources"].get("limits", {})
     assert int(limits.get("nvidia.com/gpu", 0)) == gpus
     cmd = pod["spec"]["containers"][0]["command"]
-    assert cmd[cmd.index("--n-gpu-layers") + 1] == str(plan["nGpuLayersArg"])
+    assert cmd[cmd.index("--n-gpu-layers") + 1] == str(plan["nGpuLayers"])
     if gpus > 1:
-        assert cmd[cmd.index("--tensor-split") + 1] == ",".join(plan["tensorSplit"])
+        assert cmd[cmd.index("--tensor-split") + 1] == ",".join(map(str, plan["tensorSplit"])) == "1,1"
     st = kube.r1d(e2e_ns, name)["status"]
     assert st["endpoint"] == f"http://{name}.{e2e_ns}.svc:8080/v1" and st["readyReplicas"] == 1
     assert st["cache"]["display"] == "Ready"
@@ -148,7 +148,7 @@ def test_spec_change_replans_and_rolls_the_runtime(kube, e2e_ns):
     after = kube.json("get", "deploy", "r1-iq2", "-n", e2e_ns)
     cmd = after["spec"]["template"]["spec"]["containers"][0]["command"]
     assert cmd[cmd.index("--ctx-size") + 1] == "32768"
-    assert cmd[cmd.index("--n-gpu-layers") + 1] == str(st["plan"]["nGpuLayersArg"])
+    assert cmd[cmd.index("--n-gpu-layers") + 1] == str(st["plan"]["nGpuLayers"])
     assert after["metadata"]["generation"] > before["metadata"]["generation"]
     kube.run("wait", "--for=condition=Ready", "r1d/r1-iq2", "-n", e2e_ns, "--timeout=60s")
 
@@ -190,7 +190,7 @@ def test_operator_metrics_and_liveness(kube, e2e_ns, operator):
     text = httpx.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).text
     assert f'r1_operator_deployment_ready{{namespace="{e2e_ns}",r1deployment="r1-cpu"}} 1.0' in text
     assert 'r1_operator_reconciles_total{kind="reconcile",result="ok"}' in text
-    assert f'r1_operator_plan_info{{gpu_layers="0/61",mode="hybrid",namespace="{e2e_ns}",node="cpu-only",' \
+    assert f'r1_operator_plan_info{{gpu_layers="0/62",mode="hybrid",namespace="{e2e_ns}",node="cpu-only",' \
            f'r1deployment="r1-cpu",variant="UD-IQ1_S"}} 1.0' in text
 
 

@@ -88,7 +88,7 @@ def test_invalid_manifests_are_rejected_naming_the_field(crd_installed, namespac
 
 def test_cel_messages_say_what_to_do(crd_installed, namespace):
     r = kubectl(crd_installed, "apply", "-f", "-", stdin=manifest(namespace, {"inference": {"cacheTypeV": "q8_0"}}))
-    assert "cacheTypeV other than f16 requires flashAttention: true" in r.stderr
+    assert "a quantized cacheTypeV (not f32, f16, bf16) requires flashAttention: true" in r.stderr
     ok = kubectl(crd_installed, "apply", "-f", "-",
                  stdin=manifest(namespace, {"inference": {"cacheTypeV": "q8_0", "flashAttention": True}}))
     assert ok.returncode == 0, ok.stderr

@@ -11,7 +11,7 @@ import pytest
 from r1_devtools.serving import running_server
 from r1_devtools.waiting import wait_for
 
-from r1_runtime.server.app import CANARY_PROMPT
+from r1_runtime.server.generation import CANARY_PROMPT
 
 pytestmark = pytest.mark.llama
 
@@ -49,12 +49,19 @@ def test_models_chat_and_completions(smol_server):
 
 def test_sampling_defaults_and_overrides(smol_server):
     c = smol_server.openai()
-    kw = {"model": "x", "messages": PROMPT, "max_tokens": 16, "extra_body": {"ignore_eos": True}}
-    a = c.chat.completions.create(seed=1, **kw).choices[0].message.content
-    b = c.chat.completions.create(seed=1, **kw).choices[0].message.content
-    assert a == b  # same seed, same sample
-    seeds = {c.chat.completions.create(seed=s, **kw).choices[0].message.content for s in range(2, 7)}
-    assert len(seeds) > 1  # the default temperature (0.6) samples, so seeds differ
+    kw = {"model": "x", "messages": PROMPT, "max_tokens": 16}
+
+    def sample(seed: int, **over) -> str:
+        extra = {"ignore_eos": True, **over.pop("extra_body", {})}
+        return c.chat.completions.create(seed=seed, extra_body=extra, **kw, **over).choices[0].message.content
+
+    default = sample(5)
+    assert sample(5) == default  # same seed, same sample
+    # the defaults are the blog's (temperature 0.6, min_p 0.05, top_p 1, top_k 0): naming them changes nothing
+    assert sample(5, temperature=0.6, top_p=1.0, extra_body={"min_p": 0.05, "top_k": 0}) == default
+    # a request's override is used: a hotter sample differs, and temperature 0 is greedy whatever the seed
+    assert sample(5, temperature=1.5, extra_body={"min_p": 0.0}) != default
+    assert sample(1, temperature=0) == sample(2, temperature=0) != default
 
 
 def test_eight_concurrent_streams_all_complete_and_match_sequential(smol_server):

@@ -1,1 +1,1 @@
-"""The R1Deployment API: pydantic types and the CRD generated from them (pure; no kopf or kubernetes)."""
+"""The R1Deployment API: the planes' contract (contract.py, dependency-free), pydantic types and the CRD generated from them."""

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from r1_operator.dev.cluster import AdminApi
+from r1_operator.dev.adminapi import AdminApi
 
 STORAGE_CLASS = "r1-dev-local"
 PROVISIONER = "r1.inference.dev/dev-hostpath"

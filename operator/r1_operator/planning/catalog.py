@@ -4,7 +4,7 @@ The built-in entries describe R1 the way its GGUF headers do (hyper-parameters
 and a tensor table with per-tensor types), so planning runs without fetching
 131-212 GB or even the headers. The type of each tensor is inferred from
 Unsloth's published load logs and reproduces the published sizes within 2%
-(tests/unit/test_catalog.py). Given real headers (`describe_local`,
+(tests/unit/test_planning_formula_catalog.py). Given real headers (`describe_local`,
 `describe_remote`), the planner uses those instead: nothing here overrides a header.
 """
 

@@ -55,7 +55,7 @@ def available_cpus() -> int:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from r1_runtime.server.app import ServeSettings
+    from r1_runtime.server.generation import ServeSettings
     from r1_runtime.server.engine import EngineSettings
 
     args.model = resolve_model(args.model)
@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from r1_runtime import llamalog
-    from r1_runtime.server.app import Runtime, create_app
+    from r1_runtime.server.app import create_app
+    from r1_runtime.server.generation import Runtime
 
     settings = settings_from_args(args)
     llamalog.install(echo_level=3)  # UTF-8-safe callback; warnings and errors to stderr

@@ -1,0 +1,58 @@
+"""Prompts: the model's chat template compiled once, rendered with its BOS/EOS text, tokenized with one BOS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def _raise(message: str):
+    raise ValueError(message)
+
+
+@dataclass
+class Prompter:
+    engine: object  # the loaded Engine
+    chat_template: str | None = None
+    compiled_template: object = None  # jinja2 Template
+    bos_text: str = ""
+    eos_text: str = ""
+    think: bool = False  # the model writes <think> reasoning (R1's template, or --reasoning-format deepseek)
+
+    @classmethod
+    def from_engine(cls, e, reasoning_format: str) -> Prompter:
+        p = cls(e, chat_template=e.meta("tokenizer.chat_template"))
+        p.bos_text = e.token_text(e.bos) if e.bos >= 0 else ""
+        eos = int(e.meta("tokenizer.ggml.eos_token_id") or -1)
+        p.eos_text = e.token_text(eos) if eos >= 0 else ""
+        if p.chat_template:
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env.globals["raise_exception"] = _raise
+            p.compiled_template = env.from_string(p.chat_template)
+        tpl = p.chat_template or ""
+        p.think = reasoning_format == "deepseek" or (reasoning_format == "auto" and ("<think>" in tpl or "<｜Assistant｜>" in tpl))
+        return p
+
+    def render_chat(self, messages: list[dict]) -> list[int]:
+        return self.tokenize_prompt(self.render_text(messages))
+
+    def render_text(self, messages: list[dict]) -> str:
+        tpl = self.compiled_template
+        if tpl is not None:
+            return tpl.render(messages=messages, add_generation_prompt=True,
+                              bos_token=self.bos_text, eos_token=self.eos_text)
+        return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
+
+    def tokenize_prompt(self, text: str) -> list[int]:
+        """Tokenize with exactly one BOS when the model wants one: the template's, or llama.cpp's, never both."""
+        e = self.engine
+        has_bos_text = bool(self.bos_text) and text.startswith(self.bos_text)
+        tokens = e.tokenize(text, add_special=e.add_bos and not has_bos_text, parse_special=True)
+        while e.bos >= 0 and len(tokens) >= 2 and tokens[0] == e.bos and tokens[1] == e.bos:
+            tokens.pop(0)
+        return tokens
+
+    def ends_in_think(self, tokens: list[int]) -> bool:
+        tail = "".join(self.engine.token_text(t) for t in tokens[-4:])
+        return tail.rstrip().endswith("<think>")
