@@ -22,7 +22,7 @@ setup: $(VENV)/bin/python
 	  fi
 	@$(PY) hack/install_tools.py $(VENV)/bin
 	@hack/build-cluster.sh $(VENV)/bin
-	@echo "setup: ok ($(VENV) ready; kubectl, helm, r1-cluster, kwok in $(VENV)/bin)"
+	@echo "setup: ok ($(VENV) ready; kubectl, helm, r1-cluster, kwok, containerd in $(VENV)/bin)"
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)

@@ -27,3 +27,20 @@ build() {  # build NAME MODULE_DIR PACKAGE LDFLAGS
 build r1-cluster "$here/cluster" . \
   "-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34"
 build kwok "$here/kwok" sigs.k8s.io/kwok/cmd/kwok "-s -w"
+build r1-pause "$here/pause" . "-s -w"
+
+# containerd v2 for real worker nodes (Debian's 1.6 loses kubelet support at 1.36), by version and tags.
+CONTAINERD_VERSION=v2.4.2
+tags="no_btrfs no_devmapper no_zfs"
+key=$(printf '%s|%s|%s' "$CONTAINERD_VERSION" "$tags" "$(go env GOVERSION GOARCH)" | sha256sum | cut -c1-16)
+dir="$cache/go-bin/containerd-$key"
+if [ ! -x "$dir/containerd" ]; then
+  echo "building containerd $CONTAINERD_VERSION (cache key $key); a cold build takes several minutes" >&2
+  rm -rf "$dir.tmp"; mkdir -p "$dir.tmp"
+  for cmd in containerd containerd-shim-runc-v2 ctr; do
+    GOFLAGS= GOBIN="$dir.tmp" go install -trimpath -tags "$tags" -ldflags "-s -w" \
+      "github.com/containerd/containerd/v2/cmd/$cmd@$CONTAINERD_VERSION"
+  done
+  rm -rf "$dir"; mv "$dir.tmp" "$dir"   # atomic: an interrupted build never looks complete
+fi
+for cmd in containerd containerd-shim-runc-v2 ctr; do ln -sf "$dir/$cmd" "$bindir/$cmd"; done

@@ -13,7 +13,7 @@ def _dev_up(args: argparse.Namespace) -> int:
     from r1_operator.dev.nodes import load_shapes
 
     shapes = load_shapes(args.nodes)
-    state = cluster.up(args.name, shapes, timeout=args.timeout)
+    state = cluster.up(args.name, shapes, timeout=args.timeout, real_nodes=args.real_nodes, real_gpus=args.real_gpus)
     print(state.kubeconfig)
     return 0
 
@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     up = dsub.add_parser("up", help="start the cluster (or reuse a running one) and print its admin kubeconfig path")
     up.add_argument("--nodes", help="YAML file of node shapes ({nodes: [...]}); default: the four built-in shapes")
     up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for a usable cluster")
+    up.add_argument("--real-nodes", type=int, default=0, choices=range(0, 3), metavar="N",
+                    help="also start N real worker nodes (kubelet + containerd + runc on this host; needs root)")
+    up.add_argument("--real-gpus", type=int, default=0, choices=range(0, 9), metavar="G",
+                    help="simulated nvidia.com/gpu count each real node advertises (no physical GPU exists here)")
     up.set_defaults(func=_dev_up)
     for name, func, text in (
         ("down", _dev_down, "stop the cluster and leave no process behind"),

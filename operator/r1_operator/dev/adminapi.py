@@ -29,10 +29,11 @@ class AdminApi:
         self.server = server
         self.ctx = admin_ssl_context(pki)
 
-    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    def request(self, method: str, path: str, body: dict | None = None,
+                content_type: str = "application/json") -> tuple[int, dict]:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.server + path, data=data, method=method)
-        req.add_header("Content-Type", "application/json")
+        req.add_header("Content-Type", content_type)
         try:
             with urllib.request.urlopen(req, timeout=10, context=self.ctx) as r:
                 return r.status, json.loads(r.read() or b"{}")

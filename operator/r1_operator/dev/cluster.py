@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from r1_operator.dev import realnode
 from r1_operator.dev.adminapi import AdminApi, get_url
 from r1_operator.dev.nodes import NodeShape, load_shapes
 from r1_operator.dev.pki import admin_ssl_context, kubeconfig, write_pki
@@ -41,6 +42,8 @@ class ClusterState:
     ports: dict[str, int] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     nodes: list[str] = field(default_factory=list)
+    real_nodes: list[str] = field(default_factory=list)
+    host: dict = field(default_factory=dict)  # what real nodes changed on the host (sysctls), to restore
 
     @property
     def logs(self) -> Path:
@@ -77,13 +80,15 @@ def _wait(what: str, state: ClusterState, check, timeout: float) -> None:
 
 
 def _running(state: ClusterState) -> bool:
-    return all(c in state.pids and alive(state.pids[c]) for c in COMPONENTS)
+    real = [f"{kind}-{n}" for n in state.real_nodes for kind in ("containerd", "kubelet")]
+    return all(c in state.pids and alive(state.pids[c]) for c in (*COMPONENTS, *real))
 
 
-def up(name: str = "dev", nodes: list[NodeShape] | None = None, timeout: float = 90.0) -> ClusterState:
+def up(name: str = "dev", nodes: list[NodeShape] | None = None, timeout: float = 90.0, real_nodes: int = 0,
+       real_gpus: int = 0) -> ClusterState:
     """Start the cluster (or return the running one of this name) and create its nodes."""
     existing = ClusterState.load(name)
-    if existing and _running(existing):
+    if existing and _running(existing) and len(existing.real_nodes) == real_nodes:
         return existing
     if existing:
         down(name)
@@ -98,7 +103,11 @@ def up(name: str = "dev", nodes: list[NodeShape] | None = None, timeout: float =
         shutil.rmtree(root)
     root.mkdir(parents=True)
     pki = root / "pki"
-    write_pki(pki)
+    ip = realnode.host_ip() if real_nodes else None
+    if real_nodes:
+        realnode.check_host()
+    write_pki(pki, host_ip=ip, clients=tuple((f"node-{realnode.node_name(i)}", f"system:node:{realnode.node_name(i)}",
+                                              "system:nodes") for i in range(real_nodes)))
     shm = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(tempfile.gettempdir())
     etcd_dir = tempfile.mkdtemp(prefix=f"r1-dev-{name}-etcd-", dir=shm)
     ports = {k: free_port() for k in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler")}
@@ -109,14 +118,15 @@ def up(name: str = "dev", nodes: list[NodeShape] | None = None, timeout: float =
     state = ClusterState(name=name, root=str(root), kubeconfig=str(config), server=server, etcd_dir=etcd_dir, ports=ports)
     state.save()
     try:
-        _start(state, binary, kwok, pki, shapes, timeout)
+        _start(state, binary, kwok, pki, shapes, timeout, ip, real_nodes, real_gpus)
     except BaseException:
         down(name)
         raise
     return state
 
 
-def _start(state: ClusterState, binary: Path, kwok: Path, pki: Path, shapes: list[NodeShape], timeout: float) -> None:
+def _start(state: ClusterState, binary: Path, kwok: Path, pki: Path, shapes: list[NodeShape], timeout: float,
+           ip: str | None = None, real_nodes: int = 0, real_gpus: int = 0) -> None:
     p = state.ports
     etcd_url = f"http://127.0.0.1:{p['etcd']}"
     spawn(state, "etcd", [
@@ -131,7 +141,11 @@ def _start(state: ClusterState, binary: Path, kwok: Path, pki: Path, shapes: lis
 
     spawn(state, "kube-apiserver", [
         str(binary), "kube-apiserver",
-        f"--etcd-servers={etcd_url}", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+        f"--etcd-servers={etcd_url}",
+        # Real nodes: pods reach the API through the kubernetes Service, whose endpoint is the advertised address,
+        # and `kubectl logs` reaches kubelets by their InternalIP.
+        *(["--bind-address=0.0.0.0", f"--advertise-address={ip}", "--kubelet-preferred-address-types=InternalIP,Hostname"]
+          if ip else ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"]),
         f"--secure-port={p['apiserver']}", f"--cert-dir={pki}",
         f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
         f"--client-ca-file={pki / 'ca.crt'}", "--service-cluster-ip-range=10.96.0.0/16",
@@ -189,7 +203,29 @@ def _start(state: ClusterState, binary: Path, kwok: Path, pki: Path, shapes: lis
         }
         return set(state.nodes) <= ready
 
-    _wait("simulated nodes to become Ready", state, nodes_ready, timeout)
+    if real_nodes:
+        # Node credentials: the system:node role for the system:nodes group (the API server runs RBAC only).
+        code, body = api.request("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "r1-dev-nodes"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:node"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}]})
+        if code not in (200, 201, 409):
+            raise ClusterError(f"binding system:node for the real nodes failed: HTTP {code}: {body.get('message')}")
+        realnode.start(state, pki, lambda user: kubeconfig(state.server, pki, user), real_nodes, real_gpus,
+                       lambda what, check: _wait(what, state, check, timeout))
+        state.nodes.extend(state.real_nodes)
+        state.save()
+        for n in state.real_nodes:
+            _wait(f"real node {n} to register", state, lambda n=n: api.request("GET", f"/api/v1/nodes/{n}")[0] == 200,
+                  timeout)
+            if real_gpus:  # simulated GPUs: an extended resource in the node's capacity (no physical GPU here)
+                code, body = api.request("PATCH", f"/api/v1/nodes/{n}/status",
+                                         {"status": {"capacity": {"nvidia.com/gpu": str(real_gpus)}}},
+                                         content_type="application/merge-patch+json")
+                if code != 200:
+                    raise ClusterError(f"advertising simulated GPUs on {n} failed: HTTP {code}: {body.get('message')}")
+    _wait("the nodes to become Ready", state, nodes_ready, timeout)
     _wait(
         "the default ServiceAccount (controller manager)",
         state,
@@ -203,7 +239,10 @@ def down(name: str = "dev", grace: float = 10.0) -> list[str]:
     state = ClusterState.load(name)
     if state is None:
         return []
-    killed: list[str] = []
+    killed: list[str] = realnode.stop(state, grace) if state.real_nodes else []
+    left = realnode.leftovers(state)
+    if left:  # never delete the state directory through a mount that is still there
+        raise ClusterError(f"real nodes left {', '.join(left[:8])} behind; run 'r1ctl dev down --name {name}' again")
     # Clients first, etcd last, one at a time: the API server shuts down quickly while etcd is still up.
     for comp in reversed(COMPONENTS):
         pid = state.pids.get(comp)

@@ -9,7 +9,9 @@ import ssl
 from pathlib import Path
 
 
-def write_pki(pki: Path) -> None:
+def write_pki(pki: Path, host_ip: str | None = None, clients: tuple[tuple[str, str, str], ...] = ()) -> None:
+    """CA, API server serving cert (for host_ip too, which real nodes and pods reach it by), admin and service-account
+    keys, and a client cert per (file base, CN, O) in clients, e.g. ("node-real-0", "system:node:real-0", "system:nodes")."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -65,6 +67,7 @@ def write_pki(pki: Path) -> None:
                         x509.DNSName("kubernetes.default.svc.cluster.local"),
                         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                         x509.IPAddress(ipaddress.ip_address("10.96.0.1")),
+                        *([x509.IPAddress(ipaddress.ip_address(host_ip))] if host_ip else []),
                     ]
                 ),
                 critical=False,
@@ -79,6 +82,7 @@ def write_pki(pki: Path) -> None:
     for base, cn, org, server in (
         ("apiserver", "kube-apiserver", None, True),
         ("admin", "r1-dev-admin", "system:masters", False),
+        *((b, c, o, False) for b, c, o in clients),
     ):
         crt, key = leaf(cn, org, server)
         (pki / f"{base}.crt").write_bytes(crt)
@@ -118,9 +122,6 @@ def kubeconfig(server: str, pki: Path, user: str = "admin") -> str:
         },
         indent=2,
     )
-
-
-# ---------------------------------------------------------------- processes
 
 def admin_ssl_context(pki: Path) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))

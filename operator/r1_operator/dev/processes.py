@@ -52,7 +52,7 @@ def alive(pid: int) -> bool:
         return False
 
 
-def spawn(state, component: str, argv: list[str]) -> None:
+def spawn(state, component: str, argv: list[str], env: dict[str, str] | None = None) -> None:
     """Start a component in its own process group, its output in the state's logs; record its pid."""
     state.logs.mkdir(parents=True, exist_ok=True)
     log = open(state.logs / f"{component}.log", "ab")  # noqa: SIM115 - handed to the child
@@ -63,6 +63,7 @@ def spawn(state, component: str, argv: list[str]) -> None:
         stdin=subprocess.DEVNULL,
         start_new_session=True,  # own process group: outlives r1ctl, killed as a group by down()
         cwd=state.root,
+        env=env,
     )
     log.close()
     state.pids[component] = proc.pid

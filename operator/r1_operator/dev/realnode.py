@@ -1,0 +1,313 @@
+"""Real worker nodes of the dev cluster: per node its own containerd (runc, a CNI bridge) and a kubelet.
+
+Settings and their reasons are in shared notes on these machines (cgroup v1 hybrid, no
+CAP_SYS_RESOURCE): containerd's CRI restricts oom_score_adj, kubelet runs with the cgroupfs
+driver and failCgroupV1 off, each node has its own cgroup root, sockets, ports and bridge.
+The only thing simulated is the GPU: a real node may advertise a count of `nvidia.com/gpu`
+as an extended resource with GPU Feature Discovery labels, because no physical GPU exists
+here. Its CPU and memory are the host's.
+
+Teardown (`stop`) leaves nothing behind: containers, shims, kubelet, containerd, mounts,
+the bridge, the cgroups and the sysctls kubelet changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+from r1_operator.dev.processes import ClusterError, alive, find_binary, spawn, stop_group
+
+REAL_LABEL = "r1.inference.dev/real-node"  # real workloads select real nodes with this label
+PAUSE_IMAGE = "localhost/r1-dev/pause:1"
+CNI_BIN = "/usr/lib/cni"
+RUNC = "/usr/sbin/runc"
+SYSCTLS = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops")  # kubelet sets these
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def host_ip() -> str:
+    """The address pods and kubelets reach the host by (its default route's source address)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))  # no packet is sent; this only picks the route
+            return s.getsockname()[0]
+        except OSError:
+            raise ClusterError("real nodes need a non-loopback host address (no default route found)") from None
+
+
+def node_name(i: int) -> str:
+    return f"real-{i}"
+
+
+def bridge_name(i: int) -> str:
+    return f"cni-r1-{i}"
+
+
+def check_host() -> None:
+    """Fail before starting anything when a piece real nodes need is missing, naming it and the fix."""
+    missing = [p for p in (RUNC, f"{CNI_BIN}/bridge", f"{CNI_BIN}/host-local", f"{CNI_BIN}/loopback")
+               if not os.access(p, os.X_OK)]
+    if missing:
+        raise ClusterError(f"real nodes need {', '.join(missing)}: run 'make setup' (Debian runc and "
+                           "containernetworking-plugins)")
+    if os.geteuid() != 0:
+        raise ClusterError("real nodes need root (kubelet, containerd and runc manage cgroups and mounts)")
+    for name in ("containerd", "containerd-shim-runc-v2", "ctr", "r1-pause"):
+        find_binary(name)
+
+
+# ---------------------------------------------------------------- the pause image
+
+def pause_image_tar(pause_binary: Path) -> bytes:
+    """A docker-archive of one layer holding the static pause program, for `ctr images import`."""
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as t:
+        info = tarfile.TarInfo("pause")
+        data = pause_binary.read_bytes()
+        info.size, info.mode = len(data), 0o755
+        t.addfile(info, io.BytesIO(data))
+    layer_bytes = layer.getvalue()
+    diff_id = "sha256:" + hashlib.sha256(layer_bytes).hexdigest()
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "config": {"Entrypoint": ["/pause"], "User": "65535:65535"},
+                         "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    manifest = json.dumps([{"Config": config_name, "RepoTags": [PAUSE_IMAGE], "Layers": ["layer.tar"]}]).encode()
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as t:
+        for name, blob in (("layer.tar", layer_bytes), (config_name, config), ("manifest.json", manifest)):
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            t.addfile(info, io.BytesIO(blob))
+    return out.getvalue()
+
+
+# ---------------------------------------------------------------- configuration
+
+def _containerd_config(root: Path, i: int) -> str:
+    return f"""version = 3
+root = "{root}/containerd/root"
+state = "{root}/containerd/state"
+
+[grpc]
+  address = "{root}/containerd.sock"
+
+[ttrpc]
+  address = "{root}/containerd.sock.ttrpc"
+
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "{PAUSE_IMAGE}"
+
+[plugins."io.containerd.cri.v1.runtime"]
+  disable_apparmor = true
+  # pod network namespaces under the node's state directory, so teardown unmounts them with the rest
+  netns_mounts_under_state_dir = true
+  # root here lacks CAP_SYS_RESOURCE: without this every sandbox fails ("can't get final child's PID from pipe")
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["{CNI_BIN}"]
+    conf_dir = "{root}/cni"
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+        BinaryName = "{RUNC}"
+        Root = "{root}/runc"
+        SystemdCgroup = false
+"""
+
+
+def _cni_config(root: Path, i: int) -> str:
+    return json.dumps({
+        "cniVersion": "1.0.0", "name": f"r1-{node_name(i)}",
+        "plugins": [
+            {"type": "bridge", "bridge": bridge_name(i), "isGateway": True, "ipMasq": True, "hairpinMode": True,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": f"10.246.{i}.0/24"}]],
+                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(root / "cni-ipam")}},
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
+    }, indent=2)
+
+
+def _kubelet_config(root: Path, i: int, pki: Path) -> str:
+    return json.dumps({
+        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+        "cgroupDriver": "cgroupfs", "failCgroupV1": False, "failSwapOn": False,
+        "cgroupRoot": f"/{node_name(i)}", "cgroupsPerQOS": True,
+        "containerRuntimeEndpoint": f"unix://{root}/containerd.sock",
+        "port": 10250 + i, "healthzPort": 10248 + 10 * i, "readOnlyPort": 0, "healthzBindAddress": "127.0.0.1",
+        "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False},
+                           "x509": {"clientCAFile": str(pki / "ca.crt")}},
+        "authorization": {"mode": "AlwaysAllow"},
+        "registerNode": True, "serializeImagePulls": False, "imageGCHighThresholdPercent": 100,
+        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+        "resolvConf": "", "maxPods": 20,
+    }, indent=2)
+
+
+def _prepare_cgroups(name: str) -> None:
+    """kubelet wants its cgroupRoot in every v1 hierarchy beforehand, cpuset seeded from the parent."""
+    for ctrl in CGROUP_ROOT.iterdir():
+        if not ctrl.is_dir() or ctrl.name == "unified":
+            continue
+        d = ctrl / name
+        d.mkdir(exist_ok=True)
+        if ctrl.name == "cpuset":
+            for f in ("cpuset.cpus", "cpuset.mems"):
+                (d / f).write_text((ctrl / f).read_text().strip())
+
+
+def _remove_cgroups(name: str) -> None:
+    for ctrl in CGROUP_ROOT.iterdir():
+        d = ctrl / name
+        if d.is_dir():
+            for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                try:
+                    sub.rmdir()
+                except OSError:
+                    pass
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+
+
+def _cgroup_pids(name: str) -> set[int]:
+    pids: set[int] = set()
+    d = CGROUP_ROOT / "pids" / name
+    if d.is_dir():
+        for procs in d.rglob("cgroup.procs"):
+            pids |= {int(x) for x in procs.read_text().split()}
+    return pids
+
+
+def _read_sysctls() -> dict[str, str]:
+    return {k: Path("/proc/sys", k).read_text().strip() for k in SYSCTLS}
+
+
+# ---------------------------------------------------------------- start and stop
+
+def start(state, pki: Path, kubeconfig_for, count: int, gpus: int, timeout_wait) -> None:
+    """Start `count` real nodes. kubeconfig_for(user) renders a kubeconfig; timeout_wait(what, check) polls."""
+    check_host()
+    state.host["sysctls"] = state.host.get("sysctls") or _read_sysctls()
+    state.save()
+    pause_tar = Path(state.root) / "pause.tar"
+    pause_tar.write_bytes(pause_image_tar(find_binary("r1-pause")))
+    binary, ctr = find_binary("r1-cluster"), find_binary("ctr")
+    env_path = f"{find_binary('containerd-shim-runc-v2').parent}:{os.environ.get('PATH', '')}"
+    ip = host_ip()
+    for i in range(count):
+        name = node_name(i)
+        root = Path(state.root) / "nodes" / name
+        (root / "cni").mkdir(parents=True, exist_ok=True)
+        (root / "cni" / "10-r1.conflist").write_text(_cni_config(root, i))
+        (root / "containerd.toml").write_text(_containerd_config(root, i))
+        (root / "kubelet.json").write_text(_kubelet_config(root, i, pki))
+        (root / "kubeconfig").write_text(kubeconfig_for(f"node-{name}"))
+        _prepare_cgroups(name)
+        state.real_nodes.append(name)
+        state.save()
+        spawn(state, f"containerd-{name}", [str(find_binary("containerd")), "--config", str(root / "containerd.toml")],
+              env={**os.environ, "PATH": env_path})
+        sock = root / "containerd.sock"
+        timeout_wait(f"containerd of {name}", lambda: sock.exists())
+        imp = subprocess.run([str(ctr), "-a", str(sock), "-n", "k8s.io", "images", "import", "--no-unpack=false",
+                              str(pause_tar)], capture_output=True, text=True, timeout=60)
+        if imp.returncode:
+            raise ClusterError(f"importing the pause image into {name} failed: {imp.stderr.strip()}")
+        labels = {REAL_LABEL: "true"}
+        if gpus:  # simulated: no physical GPU exists here (GPU Feature Discovery labels as on a real GPU node)
+            labels.update({"nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": "Simulated-GPU",
+                           "nvidia.com/gpu.memory": "24576", "nvidia.com/gpu.count": str(gpus)})
+        spawn(state, f"kubelet-{name}", [
+            str(binary), "kubelet", f"--config={root / 'kubelet.json'}", f"--kubeconfig={root / 'kubeconfig'}",
+            f"--root-dir={root / 'kubelet'}", f"--cert-dir={root / 'kubelet-pki'}", f"--hostname-override={name}",
+            f"--node-ip={ip}", "--node-labels=" + ",".join(f"{k}={v}" for k, v in labels.items()), "--v=1",
+        ], env={**os.environ, "PATH": env_path})
+
+
+def stop(state, grace: float = 10.0) -> list[str]:
+    """Stop the real nodes in the order that leaves nothing: containers, shims, kubelet, containerd, then host state."""
+    killed: list[str] = []
+    for name in state.real_nodes:
+        for pid in _cgroup_pids(name):  # the containers (and pause sandboxes) of this node
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        root = Path(state.root) / "nodes" / name
+        for pid in _shims(root / "containerd.sock"):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for comp in (f"kubelet-{name}", f"containerd-{name}"):
+            pid = state.pids.get(comp)
+            if pid and stop_group(pid, grace):
+                killed.append(comp)
+    for name in state.real_nodes:
+        root = Path(state.root) / "nodes" / name
+        _unmount_under(root)
+        subprocess.run(["ip", "link", "delete", bridge_name(int(name.split("-")[1]))], capture_output=True)
+        _remove_cgroups(name)
+    for k, v in (state.host.get("sysctls") or {}).items():
+        try:
+            Path("/proc/sys", k).write_text(v)
+        except OSError:
+            pass
+    return killed
+
+
+def _shims(sock: Path) -> list[int]:
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmd and cmd[0].endswith(b"containerd-shim-runc-v2") and str(sock).encode() in cmd:
+            out.append(int(p.name))
+    return out
+
+
+def _unmount_under(root: Path) -> None:
+    """Unmount everything below root, deepest first (overlay rootfs, shm, kubelet's bind of its root dir)."""
+    for _ in range(3):
+        mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+        mine = sorted((m for m in mounts if m == str(root) or m.startswith(str(root) + "/")), key=len, reverse=True)
+        if not mine:
+            return
+        for m in mine:
+            subprocess.run(["umount", "-l", m], capture_output=True)
+        time.sleep(0.2)
+
+
+def leftovers(state) -> list[str]:
+    """What of the real nodes is still on the host (for down's check and the tests)."""
+    out = []
+    for name in state.real_nodes:
+        root = Path(state.root) / "nodes" / name
+        out += [f"process {c} ({state.pids[c]})" for c in (f"kubelet-{name}", f"containerd-{name}")
+                if c in state.pids and alive(state.pids[c])]
+        out += [f"shim {pid}" for pid in _shims(root / "containerd.sock")]
+        out += [f"cgroup {ctrl.name}/{name}" for ctrl in CGROUP_ROOT.iterdir() if (ctrl / name).is_dir()]
+        if Path("/sys/class/net", bridge_name(int(name.split("-")[1]))).exists():
+            out.append(f"bridge {bridge_name(int(name.split('-')[1]))}")
+        mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+        out += [f"mount {m}" for m in mounts if m.startswith(str(root))]
+    return out

@@ -1,0 +1,103 @@
+"""Real worker nodes: kubelet + containerd + runc on this host run the pods in real containers.
+
+One dev cluster with one real node for the module (`r1ctl dev up --real-nodes 1`), its kwok
+nodes alongside. The node's GPU count is simulated (an extended resource; no physical GPU exists
+here); its CPU, memory, cgroups, network and containers are real. The last test takes the
+cluster down and checks that nothing is left on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from r1_devtools.waiting import wait_for
+
+from r1_operator.dev import cluster as dev
+from r1_operator.dev import realnode
+
+pytestmark = pytest.mark.cluster
+BIN = Path(sys.executable).parent
+NAME = f"real-{os.getpid()}"
+
+
+@pytest.fixture(scope="module")
+def real():
+    sysctls = {k: Path("/proc/sys", k).read_text() for k in realnode.SYSCTLS}
+    state = dev.up(NAME, real_nodes=1, real_gpus=2, timeout=120)
+    yield state, sysctls
+    if dev.ClusterState.load(NAME) is not None:
+        dev.down(NAME)
+
+
+def kubectl(state, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([str(BIN / "kubectl"), "--kubeconfig", state.kubeconfig, *args], input=input,
+                       capture_output=True, text=True, timeout=120)
+    if check and r.returncode:
+        raise AssertionError(f"kubectl {' '.join(args)}: {r.stderr}")
+    return r
+
+
+def test_the_real_node_is_ready_on_containerd_with_its_simulated_gpus(real):
+    state, _ = real
+    node = json.loads(kubectl(state, "get", "node", "real-0", "-o", "json").stdout)
+    assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://2.")
+    assert any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"]["conditions"])
+    labels = node["metadata"]["labels"]
+    assert labels[realnode.REAL_LABEL] == "true" and labels["nvidia.com/gpu.count"] == "2"
+    wait_for(lambda: json.loads(kubectl(state, "get", "node", "real-0", "-o", "json").stdout)["status"]
+             ["allocatable"].get("nvidia.com/gpu") == "2", 30, "the simulated GPUs in allocatable")
+    # its CPU and memory are the host's
+    assert int(node["status"]["capacity"]["cpu"]) == os.cpu_count()
+    wide = kubectl(state, "get", "nodes", "-o", "wide").stdout
+    assert "real-0" in wide and "containerd://" in wide and "gpu-80g" in wide  # kwok nodes stay
+
+
+RESTRICTED_POD = {
+    "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sandbox"},
+    "spec": {
+        "nodeSelector": {realnode.REAL_LABEL: "true"}, "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{
+            "name": "pause", "image": realnode.PAUSE_IMAGE, "imagePullPolicy": "Never",
+            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "16Mi"}},
+            "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}}],
+    },
+}
+
+
+def test_a_restricted_pod_runs_in_a_real_container(real):
+    state, _ = real
+    kubectl(state, "create", "namespace", "locked")
+    kubectl(state, "label", "namespace", "locked", "pod-security.kubernetes.io/enforce=restricted")
+    kubectl(state, "apply", "-n", "locked", "-f", "-", input=json.dumps(RESTRICTED_POD))
+
+    def running():
+        pod = json.loads(kubectl(state, "get", "pod", "sandbox", "-n", "locked", "-o", "json").stdout)
+        return pod if pod["status"].get("phase") == "Running" else None
+
+    pod = wait_for(running, 90, "the pod to run on the real node")
+    assert pod["spec"]["nodeName"] == "real-0"
+    (cs,) = pod["status"]["containerStatuses"]
+    assert cs["ready"] and cs["containerID"].startswith("containerd://") and len(cs["containerID"]) > 20
+    assert pod["status"]["podIP"].startswith("10.246.0.")
+    # the container really is a process of the node's cgroup, running as the pod's user
+    pids = realnode._cgroup_pids("real-0")
+    uids = {Path(f"/proc/{p}/status").read_text().split("Uid:")[1].split()[0] for p in pids
+            if Path(f"/proc/{p}/status").exists()}
+    assert "65532" in uids
+
+
+def test_down_leaves_nothing_on_the_host(real):
+    state, sysctls = real
+    dev.down(NAME)
+    assert realnode.leftovers(state) == []
+    assert not Path("/sys/class/net", realnode.bridge_name(0)).exists()
+    assert {k: Path("/proc/sys", k).read_text() for k in realnode.SYSCTLS} == sysctls
+    assert not any(line.split()[4].startswith(state.root) for line in Path("/proc/self/mountinfo").read_text().splitlines())
+    assert dev.ClusterState.load(NAME) is None
