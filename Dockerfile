@@ -4,6 +4,8 @@
 #   docker build --target runtime  -t r1-runtime .
 #   docker build --target runtime --build-arg BASE_IMAGE=nvidia/cuda:12.6.3-devel-ubuntu24.04 \
 #     --build-arg RUNTIME_BASE=nvidia/cuda:12.6.3-runtime-ubuntu24.04 --build-arg GGML_CUDA=on -t r1-runtime:cuda .
+# Without a registry (the dev cluster): hack/build-images.sh takes the base from Debian's packages
+# (mmdebstrap, as PYTHON_IMAGE) and the already built wheel (--build-context llama-build=DIR).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG BASE_IMAGE=${PYTHON_IMAGE}
 ARG RUNTIME_BASE=${PYTHON_IMAGE}
@@ -28,6 +30,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
 COPY runtime/ runtime/
+COPY devtools/ devtools/
 RUN python3 -m venv /opt/r1 \
  && /opt/r1/bin/pip install --no-cache-dir '.[operator]' \
  && useradd --uid 65532 --no-create-home --shell /usr/sbin/nologin r1
@@ -46,6 +49,7 @@ COPY --from=llama-build /wheels /wheels
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
 COPY runtime/ runtime/
+COPY devtools/ devtools/
 RUN python3 -m venv /opt/r1 \
  && /opt/r1/bin/pip install --no-cache-dir "$(cat /wheels/path.txt)" \
  && /opt/r1/bin/pip install --no-cache-dir '.[runtime]' \

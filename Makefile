@@ -8,7 +8,7 @@ PIP   := $(PY) -m pip
 STAMP := $(VENV)/.installed
 export R1_CACHE_DIR ?= $(HOME)/.cache/r1-operator
 
-.PHONY: setup test demo lint clean dev-up dev-down
+.PHONY: setup images test demo lint clean dev-up dev-down
 
 setup: $(VENV)/bin/python
 	@hack/setup-apt.sh
@@ -22,7 +22,14 @@ setup: $(VENV)/bin/python
 	  fi
 	@$(PY) hack/install_tools.py $(VENV)/bin
 	@hack/build-cluster.sh $(VENV)/bin
+	@$(MAKE) --no-print-directory images
 	@echo "setup: ok ($(VENV) ready; kubectl, helm, r1-cluster, kwok, containerd in $(VENV)/bin)"
+
+# The Dockerfile's operator and runtime images (podman on a Debian base), once per content hash;
+# the real nodes of `r1ctl dev up --real-nodes` import what $(VENV)/images holds.
+images:
+	@mkdir -p $(VENV)/images
+	@for a in $$(hack/build-images.sh); do t=$$(basename $$a | cut -d- -f1); ln -sf $$a $(VENV)/images/$$t.tar; done
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)

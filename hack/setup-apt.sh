@@ -9,6 +9,9 @@ command -v openssl >/dev/null || need+=(openssl)
 [ -x /usr/sbin/runc ] || need+=(runc)
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
 command -v iptables >/dev/null || need+=(iptables)
+# images without a registry: podman builds the Dockerfile on a base that mmdebstrap makes from Debian's packages
+command -v podman >/dev/null || need+=(podman)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
 echo "installing Debian packages: ${need[*]}" >&2

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2ekit import HUB_REPO, REPO, Kube, OperatorProc, drop_namespace, make_namespace, ns_name, start_operator
+from r1_devtools.kit import HUB_REPO, REPO, Kube, OperatorProc, drop_namespace, make_namespace, ns_name, start_operator
 
 from r1_devtools import devhub
 from r1_devtools.testmodel import write_test_model

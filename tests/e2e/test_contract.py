@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2ekit import BIN
+from r1_devtools.kit import BIN
 from r1_devtools.waiting import wait_for
 from openai import OpenAI
 

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 import yaml
-from e2ekit import REPO
+from r1_devtools.kit import REPO
 from r1_devtools.models import smollm2_path
 from r1_devtools.waiting import wait_for
 from openai import OpenAI

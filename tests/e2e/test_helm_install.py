@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from e2ekit import REPO, drop_namespace, make_namespace, start_operator
+from r1_devtools.kit import REPO, drop_namespace, make_namespace, start_operator
 from r1_devtools.waiting import wait_for
 
 HELM = str(Path(sys.executable).parent / "helm")

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from e2ekit import REPO
+from r1_devtools.kit import REPO
 from r1_devtools.waiting import wait_for
 
 from r1_operator.builders import names

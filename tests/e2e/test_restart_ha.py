@@ -10,7 +10,7 @@ import copy
 import signal
 
 import pytest
-from e2ekit import drop_namespace, make_namespace, ns_name, start_operator
+from r1_devtools.kit import drop_namespace, make_namespace, ns_name, start_operator
 from r1_devtools.waiting import wait_for
 
 from r1_operator.builders import names

@@ -1,9 +1,9 @@
 """Real worker nodes: kubelet + containerd + runc on this host run the pods in real containers.
 
-One dev cluster with one real node for the module (`r1ctl dev up --real-nodes 1`), its kwok
-nodes alongside. The node's GPU count is simulated (an extended resource; no physical GPU exists
-here); its CPU, memory, cgroups, network and containers are real. The last test takes the
-cluster down and checks that nothing is left on the host.
+The session's cluster (tests/real/conftest.py) has one real node beside its kwok nodes. The
+node's GPU count is simulated (an extended resource; no physical GPU exists here); its CPU,
+memory, cgroups, network and containers are real. The teardown test starts a cluster of its
+own, runs a pod on it, takes it down and checks that nothing is left on the host.
 """
 
 from __future__ import annotations
@@ -22,16 +22,11 @@ from r1_operator.dev import realnode
 
 pytestmark = pytest.mark.cluster
 BIN = Path(sys.executable).parent
-NAME = f"real-{os.getpid()}"
 
 
-@pytest.fixture(scope="module")
-def real():
-    sysctls = {k: Path("/proc/sys", k).read_text() for k in realnode.SYSCTLS}
-    state = dev.up(NAME, real_nodes=1, real_gpus=2, timeout=120)
-    yield state, sysctls
-    if dev.ClusterState.load(NAME) is not None:
-        dev.down(NAME)
+@pytest.fixture
+def real(real_cluster):
+    return real_cluster, None
 
 
 def kubectl(state, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -85,19 +80,33 @@ def test_a_restricted_pod_runs_in_a_real_container(real):
     assert pod["spec"]["nodeName"] == "real-0"
     (cs,) = pod["status"]["containerStatuses"]
     assert cs["ready"] and cs["containerID"].startswith("containerd://") and len(cs["containerID"]) > 20
-    assert pod["status"]["podIP"].startswith("10.246.0.")
+    assert pod["status"]["podIP"].startswith(f"10.246.{state.host['slots']['real-0']}.")
     # the container really is a process of the node's cgroup, running as the pod's user
-    pids = realnode._cgroup_pids("real-0")
+    pids = realnode._cgroup_pids(realnode.cgroup_name(state.host["slots"]["real-0"]))
     uids = {Path(f"/proc/{p}/status").read_text().split("Uid:")[1].split()[0] for p in pids
             if Path(f"/proc/{p}/status").exists()}
     assert "65532" in uids
 
 
-def test_down_leaves_nothing_on_the_host(real):
-    state, sysctls = real
-    dev.down(NAME)
+def test_down_leaves_nothing_on_the_host(tmp_path, monkeypatch):
+    monkeypatch.setenv("R1_IMAGES_DIR", str(tmp_path))  # the pause image is enough here
+    sysctls = {k: Path("/proc/sys", k).read_text() for k in realnode.SYSCTLS}
+    name = f"realdown-{os.getpid()}"
+    state = dev.up(name, nodes=[], real_nodes=1, timeout=120)
+    try:
+        kubectl(state, "apply", "-f", "-", input=json.dumps({**RESTRICTED_POD, "metadata": {"name": "held"}}))
+        wait_for(lambda: kubectl(state, "get", "pod", "held", "-o", "jsonpath={.status.phase}").stdout == "Running",
+                 90, "a pod to hold a container, a shim, a network namespace and a mount")
+        state = dev.ClusterState.load(name)
+        slot = state.host["slots"]["real-0"]
+        assert realnode._cgroup_pids(realnode.cgroup_name(slot))
+        assert Path("/sys/class/net", realnode.bridge_name(slot)).exists()
+    finally:
+        dev.down(name)
     assert realnode.leftovers(state) == []
-    assert not Path("/sys/class/net", realnode.bridge_name(0)).exists()
+    assert not Path("/sys/class/net", realnode.bridge_name(slot)).exists()
     assert {k: Path("/proc/sys", k).read_text() for k in realnode.SYSCTLS} == sysctls
     assert not any(line.split()[4].startswith(state.root) for line in Path("/proc/self/mountinfo").read_text().splitlines())
-    assert dev.ClusterState.load(NAME) is None
+    assert not any(p.read_bytes().startswith(b"/") and state.root.encode() in p.read_bytes()
+                   for p in Path("/proc").glob("[0-9]*/cmdline") if p.exists())
+    assert dev.ClusterState.load(name) is None

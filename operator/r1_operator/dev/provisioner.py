@@ -1,8 +1,8 @@
 """Dev-cluster volume provisioner: binds each Pending PVC of the dev StorageClass to a new hostPath PV.
 
-The dev cluster has no kubelet, so the directory only records the volume; what
-kind's local-path provisioner does for a real node, this does for the API
-objects: PVCs bind, pods that use them schedule, released volumes are deleted.
+On kwok nodes the directory only records the volume; on the real nodes (all on
+this host) pods mount it. As kind's local-path provisioner does: PVCs bind, pods
+that use them schedule, released volumes are deleted.
 """
 
 from __future__ import annotations
@@ -41,7 +41,13 @@ def step(api: AdminApi, root: Path) -> None:
     for pvc in pvcs.get("items", []):
         sc = pvc["spec"].get("storageClassName")
         if sc == STORAGE_CLASS and pvc.get("status", {}).get("phase") == "Pending" and not pvc["spec"].get("volumeName"):
-            api.request("POST", "/api/v1/persistentvolumes", _pv(pvc, root))
+            pv = _pv(pvc, root)
+            # Writable by the pods' non-root users, as local-path-provisioner makes it (fsGroup does not apply
+            # to hostPath volumes).
+            path = Path(pv["spec"]["hostPath"]["path"])
+            path.mkdir(parents=True, exist_ok=True)
+            path.chmod(0o777)
+            api.request("POST", "/api/v1/persistentvolumes", pv)
     _, pvs = api.request("GET", "/api/v1/persistentvolumes")
     for pv in pvs.get("items", []):
         ann = pv["metadata"].get("annotations") or {}

@@ -48,8 +48,38 @@ def node_name(i: int) -> str:
     return f"real-{i}"
 
 
-def bridge_name(i: int) -> str:
-    return f"cni-r1-{i}"
+# Host resources of a real node are numbered by a host-wide slot, so two dev clusters' nodes never share a
+# cgroup root, bridge, subnet or kubelet port.
+MAX_SLOTS = 4
+
+
+def bridge_name(slot: int) -> str:
+    return f"cni-r1-{slot}"
+
+
+def cgroup_name(slot: int) -> str:
+    return f"r1-node-{slot}"
+
+
+def _slot_free(slot: int) -> bool:
+    return not (CGROUP_ROOT / "pids" / cgroup_name(slot)).exists() and \
+        not Path("/sys/class/net", bridge_name(slot)).exists()
+
+
+def _take_slot(state) -> int:
+    taken = set(state.host.get("slots", {}).values())
+    for slot in range(MAX_SLOTS):
+        if slot not in taken and _slot_free(slot):
+            return slot
+    raise ClusterError(f"all {MAX_SLOTS} real-node slots of this host are in use (cgroups /r1-node-N); "
+                       "stop another dev cluster with 'r1ctl dev down --name NAME'")
+
+
+def images_dir() -> Path:
+    """Image archives `make images` left for the real nodes (R1_IMAGES_DIR, default: next to the venv's bin/)."""
+    import sys
+
+    return Path(os.environ.get("R1_IMAGES_DIR") or Path(sys.executable).parent.parent / "images")
 
 
 def check_host() -> None:
@@ -93,7 +123,7 @@ def pause_image_tar(pause_binary: Path) -> bytes:
 
 # ---------------------------------------------------------------- configuration
 
-def _containerd_config(root: Path, i: int) -> str:
+def _containerd_config(root: Path) -> str:
     return f"""version = 3
 root = "{root}/containerd/root"
 state = "{root}/containerd/state"
@@ -129,25 +159,25 @@ state = "{root}/containerd/state"
 """
 
 
-def _cni_config(root: Path, i: int) -> str:
+def _cni_config(root: Path, slot: int) -> str:
     return json.dumps({
-        "cniVersion": "1.0.0", "name": f"r1-{node_name(i)}",
+        "cniVersion": "1.0.0", "name": f"r1-node-{slot}",
         "plugins": [
-            {"type": "bridge", "bridge": bridge_name(i), "isGateway": True, "ipMasq": True, "hairpinMode": True,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": f"10.246.{i}.0/24"}]],
+            {"type": "bridge", "bridge": bridge_name(slot), "isGateway": True, "ipMasq": True, "hairpinMode": True,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": f"10.246.{slot}.0/24"}]],
                       "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(root / "cni-ipam")}},
             {"type": "portmap", "capabilities": {"portMappings": True}},
         ],
     }, indent=2)
 
 
-def _kubelet_config(root: Path, i: int, pki: Path) -> str:
+def _kubelet_config(root: Path, slot: int, pki: Path) -> str:
     return json.dumps({
         "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
         "cgroupDriver": "cgroupfs", "failCgroupV1": False, "failSwapOn": False,
-        "cgroupRoot": f"/{node_name(i)}", "cgroupsPerQOS": True,
+        "cgroupRoot": f"/{cgroup_name(slot)}", "cgroupsPerQOS": True,
         "containerRuntimeEndpoint": f"unix://{root}/containerd.sock",
-        "port": 10250 + i, "healthzPort": 10248 + 10 * i, "readOnlyPort": 0, "healthzBindAddress": "127.0.0.1",
+        "port": 10250 + slot, "healthzPort": 10248 + 10 * slot, "readOnlyPort": 0, "healthzBindAddress": "127.0.0.1",
         "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False},
                            "x509": {"clientCAFile": str(pki / "ca.crt")}},
         "authorization": {"mode": "AlwaysAllow"},
@@ -211,23 +241,27 @@ def start(state, pki: Path, kubeconfig_for, count: int, gpus: int, timeout_wait)
     ip = host_ip()
     for i in range(count):
         name = node_name(i)
+        slot = _take_slot(state)
         root = Path(state.root) / "nodes" / name
         (root / "cni").mkdir(parents=True, exist_ok=True)
-        (root / "cni" / "10-r1.conflist").write_text(_cni_config(root, i))
-        (root / "containerd.toml").write_text(_containerd_config(root, i))
-        (root / "kubelet.json").write_text(_kubelet_config(root, i, pki))
+        (root / "cni" / "10-r1.conflist").write_text(_cni_config(root, slot))
+        (root / "containerd.toml").write_text(_containerd_config(root))
+        (root / "kubelet.json").write_text(_kubelet_config(root, slot, pki))
         (root / "kubeconfig").write_text(kubeconfig_for(f"node-{name}"))
-        _prepare_cgroups(name)
+        state.host.setdefault("slots", {})[name] = slot
         state.real_nodes.append(name)
         state.save()
+        _prepare_cgroups(cgroup_name(slot))
         spawn(state, f"containerd-{name}", [str(find_binary("containerd")), "--config", str(root / "containerd.toml")],
               env={**os.environ, "PATH": env_path})
         sock = root / "containerd.sock"
         timeout_wait(f"containerd of {name}", lambda: sock.exists())
-        imp = subprocess.run([str(ctr), "-a", str(sock), "-n", "k8s.io", "images", "import", "--no-unpack=false",
-                              str(pause_tar)], capture_output=True, text=True, timeout=60)
-        if imp.returncode:
-            raise ClusterError(f"importing the pause image into {name} failed: {imp.stderr.strip()}")
+        archives = [pause_tar, *sorted(images_dir().glob("*.tar"))]
+        for archive in archives:  # each node has its own containerd, so its own copy of every image
+            imp = subprocess.run([str(ctr), "-a", str(sock), "-n", "k8s.io", "images", "import", str(archive)],
+                                 capture_output=True, text=True, timeout=300)
+            if imp.returncode:
+                raise ClusterError(f"importing {archive} into {name} failed: {imp.stderr.strip()}")
         labels = {REAL_LABEL: "true"}
         if gpus:  # simulated: no physical GPU exists here (GPU Feature Discovery labels as on a real GPU node)
             labels.update({"nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": "Simulated-GPU",
@@ -242,8 +276,9 @@ def start(state, pki: Path, kubeconfig_for, count: int, gpus: int, timeout_wait)
 def stop(state, grace: float = 10.0) -> list[str]:
     """Stop the real nodes in the order that leaves nothing: containers, shims, kubelet, containerd, then host state."""
     killed: list[str] = []
+    slots = state.host.get("slots", {})
     for name in state.real_nodes:
-        for pid in _cgroup_pids(name):  # the containers (and pause sandboxes) of this node
+        for pid in _cgroup_pids(cgroup_name(slots[name])):  # the containers (and pause sandboxes) of this node
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -261,8 +296,8 @@ def stop(state, grace: float = 10.0) -> list[str]:
     for name in state.real_nodes:
         root = Path(state.root) / "nodes" / name
         _unmount_under(root)
-        subprocess.run(["ip", "link", "delete", bridge_name(int(name.split("-")[1]))], capture_output=True)
-        _remove_cgroups(name)
+        subprocess.run(["ip", "link", "delete", bridge_name(slots[name])], capture_output=True)
+        _remove_cgroups(cgroup_name(slots[name]))
     for k, v in (state.host.get("sysctls") or {}).items():
         try:
             Path("/proc/sys", k).write_text(v)
@@ -301,13 +336,15 @@ def leftovers(state) -> list[str]:
     """What of the real nodes is still on the host (for down's check and the tests)."""
     out = []
     for name in state.real_nodes:
+        slot = state.host.get("slots", {})[name]
         root = Path(state.root) / "nodes" / name
         out += [f"process {c} ({state.pids[c]})" for c in (f"kubelet-{name}", f"containerd-{name}")
                 if c in state.pids and alive(state.pids[c])]
         out += [f"shim {pid}" for pid in _shims(root / "containerd.sock")]
-        out += [f"cgroup {ctrl.name}/{name}" for ctrl in CGROUP_ROOT.iterdir() if (ctrl / name).is_dir()]
-        if Path("/sys/class/net", bridge_name(int(name.split("-")[1]))).exists():
-            out.append(f"bridge {bridge_name(int(name.split('-')[1]))}")
+        out += [f"cgroup {ctrl.name}/{cgroup_name(slot)}" for ctrl in CGROUP_ROOT.iterdir()
+                if (ctrl / cgroup_name(slot)).is_dir()]
+        if Path("/sys/class/net", bridge_name(slot)).exists():
+            out.append(f"bridge {bridge_name(slot)}")
         mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
         out += [f"mount {m}" for m in mounts if m.startswith(str(root))]
     return out

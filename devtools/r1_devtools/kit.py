@@ -1,4 +1,4 @@
-"""Helpers of the operator e2e tests: kubectl as a test uses it, an r1-operator process, test namespaces."""
+"""Driving the operator on a dev cluster, for the e2e and real-node tests and the demo: kubectl, an r1-operator process, namespaces."""
 
 from __future__ import annotations
 

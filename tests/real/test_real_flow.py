@@ -1,0 +1,117 @@
+"""The whole flow in real containers: the operator's fetch Job and runtime pod on the real node, from the built images.
+
+The R1Deployment asks for the real node by label; the plan puts it on `real-0` with the node's two
+simulated GPUs (the CPU build of llama.cpp runs the layers on the CPU). The fetch Job downloads the
+miniature R1 split set from the dev hub, verifies and merges it on the volume; the runtime passes its
+real startup and readiness probes and answers the official openai client through the Service
+(`kubectl port-forward`). The namespace enforces Pod Security `restricted`; the kubelet enforces the
+pods' security settings.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+
+import pytest
+from openai import OpenAI
+from r1_devtools.kit import BIN
+from r1_devtools.waiting import wait_for
+
+from r1_operator.builders import names
+from r1_operator.dev import realnode
+
+pytestmark = pytest.mark.cluster
+R1D = {
+    "apiVersion": "r1.inference.dev/v1alpha1", "kind": "R1Deployment", "metadata": {"name": "r1-real"},
+    "spec": {"model": {"variant": "UD-IQ1_S"}, "inference": {"ctxSize": 1024, "parallel": 1, "canary": False},
+             "scheduling": {"nodeSelector": {realnode.REAL_LABEL: "true"}}},
+}
+CACHE = names.cache_name("unsloth/DeepSeek-R1-GGUF", "main", "UD-IQ1_S")
+OPERATOR_IMAGE = "docker.io/r1-operator/operator:0.1.0"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ask(kube, ns: str) -> str:
+    """One chat completion through the Service (kubectl port-forward), with the official openai client."""
+    port = _free_port()
+    pf = subprocess.Popen([str(BIN / "kubectl"), "--kubeconfig", kube.kubeconfig, "port-forward", "-n", ns,
+                           "svc/r1-real", f"{port}:8080"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "Forwarding from" in pf.stdout.readline()
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=60)
+        out = client.chat.completions.create(model="r1-real", messages=[{"role": "user", "content": "Hi"}],
+                                             max_tokens=8, temperature=0)
+        assert out.usage.completion_tokens > 0 and out.choices[0].finish_reason in ("length", "stop")
+        return out.model
+    finally:
+        pf.terminate()
+        pf.wait(10)
+
+
+def _runtime_pod(kube, ns: str) -> dict:
+    pods = kube.json("get", "pods", "-n", ns, "-l", names.selector_string(names.selector("r1-real")))["items"]
+    return next(p for p in pods if not p["metadata"].get("deletionTimestamp"))
+
+
+def test_fetch_and_serve_in_real_containers_answer_through_the_service(real_kube, real_ns, real_hub):
+    kube, ns = real_kube, real_ns
+    kube.apply(R1D, ns)
+    kube.wait_condition(ns, "r1-real", "Planned", timeout=60)
+    plan = kube.r1d(ns, "r1-real")["status"]["plan"]
+    assert plan["node"] == "real-0" and plan["gpus"] == 2
+
+    # the fetch Job's container downloads, verifies and merges onto the volume; its log has the progress lines
+    kube.run("wait", "--for=condition=Complete", f"job/{CACHE}", "-n", ns, "--timeout=120s")
+    log = kube.run("logs", "-n", ns, f"job/{CACHE}").stdout
+    assert 'r1-progress={"phase": "downloading"' in log and '"phase": "done"' in log
+    served = real_hub[1].stats()["served"]
+    assert sum(served.values()) == sum(f.stat().st_size for f in real_hub[1].root.rglob("*.gguf"))  # each byte once
+
+    # the runtime passes its real startup and readiness probes, in a real container, as UID 65532
+    kube.run("wait", "--for=condition=Ready", "r1d/r1-real", "-n", ns, "--timeout=180s")
+    pod = _runtime_pod(kube, ns)
+    (cs,) = pod["status"]["containerStatuses"]
+    assert pod["spec"]["nodeName"] == "real-0" and cs["ready"]
+    assert cs["containerID"].startswith("containerd://") and cs["image"].endswith("r1-operator/runtime:0.1.0")
+    ident = kube.run("exec", "-n", ns, pod["metadata"]["name"], "--", "python3", "-c",
+                     "import os\ntry:\n open('/written', 'w')\nexcept OSError as e:\n print(os.getuid(), e.errno)").stdout
+    assert ident.split() == ["65532", "30"]  # EROFS: the root filesystem is read-only
+    assert _ask(kube, ns) == "r1-real"
+
+    # a deleted runtime pod comes back and serves again
+    kube.run("delete", "pod", "-n", ns, pod["metadata"]["name"], "--wait=false")
+    wait_for(lambda: _runtime_pod(kube, ns)["metadata"]["uid"] != pod["metadata"]["uid"], 60, "a new runtime pod")
+    kube.run("wait", "--for=condition=Ready", "r1d/r1-real", "-n", ns, "--timeout=180s")
+    wait_for(lambda: all(c["ready"] for c in _runtime_pod(kube, ns)["status"].get("containerStatuses") or [{"ready": 0}]),
+             120, "the new runtime pod to be ready")
+    assert _ask(kube, ns) == "r1-real"
+
+
+def test_the_operator_image_holds_no_llama_cpp_python(real_kube, real_ns):
+    """The control plane's image runs as 65532 and has the operator's packages but not llama-cpp-python."""
+    check = ("import importlib.util as u, os, sys\n"
+             "sys.exit(0 if os.getuid() == 65532 and u.find_spec('kopf') and not u.find_spec('llama_cpp') else 3)")
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "operator-image"}, "spec": {
+        "restartPolicy": "Never", "nodeSelector": {realnode.REAL_LABEL: "true"}, "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{"name": "check", "image": OPERATOR_IMAGE, "imagePullPolicy": "Never",
+                        "command": ["python3", "-c", check],
+                        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+                        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}}}]}}
+    real_kube.apply(pod, real_ns)
+
+    def finished():
+        st = real_kube.json("get", "pod", "operator-image", "-n", real_ns)["status"]
+        return st if st.get("phase") in ("Succeeded", "Failed") else None
+
+    st = wait_for(finished, 90, "the operator image check")
+    real_kube.run("delete", "pod", "operator-image", "-n", real_ns, "--wait=false")
+    assert st["phase"] == "Succeeded", st
