@@ -1,10 +1,12 @@
 """The main flow on the local cluster (run by `make demo` after `make setup`).
 
-1. start the local cluster (real control plane; kwok simulates the GPU nodes and containers)
-2. install the CRDs and start the operator
-3. apply the CPU-only sample, wait for its plan and print `kubectl get r1d -o wide`
-4. run the runtime exactly as the operator rendered it, with SmolLM2 (from PyPI) as the model,
-   and ask it one question through the official openai client
+1. start the local cluster: a real control plane, one real worker node (kubelet + containerd) and
+   kwok nodes that simulate GPU machines
+2. serve a miniature R1 split set from a dev hub on this host, install the CRDs, start the operator
+3. apply a GPU-shaped example (planned onto a simulated node) and examples/real-node.yaml
+4. the real node fetches, verifies and merges the model into its volume and serves it in a real
+   container; ask it one question through the in-cluster Service with the official openai client
+5. print how to reach the model from the host (the cluster keeps running)
 """
 
 from __future__ import annotations
@@ -49,79 +51,95 @@ def wait(what: str, check, timeout: float = 90) -> None:
 
 
 def main() -> int:
-    step("starting the local cluster (real control plane, simulated GPU nodes)")
-    kubeconfig = subprocess.run([str(BIN / "r1ctl"), "dev", "up"], check=True, capture_output=True, text=True).stdout.strip()
+    step("starting the local cluster: real control plane, one real worker node, simulated GPU nodes")
+    kubeconfig = subprocess.run([str(BIN / "r1ctl"), "dev", "up", "--real-nodes", "1", "--real-gpus", "1",
+                                 "--timeout", "180"], check=True, capture_output=True, text=True).stdout.strip()
     os.environ["KUBECONFIG"] = kubeconfig
     print(f"    kubeconfig: {kubeconfig}")
-    print(kubectl("get", "nodes", "-o", "custom-columns=NAME:.metadata.name,GPUS:.status.allocatable.nvidia\\.com/gpu,"
-                  "GPU-MEMORY-MIB:.metadata.labels.nvidia\\.com/gpu\\.memory,MEMORY:.status.allocatable.memory"))
+    print(kubectl("get", "nodes", "-o", "custom-columns=NAME:.metadata.name,RUNTIME:.status.nodeInfo.containerRuntimeVersion,"
+                  "GPUS:.status.allocatable.nvidia\\.com/gpu,GPU-MEMORY-MIB:.metadata.labels.nvidia\\.com/gpu\\.memory,"
+                  "MEMORY:.status.allocatable.memory"))
 
-    step("installing the CRDs and starting the operator")
+    step("serving a miniature R1 split set as unsloth/DeepSeek-R1-GGUF from a dev hub on this host")
+    from r1_devtools.testmodel import write_test_model
+    from r1_operator.dev.realnode import host_ip
+
+    home = Path(kubeconfig).parent
+    hub_root = home / "hub"
+    if not (hub_root / "unsloth/DeepSeek-R1-GGUF/DeepSeek-R1-UD-IQ1_S").is_dir():
+        write_test_model(hub_root / "unsloth/DeepSeek-R1-GGUF/DeepSeek-R1-UD-IQ1_S/DeepSeek-R1-UD-IQ1_S.gguf",
+                         n_shards=3, seed=11)
+    hub = subprocess.Popen([str(BIN / "r1-dev"), "hub", str(hub_root), "--host", "0.0.0.0"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    endpoint = json.loads(hub.stdout.readline())["endpoint"].replace("0.0.0.0", host_ip())
+    print(f"    {endpoint} (pods reach it through their bridge)")
+
+    step("installing the CRDs and starting the operator (runtime image from make images)")
     for f in ("r1deployments.yaml", "kopf-peering.yaml"):
         kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds" / f))
     kubectl("wait", "--for=condition=Established", "crd/r1deployments.r1.inference.dev", "--timeout=30s")
-    log = Path(kubeconfig).parent / "operator.log"
+    log = home / "operator.log"
+    env = {**os.environ, "R1_HUB_ENDPOINT": endpoint, "R1_RUNTIME_IMAGE": "docker.io/r1-operator/runtime:0.1.0"}
     op = subprocess.Popen([str(BIN / "r1-operator"), "--standalone", "--metrics-port", str(free_port()),
                            "--liveness", f"http://127.0.0.1:{free_port()}/healthz"],
-                          stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+                          stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env)  # noqa: SIM115
     print(f"    operator pid {op.pid}, log {log}")
     try:
-        return flow(op, log)
+        return flow()
     finally:
         op.send_signal(signal.SIGTERM)
         op.wait(15)
+        hub.terminate()
+        hub.wait(10)
 
 
-def flow(op: subprocess.Popen, log: Path) -> int:
-    sample = REPO / "examples" / "cpu-only.yaml"
-    step(f"applying {sample.relative_to(REPO)}")
-    kubectl("apply", "-f", str(sample))
-    wait("the plan", lambda: "True" in kubectl("get", "r1d", "r1-cpu", "-o",
-                                                "jsonpath={.status.conditions[?(@.type==\"Planned\")].status}"))
-    step("kubectl get r1d -o wide")
+def flow() -> int:
+    for sample in ("auto-2x80g.yaml", "real-node.yaml"):
+        step(f"applying examples/{sample}")
+        kubectl("apply", "-f", str(REPO / "examples" / sample))
+    kubectl("wait", "--for=condition=Planned", "r1d/r1-auto", "r1d/r1-real", "--timeout=60s")
+    for name in ("r1-auto", "r1-real"):
+        for reason in json.loads(kubectl("get", "r1d", name, "-o", "json"))["status"]["plan"]["reasons"][:1]:
+            print(f"    {name}: {reason}")
+
+    step("r1-real: the fetch Job downloads, verifies and merges in a real container (kubectl logs)")
+    job = json.loads(kubectl("get", "jobs", "-l", "app.kubernetes.io/component=cache", "-o", "json"))["items"]
+    real_job = next(j["metadata"]["name"] for j in job if j["spec"]["template"]["spec"].get("nodeSelector", {})
+                    .get("kubernetes.io/hostname") == "real-0")
+    kubectl("wait", "--for=condition=Complete", f"job/{real_job}", "--timeout=180s")
+    print("    " + kubectl("logs", f"job/{real_job}").strip().splitlines()[-2][:160])
+    kubectl("wait", "--for=condition=Ready", "r1d/r1-real", "r1d/r1-auto", "--timeout=300s")
     print(kubectl("get", "r1d", "-o", "wide"))
-    r1d = json.loads(kubectl("get", "r1d", "r1-cpu", "-o", "json"))
-    for reason in r1d["status"]["plan"]["reasons"][:2]:
-        print(f"    why: {reason}")
-    kubectl("wait", "--for=condition=Ready", "r1d/r1-cpu", "--timeout=90s")
-    print(kubectl("get", "r1d", "-o", "wide"))
+    pod = json.loads(kubectl("get", "pods", "-l", "app.kubernetes.io/instance=r1-real", "-o", "json"))["items"][0]
+    print(f"    r1-real runs on {pod['spec']['nodeName']} in {pod['status']['containerStatuses'][0]['containerID'][:26]}…")
 
-    step("running the runtime as the operator rendered it, with SmolLM2-135M as the model")
-    dep = json.loads(kubectl("get", "deploy", "r1-cpu", "-o", "json"))
-    cmd = dep["spec"]["template"]["spec"]["containers"][0]["command"]
-    from r1_devtools.models import smollm2_path
-
+    step("asking r1-real through its Service (kubectl port-forward) with the openai client")
     port = free_port()
-    cmd[cmd.index("--model") + 1] = str(smollm2_path())
-    cmd[cmd.index("--port") + 1] = str(port)
-    cmd[cmd.index("--host") + 1] = "127.0.0.1"
-    print("    " + " ".join(cmd))
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    serve = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pf = subprocess.Popen([str(BIN / "kubectl"), "port-forward", "svc/r1-real", f"{port}:8080"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        import httpx
+        pf.stdout.readline()
         from openai import OpenAI
 
-        def ready() -> bool:
-            if serve.poll() is not None:
-                sys.exit(f"demo: the runtime exited {serve.returncode}")
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-        wait("the runtime to become ready", ready, 180)
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
-        q = "What is the capital of France? Answer in one sentence."
-        out = client.chat.completions.create(model="r1-cpu", messages=[{"role": "user", "content": q}], max_tokens=48)
-        print(f"    user: {q}\n    model: {out.choices[0].message.content.strip()}")
-        print(f"    usage: {out.usage.prompt_tokens} prompt + {out.usage.completion_tokens} completion tokens")
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
-        print("    " + next(line for line in text.splitlines() if line.startswith("llamacpp:tokens_predicted_total")))
+        out = client.chat.completions.create(model="r1-real", messages=[{"role": "user", "content": "Hi"}],
+                                             max_tokens=16)
+        msg = out.choices[0].message
+        text = (getattr(msg, "reasoning_content", None) or "") + (msg.content or "")
+        print(f"    user: Hi\n    model ({out.usage.completion_tokens} tokens; random weights, so not words): {text!r}")
     finally:
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(60)
-    step("done; the cluster keeps running (kubectl: KUBECONFIG=$(.venv/bin/r1ctl dev kubeconfig)). "
-         "Stop it with: make dev-down")
+        pf.terminate()
+        pf.wait(10)
+
+    step("what was real and what was simulated")
+    print("    real: the control plane, node real-0 (kubelet, containerd, runc), its containers from the built images,")
+    print("          their probes, volume and Service; the fetch, merge and llama.cpp serving")
+    print("    simulated: the kwok nodes (gpu-24g, gpu-80g, gpu-2x80g, cpu-only) and their pods (r1-auto is planned")
+    print("          and 'Ready' there without a container); the GPUs of real-0 (an extended resource)")
+    step("done; the cluster keeps running. Reach the model from this host with:")
+    print(f"    KUBECONFIG={os.environ['KUBECONFIG']} .venv/bin/kubectl port-forward svc/r1-real 8080:8080 &")
+    print("    curl -s localhost:8080/v1/chat/completions -d \'{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}\'")
+    print("    Stop it with: make dev-down")
     return 0
 
 
