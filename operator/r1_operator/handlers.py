@@ -69,7 +69,7 @@ def _all(index: kopf.Index) -> list[Any]:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, nodes_index: kopf.Index,
                   gpu_pods_index: kopf.Index, r1d_index: kopf.Index, **_: Any) -> None:
-    s = OperatorSettings.from_env()
+    s: OperatorSettings = memo.get("settings") or OperatorSettings.from_env()  # main() reads it once
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import signal
+import time
 
 import pytest
 from r1_devtools.kit import drop_namespace, make_namespace, ns_name, start_operator
@@ -121,3 +122,33 @@ def test_two_replicas_one_works_and_the_other_takes_over(kube, own_ns, hub, tmp_
     finally:
         a.stop()
         b.stop()
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("own_ns", ["plain"], indirect=True)
+def test_started_without_flags_the_operator_works_standalone(kube, own_ns, hub, tmp_path):
+    """As the README starts it, after only `kubectl apply -f crds/`: no peering object exists, and it works."""
+    op = start_operator(kube.kubeconfig, tmp_path / "op.log", "--namespace", own_ns, env={"R1_HUB_ENDPOINT": hub})
+    try:
+        kube.apply(copy.deepcopy(R1D), own_ns)
+        kube.wait_condition(own_ns, "r1-solo", "Planned", timeout=30)
+    finally:
+        op.stop()
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("own_ns", ["peerless"], indirect=True)
+def test_asked_to_peer_without_the_object_it_says_what_it_waits_for(kube, own_ns, hub, tmp_path):
+    log = tmp_path / "op.log"
+    op = start_operator(kube.kubeconfig, log, "--namespace", own_ns, "--peering", "missing-peer",
+                        env={"R1_HUB_ENDPOINT": hub})
+    try:
+        said = wait_for(lambda: next((ln for ln in log.read_text().splitlines()
+                                      if "waiting for peering object KopfPeering missing-peer" in ln), None),
+                        30, "the operator to say which peering object it waits for")
+        assert own_ns in said and "kubectl apply -f crds/kopf-peering.yaml" in said and "standalone" in said
+        kube.apply(copy.deepcopy(R1D), own_ns)
+        time.sleep(3)
+        assert "plan" not in (kube.r1d(own_ns, "r1-solo").get("status") or {})  # paused, as it said
+    finally:
+        op.stop()
