@@ -152,8 +152,8 @@ class Reconciler:
             # Keep whatever runs: a node may come back; the status says why nothing fits now.
             self._write(body, desired, None)
             return
-        if stored and stored.get("fits") and stored.get("variant") != plan["variant"]:
-            self._release_cache(ns, spec, stored["variant"], uid)
+        if stored and stored.get("fits") and mf.cache_ref(spec, stored)[0] != mf.cache_ref(spec, plan)[0]:
+            self._release_cache(ns, spec, stored, uid)  # another variant, or another node's volume
         self._converge(body, spec, desired)
 
     def _converge(self, body: dict[str, Any], spec: R1DeploymentSpec, desired: Desired) -> None:
@@ -165,8 +165,8 @@ class Reconciler:
             self._write(body, replace(desired, apply_error=f"creating or updating a child failed: {msg}"), None)
             raise
 
-    def _release_cache(self, ns: str, spec: R1DeploymentSpec, variant: str, uid: str) -> None:
-        old = names.cache_name(spec.model.repo, spec.model.revision, variant)
+    def _release_cache(self, ns: str, spec: R1DeploymentSpec, stored: dict[str, Any], uid: str) -> None:
+        old = mf.cache_ref(spec, stored)[0]
         k.disown_shared(self.api, "batch/v1", "Job", ns, old, uid)
         k.disown_shared(self.api, "v1", "PersistentVolumeClaim", ns, old, uid)
 

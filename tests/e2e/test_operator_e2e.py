@@ -60,7 +60,7 @@ def test_example_is_planned_cached_scheduled_and_ready(kube, e2e_ns, file, node,
     assert plan["variant"] in wide and f"{plan['nGpuLayers']}/62" in wide and node in wide
 
     # the fetch Job completes (kwok) and the operator records the cache as ready on the volume
-    job = names.cache_name("unsloth/DeepSeek-R1-GGUF", "main", plan["variant"])
+    job = names.cache_name("unsloth/DeepSeek-R1-GGUF", "main", plan["variant"], plan["node"])
     kube.run("wait", "--for=condition=Complete", f"job/{job}", "-n", e2e_ns, "--timeout=60s")
     kube.wait_condition(e2e_ns, name, "CacheReady", timeout=30)
     pvc = kube.json("get", "pvc", job, "-n", e2e_ns)
@@ -94,7 +94,7 @@ def test_delete_leaves_no_child_and_a_shared_cache_survives_until_its_last_user(
     kube.apply(b, e2e_ns)
     for n in ("r1-cpu", "r1-cpu-b"):
         kube.wait_condition(e2e_ns, n, "CacheReady", timeout=60)
-    cache = names.cache_name("unsloth/DeepSeek-R1-GGUF", "main", "UD-IQ1_S")
+    cache = names.cache_name("unsloth/DeepSeek-R1-GGUF", "main", "UD-IQ1_S", "cpu-only")
     assert len(kube.json("get", "pvc", "-n", e2e_ns)["items"]) == 1
     assert len(kube.json("get", "jobs", "-n", e2e_ns)["items"]) == 1
     owners = {o["name"] for o in kube.json("get", "pvc", cache, "-n", e2e_ns)["metadata"]["ownerReferences"]}
@@ -205,3 +205,31 @@ def test_edits_to_children_are_reverted(kube, e2e_ns):
     wait_for(lambda: kube.run("get", "deploy", "r1-cpu", "-n", e2e_ns, check=False).returncode == 0, 30,
              "the operator to recreate a deleted runtime Deployment")
     kube.run("wait", "--for=condition=Ready", "r1d/r1-cpu", "-n", e2e_ns, "--timeout=60s")
+
+
+@pytest.mark.cluster
+def test_readwriteonce_caches_are_per_node_and_readwritemany_is_shared(kube, e2e_ns):
+    """A ReadWriteOnce volume binds to its first pod's node (the dev class binds WaitForFirstConsumer with node
+    affinity), so R1Deployments on two nodes need two caches; with ReadWriteMany one serves both."""
+    cpu, gpu = example("cpu-only.yaml"), example("auto-24g.yaml")
+    gpu["spec"]["model"] = {"variant": "UD-IQ1_S"}
+    for r1d in (cpu, gpu):
+        kube.apply(r1d, e2e_ns)
+    for name in ("r1-cpu", "r1-24g"):
+        kube.run("wait", "--for=condition=Ready", f"r1d/{name}", "-n", e2e_ns, "--timeout=90s")
+    pvcs = {p["metadata"]["name"]: p for p in kube.json("get", "pvc", "-n", e2e_ns)["items"]}
+    assert set(pvcs) == {names.cache_name("unsloth/DeepSeek-R1-GGUF", "main", "UD-IQ1_S", n) for n in ("cpu-only", "gpu-24g")}
+    for pvc in pvcs.values():  # each volume is pinned to the node its R1Deployment runs on
+        pv = kube.json("get", "pv", pvc["spec"]["volumeName"])
+        (node,) = pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"]
+        assert pvc["metadata"]["name"].split("-ud-iq1-s-")[1].startswith(node)
+
+    kube.run("delete", "r1d", "--all", "-n", e2e_ns, "--wait=true")
+    for r1d in (cpu, gpu):
+        r1d["spec"]["cache"] = {"accessMode": "ReadWriteMany"}
+        kube.apply(r1d, e2e_ns)
+    for name in ("r1-cpu", "r1-24g"):
+        kube.wait_condition(e2e_ns, name, "Planned", timeout=30)
+    wait_for(lambda: [p["metadata"]["name"] for p in kube.json("get", "pvc", "-n", e2e_ns)["items"]
+                      if not p["metadata"].get("deletionTimestamp")]
+             == [names.cache_name("unsloth/DeepSeek-R1-GGUF", "main", "UD-IQ1_S")], 60, "one shared cache")

@@ -57,7 +57,7 @@ def test_killed_at_each_stage_the_operator_converges_without_duplicates(kube, ow
     # 2. download Job running
     op = start_operator(kube.kubeconfig, log, *args, env=env)
     kube.wait_condition(solo_ns, "r1-solo", "CacheReady", "False", timeout=30, reason="VolumePending")
-    cache = names.cache_name("unsloth/DeepSeek-R1-GGUF", "main", "UD-IQ1_S")
+    cache = names.cache_name("unsloth/DeepSeek-R1-GGUF", "main", "UD-IQ1_S", "cpu-only")
     wait_for(lambda: kube.json("get", "job", cache, "-n", solo_ns).get("status", {}).get("active"), 30,
              "the fetch Job to be running (its pod waiting for the volume)")
     op.stop(signal.SIGKILL)

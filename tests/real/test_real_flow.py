@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 from openai import OpenAI
@@ -27,7 +28,7 @@ R1D = {
     "spec": {"model": {"variant": "UD-IQ1_S"}, "inference": {"ctxSize": 1024, "parallel": 1, "canary": False},
              "scheduling": {"nodeSelector": {realnode.REAL_LABEL: "true"}}},
 }
-CACHE = names.cache_name("unsloth/DeepSeek-R1-GGUF", "main", "UD-IQ1_S")
+CACHE = names.cache_name("unsloth/DeepSeek-R1-GGUF", "main", "UD-IQ1_S", "real-0")  # RWO: per node
 OPERATOR_IMAGE = "docker.io/r1-operator/operator:0.1.0"
 
 
@@ -115,3 +116,20 @@ def test_the_operator_image_holds_no_llama_cpp_python(real_kube, real_ns):
     st = wait_for(finished, 90, "the operator image check")
     real_kube.run("delete", "pod", "operator-image", "-n", real_ns, "--wait=false")
     assert st["phase"] == "Succeeded", st
+
+
+def test_a_volume_too_small_fails_the_fetch_saying_how_much_is_needed(real_kube, real_ns):
+    """8Mi is a real 8 MiB filesystem here: less than the split set plus its merged copy (about 9.4 MiB)."""
+    kube, ns = real_kube, real_ns
+    r1d = {**R1D, "spec": {**R1D["spec"], "cache": {"size": "8Mi"}}}
+    kube.apply(r1d, ns)
+    kube.wait_condition(ns, "r1-real", "CacheReady", "False", timeout=120, reason="FetchFailed")
+    msg = kube.condition(ns, "r1-real", "CacheReady")["message"]
+    assert "not enough free space: need 9.4 MiB more" in msg and "spec.cache.size" in msg
+    assert kube.condition(ns, "r1-real", "Degraded")["status"] == "True"
+    job = kube.json("get", "job", CACHE, "-n", ns)
+    assert job["status"].get("failed") == 1  # exit 3 is permanent: no retries (podFailurePolicy)
+    # nothing half-written that looks complete: the volume holds no GGUF, partial or whole
+    pvc = kube.json("get", "pvc", CACHE, "-n", ns)
+    path = Path(kube.json("get", "pv", pvc["spec"]["volumeName"])["spec"]["local"]["path"])
+    assert path.is_mount() and not list(path.rglob("*.gguf")) and not list(path.rglob("*.partial"))

@@ -52,10 +52,25 @@ def cache_size(spec: R1DeploymentSpec, plan: dict[str, Any]) -> str:
     return f"{contract.cache_volume_gib(plan['diskBytes'])}Gi"
 
 
+def cache_node(spec: R1DeploymentSpec, plan: dict[str, Any]) -> str | None:
+    """The node a cache belongs to: a ReadWriteOnce volume is bound to one node, so each node gets its own;
+    a ReadWriteMany one serves every node."""
+    if spec.cache.access_mode == "ReadWriteMany":
+        return None
+    return plan.get("node") or None
+
+
+def cache_ref(spec: R1DeploymentSpec, plan: dict[str, Any]) -> tuple[str, str, str]:
+    """(PVC and Job name, label key, source) of the cache this plan uses."""
+    m, node = spec.model, cache_node(spec, plan)
+    return (names.cache_name(m.repo, m.revision, plan["variant"], node),
+            names.cache_key(m.repo, m.revision, plan["variant"], node),
+            names.cache_source(m.repo, m.revision, plan["variant"], node))
+
+
 def build_cache_pvc(namespace: str, spec: R1DeploymentSpec, plan: dict[str, Any], s: OperatorSettings) -> dict[str, Any]:
     """The shared cache volume, without owners: each R1Deployment using it adds its own (k8s.apply.own_shared)."""
-    m = spec.model
-    key = names.cache_key(m.repo, m.revision, plan["variant"])
+    name, key, source = cache_ref(spec, plan)
     pvc_spec: dict[str, Any] = {"accessModes": [spec.cache.access_mode],
                                 "resources": {"requests": {"storage": cache_size(spec, plan)}}}
     storage_class = spec.cache.storage_class_name or s.default_storage_class
@@ -63,9 +78,8 @@ def build_cache_pvc(namespace: str, spec: R1DeploymentSpec, plan: dict[str, Any]
         pvc_spec["storageClassName"] = storage_class
     return {
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": {"name": names.cache_name(m.repo, m.revision, plan["variant"]), "namespace": namespace,
-                     "labels": names.cache_labels(key),
-                     "annotations": {names.ANN_CACHE_SOURCE: f"{m.repo}@{m.revision}/{plan['variant']}"}},
+        "metadata": {"name": name, "namespace": namespace, "labels": names.cache_labels(key),
+                     "annotations": {names.ANN_CACHE_SOURCE: source}},
         "spec": pvc_spec,
     }
 
@@ -83,9 +97,7 @@ def _secret_env(env_name: str, ref) -> dict[str, Any]:
 
 def build_fetch_job(namespace: str, spec: R1DeploymentSpec, plan: dict[str, Any], s: OperatorSettings) -> dict[str, Any]:
     """The shared fetch Job, without owners, like the volume it fills."""
-    m = spec.model
-    key = names.cache_key(m.repo, m.revision, plan["variant"])
-    name = names.cache_name(m.repo, m.revision, plan["variant"])
+    name, key, _ = cache_ref(spec, plan)
     env = [{"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"}, {"name": "HOME", "value": "/tmp"}]
     if s.hub_endpoint:
         env.append({"name": "HF_ENDPOINT", "value": s.hub_endpoint})
@@ -175,7 +187,7 @@ def startup_failure_threshold(plan: dict[str, Any], s: OperatorSettings) -> int:
 def build_deployment(name: str, namespace: str, uid: str, spec: R1DeploymentSpec, plan: dict[str, Any],
                      s: OperatorSettings, cache_ready: bool) -> dict[str, Any]:
     """The runtime; 0 replicas until the cache holds the verified model (a pod could only crash-loop before)."""
-    cache_pvc = names.cache_name(spec.model.repo, spec.model.revision, plan["variant"])
+    cache_pvc = cache_ref(spec, plan)[0]
     env = [{"name": "HOME", "value": "/tmp"}]
     if spec.api_key_secret_ref:
         env.append(_secret_env("R1_API_KEY", spec.api_key_secret_ref))

@@ -21,14 +21,20 @@ def _dns(text: str, limit: int) -> str:
     return s[:limit].rstrip("-")
 
 
-def cache_key(repo: str, revision: str, variant: str) -> str:
-    """One cache per (repo, revision, variant) in a namespace."""
-    return hashlib.sha256(f"{repo}@{revision}/{variant}".encode()).hexdigest()[:10]
+def cache_source(repo: str, revision: str, variant: str, node: str | None = None) -> str:
+    """What a cache holds, and where: repo@revision/variant, plus @node for a volume bound to one node."""
+    return f"{repo}@{revision}/{variant}" + (f"@{node}" if node else "")
 
 
-def cache_name(repo: str, revision: str, variant: str) -> str:
-    """PVC and Job name, e.g. r1-cache-ud-iq1-s-0123456789 (≤ 63 characters)."""
-    return f"r1-cache-{_dns(variant, 40)}-{cache_key(repo, revision, variant)}"
+def cache_key(repo: str, revision: str, variant: str, node: str | None = None) -> str:
+    """One cache per (repo, revision, variant) in a namespace, and per node for ReadWriteOnce volumes."""
+    return hashlib.sha256(cache_source(repo, revision, variant, node).encode()).hexdigest()[:10]
+
+
+def cache_name(repo: str, revision: str, variant: str, node: str | None = None) -> str:
+    """PVC and Job name, e.g. r1-cache-ud-iq1-s-gpu-80g-0123456789 (≤ 63 characters)."""
+    where = f"{_dns(node, 16)}-" if node else ""
+    return f"r1-cache-{_dns(variant, 24 if node else 40)}-{where}{cache_key(repo, revision, variant, node)}"
 
 
 def runtime_name(name: str) -> str:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from r1_operator.dev import realnode
+from r1_operator.dev import provisioner, realnode
 from r1_operator.dev.adminapi import AdminApi, get_url
 from r1_operator.dev.nodes import NodeShape, load_shapes
 from r1_operator.dev.pki import admin_ssl_context, kubeconfig, write_pki
@@ -240,7 +240,10 @@ def down(name: str = "dev", grace: float = 10.0) -> list[str]:
     if state is None:
         return []
     killed: list[str] = realnode.stop(state, grace) if state.real_nodes else []
-    left = realnode.leftovers(state)
+    if state.pids.get("provisioner") and stop_group(state.pids["provisioner"], grace):
+        killed.append("provisioner")
+    provisioner.release_all(Path(state.root) / "volumes")  # unmount and detach the real nodes' volumes
+    left = realnode.leftovers(state) + provisioner.leftovers(Path(state.root) / "volumes")
     if left:  # never delete the state directory through a mount that is still there
         raise ClusterError(f"real nodes left {', '.join(left[:8])} behind; run 'r1ctl dev down --name {name}' again")
     # Clients first, etcd last, one at a time: the API server shuts down quickly while etcd is still up.

@@ -1,58 +1,121 @@
-"""Dev-cluster volume provisioner: binds each Pending PVC of the dev StorageClass to a new hostPath PV.
+"""Dev-cluster volume provisioner: a local PV, bound to the node its first pod runs on, for each PVC of the dev class.
 
-On kwok nodes the directory only records the volume; on the real nodes (all on
-this host) pods mount it. As kind's local-path provisioner does: PVCs bind, pods
-that use them schedule, released volumes are deleted.
+The StorageClass binds WaitForFirstConsumer, as local volumes do on real clusters: the
+scheduler picks the consumer's node first (annotation volume.kubernetes.io/selected-node),
+then this provisioner creates a PV with node affinity to that node, so a pod on another node
+cannot use it. On a real node the volume is a filesystem of exactly the requested size (a
+sparse ext4 image, loop-mounted on the host), writable by non-root pods; a full volume fills
+up. On a kwok node the volume is a directory that only records it. Released volumes are
+deleted (unmounted, detached, removed).
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 from r1_operator.dev.adminapi import AdminApi
+from r1_operator.dev.realnode import REAL_LABEL
+from r1_operator.planning.inventory import parse_quantity
 
 STORAGE_CLASS = "r1-dev-local"
-PROVISIONER = "r1.inference.dev/dev-hostpath"
+PROVISIONER = "r1.inference.dev/dev-local"
+SELECTED_NODE = "volume.kubernetes.io/selected-node"
 
 
 def storage_class() -> dict:
     return {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
             "metadata": {"name": STORAGE_CLASS, "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
-            "provisioner": PROVISIONER, "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate"}
+            "provisioner": PROVISIONER, "reclaimPolicy": "Delete", "volumeBindingMode": "WaitForFirstConsumer"}
 
 
-def _pv(pvc: dict, root: Path) -> dict:
+def _run(*cmd: str) -> str:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if r.returncode:
+        raise OSError(f"{' '.join(cmd)}: {r.stderr.strip()}")
+    return r.stdout.strip()
+
+
+def make_filesystem(image: Path, mount: Path, size: int) -> None:
+    """A sparse ext4 image of exactly `size` bytes, loop-mounted at `mount`, its root writable by any user."""
+    image.parent.mkdir(parents=True, exist_ok=True)
+    mount.mkdir(parents=True, exist_ok=True)
+    with open(image, "wb") as f:
+        f.truncate(size)
+    # -m 0: no blocks reserved for root, which the pods' users could not use anyway
+    _run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1", str(image))
+    _run("mount", "-o", "loop", str(image), str(mount))
+    mount.chmod(0o1777)
+
+
+def remove_filesystem(image: Path, mount: Path) -> None:
+    if mount.is_mount():
+        _run("umount", str(mount))
+    for line in _run("losetup", "-j", str(image)).splitlines():  # a loop device left attached
+        _run("losetup", "-d", line.split(":")[0])
+    image.unlink(missing_ok=True)
+    if mount.is_dir():
+        mount.rmdir()
+
+
+def _pv(pvc: dict, node: str, path: Path) -> dict:
     m = pvc["metadata"]
-    name = f"pvc-{m['uid']}"
     return {"apiVersion": "v1", "kind": "PersistentVolume",
-            "metadata": {"name": name, "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER}},
+            "metadata": {"name": f"pvc-{m['uid']}", "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER}},
             "spec": {"capacity": {"storage": pvc["spec"]["resources"]["requests"]["storage"]},
                      "accessModes": pvc["spec"]["accessModes"], "persistentVolumeReclaimPolicy": "Delete",
-                     "storageClassName": STORAGE_CLASS, "hostPath": {"path": str(root / name), "type": ""},
+                     "storageClassName": STORAGE_CLASS, "local": {"path": str(path)},
+                     "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                         {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}},
                      "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": m["namespace"],
                                   "name": m["name"], "uid": m["uid"]}}}
 
 
 def step(api: AdminApi, root: Path) -> None:
     _, pvcs = api.request("GET", "/api/v1/persistentvolumeclaims")
+    real: set[str] | None = None
     for pvc in pvcs.get("items", []):
-        sc = pvc["spec"].get("storageClassName")
-        if sc == STORAGE_CLASS and pvc.get("status", {}).get("phase") == "Pending" and not pvc["spec"].get("volumeName"):
-            pv = _pv(pvc, root)
-            # Writable by the pods' non-root users, as local-path-provisioner makes it (fsGroup does not apply
-            # to hostPath volumes).
-            path = Path(pv["spec"]["hostPath"]["path"])
-            path.mkdir(parents=True, exist_ok=True)
-            path.chmod(0o777)
-            api.request("POST", "/api/v1/persistentvolumes", pv)
+        ann = pvc["metadata"].get("annotations") or {}
+        node = ann.get(SELECTED_NODE)
+        if pvc["spec"].get("storageClassName") != STORAGE_CLASS or pvc.get("status", {}).get("phase") != "Pending" \
+                or pvc["spec"].get("volumeName") or not node:
+            continue
+        if real is None:
+            _, nodes = api.request("GET", f"/api/v1/nodes?labelSelector={REAL_LABEL}%3Dtrue")
+            real = {n["metadata"]["name"] for n in nodes.get("items", [])}
+        name = f"pvc-{pvc['metadata']['uid']}"
+        mount = root / "mounts" / name
+        if node in real:
+            if not mount.is_mount():
+                size = int(parse_quantity(pvc["spec"]["resources"]["requests"]["storage"], f"PVC {name} size"))
+                make_filesystem(root / "images" / f"{name}.img", mount, size)
+        else:  # a simulated node: no container will ever write here
+            mount.mkdir(parents=True, exist_ok=True)
+        api.request("POST", "/api/v1/persistentvolumes", _pv(pvc, node, mount))
     _, pvs = api.request("GET", "/api/v1/persistentvolumes")
     for pv in pvs.get("items", []):
         ann = pv["metadata"].get("annotations") or {}
         if ann.get("pv.kubernetes.io/provisioned-by") == PROVISIONER and pv.get("status", {}).get("phase") == "Released":
-            api.request("DELETE", f"/api/v1/persistentvolumes/{pv['metadata']['name']}")
+            name = pv["metadata"]["name"]
+            remove_filesystem(root / "images" / f"{name}.img", root / "mounts" / name)
+            api.request("DELETE", f"/api/v1/persistentvolumes/{name}")
+
+
+def release_all(root: Path) -> None:
+    """Unmount and detach every volume under root (the dev cluster going down)."""
+    for image in sorted((root / "images").glob("*.img")) if (root / "images").is_dir() else []:
+        remove_filesystem(image, root / "mounts" / image.stem)
+
+
+def leftovers(root: Path) -> list[str]:
+    """Volumes of this root still mounted or attached to a loop device."""
+    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout.splitlines()
+    return [f"mount {m}" for m in mounts if m.startswith(str(root) + "/")] + \
+        [f"loop {line.split(':')[0]}" for line in loops if str(root) in line]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     while True:
         try:
             step(api, Path(args.root))
-        except (OSError, ValueError) as exc:  # the API server restarting; try again
+        except (OSError, ValueError) as exc:  # the API server restarting, a volume that cannot be made; try again
             print(f"provisioner: {exc}", file=sys.stderr, flush=True)
         time.sleep(args.interval)
 
