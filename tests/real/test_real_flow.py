@@ -133,3 +133,61 @@ def test_a_volume_too_small_fails_the_fetch_saying_how_much_is_needed(real_kube,
     pvc = kube.json("get", "pvc", CACHE, "-n", ns)
     path = Path(kube.json("get", "pv", pvc["spec"]["volumeName"])["spec"]["local"]["path"])
     assert path.is_mount() and not list(path.rglob("*.gguf")) and not list(path.rglob("*.partial"))
+
+
+def test_a_runtime_oomkilled_by_its_memory_limit_says_so_in_the_status(real_kube, real_ns):
+    kube, ns = real_kube, real_ns
+    r1d = {**R1D, "spec": {**R1D["spec"], "resources": {"requests": {"memory": "48Mi"}, "limits": {"memory": "48Mi"}}}}
+    kube.apply(r1d, ns)
+    kube.wait_condition(ns, "r1-real", "Planned", timeout=60)  # written once the Job exists
+    kube.run("wait", "--for=condition=Complete", f"job/{CACHE}", "-n", ns, "--timeout=120s")
+    cond = kube.wait_condition(ns, "r1-real", "Degraded", "True", timeout=180, reason="RuntimeFailing")
+    assert "container runtime was OOMKilled (exit 137" in cond["message"]
+    assert "at its memory limit 48Mi" in cond["message"] and "spec.resources.limits.memory" in cond["message"]
+    (cs,) = _runtime_pod(kube, ns)["status"]["containerStatuses"]
+    term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+    assert term["reason"] == "OOMKilled" and term["exitCode"] == 137  # the kernel's OOM killer, for real
+
+
+def test_prometheus_scrapes_the_runtime_pod_with_the_podmonitor_labels(real_kube, real_ns, real_operator):
+    """A real Prometheus scrapes the runtime pod on the real node by its pod IP, with the labels the chart's
+    PodMonitor gives it, and every panel of the dashboard returns data."""
+    from prom import running_prometheus
+
+    from r1_operator.dashboard import build
+    from r1_operator.dev.processes import free_port
+
+    kube, ns = real_kube, real_ns
+    kube.apply(R1D, ns)
+    kube.run("wait", "--for=condition=Ready", "r1d/r1-real", "-n", ns, "--timeout=240s")
+    # The targets and labels prometheus-operator generates for charts/r1-operator/templates/podmonitor.yaml:
+    # its pod selector and port, namespace/pod/container from the pod, service from the instance label. (Debian's
+    # Prometheus is built without kubernetes_sd, so the selection is done here, through the API server.)
+    sel = "app.kubernetes.io/name=r1-runtime,app.kubernetes.io/component=runtime,app.kubernetes.io/managed-by=r1-operator"
+    targets = []
+    for p in kube.json("get", "pods", "-n", ns, "-l", sel)["items"]:
+        for c in p["spec"]["containers"]:
+            for port in c.get("ports") or []:
+                if port.get("name") == "http":
+                    targets.append({"targets": [f"{p['status']['podIP']}:{port['containerPort']}"], "labels": {
+                        "namespace": ns, "pod": p["metadata"]["name"], "container": c["name"],
+                        "service": p["metadata"]["labels"]["app.kubernetes.io/instance"]}})
+    assert len(targets) == 1
+    scrape = [{"job_name": "r1-runtime", "metrics_path": "/metrics", "static_configs": targets},
+              {"job_name": "r1-operator", "honor_labels": True,
+               "static_configs": [{"targets": [f"127.0.0.1:{real_operator.metrics_port}"]}]}]
+    with running_prometheus([], free_port(), scrape_configs=scrape) as prom:
+        pod = _runtime_pod(kube, ns)
+        (target,) = prom.query('up{job="r1-runtime"}')
+        assert target["metric"]["pod"] == pod["metadata"]["name"] and target["metric"]["namespace"] == ns
+        assert target["metric"]["service"] == "r1-real" and target["metric"]["instance"].startswith(pod["status"]["podIP"])
+        for _ in range(2):
+            assert _ask(kube, ns) == "r1-real"
+        wait_for(lambda: prom.value("sum(llamacpp:tokens_predicted_total) > 0"), 30, "a scrape after the requests")
+        fill = {"$namespace": ns, "$deployment": "r1-real", "$pod": pod["metadata"]["name"], "$__rate_interval": "15s"}
+        for panel in build()["panels"]:
+            for t in panel["targets"]:
+                expr = t["expr"]
+                for k, v in fill.items():
+                    expr = expr.replace(k, v)
+                wait_for(lambda e=expr: prom.query(e), 30, f"data for {panel['title']}: {expr}")

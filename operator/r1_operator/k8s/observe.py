@@ -83,6 +83,19 @@ def cache(api, namespace: str, pvc_name: str, pvc: dict[str, Any] | None, job: d
                             last_message=message, progress=progress)
 
 
+def _oom_killed(pod: dict[str, Any], cs: dict[str, Any]) -> str:
+    """Why a container was OOMKilled, naming it and its memory limit, or ""."""
+    term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
+    if term.get("reason") != "OOMKilled":
+        return ""
+    spec = next((c for c in (pod.get("spec") or {}).get("containers") or [] if c.get("name") == cs["name"]), {})
+    limit = ((spec.get("resources") or {}).get("limits") or {}).get("memory")
+    where = f"its memory limit {limit}" if limit else "no memory limit: the node ran out of memory"
+    return (f"pod {pod['metadata']['name']}: container {cs['name']} was OOMKilled (exit {term.get('exitCode', 137)}, "
+            f"{cs.get('restartCount', 0)} restarts) at {where}; raise spec.resources.limits.memory, or lower "
+            "spec.inference.ctxSize or parallel")
+
+
 def runtime(api, namespace: str, name: str, dep: dict[str, Any] | None) -> RuntimeObservation:
     """The runtime as its live Deployment shows it, plus why its pods wait when they are not ready."""
     if dep is None:
@@ -105,7 +118,10 @@ def runtime(api, namespace: str, name: str, dep: dict[str, Any] | None) -> Runti
                     waiting = f"pod {pod['metadata']['name']} {c.get('reason')}: {c.get('message', '')}"
             for cs in pst.get("containerStatuses") or []:
                 reason = ((cs.get("state") or {}).get("waiting") or {}).get("reason", "")
-                if reason in _STUCK:
+                oom = _oom_killed(pod, cs)
+                if oom:
+                    failing = oom
+                elif reason in _STUCK:
                     failing = f"pod {pod['metadata']['name']}: container {cs['name']} {reason}"
     return RuntimeObservation(
         exists=True, replicas=replicas, ready_replicas=ready, updated_replicas=int(st.get("updatedReplicas") or 0),
