@@ -55,7 +55,8 @@ def main(runs: int = 3) -> None:
         base.append(etcd_alone())
         name = f"bench-{os.getpid()}-{i}"
         t = time.perf_counter()
-        subprocess.run([str(BIN / "r1ctl"), "dev", "up", "--name", name], check=True, capture_output=True)
+        subprocess.run([str(BIN / "r1ctl"), "dev", "up", "--name", name, "--real-nodes", "0"], check=True,
+                       capture_output=True)
         ups.append(time.perf_counter() - t)
         t = time.perf_counter()
         subprocess.run([str(BIN / "r1ctl"), "dev", "down", "--name", name], check=True, capture_output=True)

@@ -63,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = dsub.add_parser("up", help="start the cluster (or reuse a running one) and print its admin kubeconfig path")
     up.add_argument("--nodes", help="YAML file of node shapes ({nodes: [...]}); default: the four built-in shapes")
     up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for a usable cluster")
-    up.add_argument("--real-nodes", type=int, default=0, choices=range(0, 3), metavar="N",
-                    help="also start N real worker nodes (kubelet + containerd + runc on this host; needs root)")
+    up.add_argument("--real-nodes", type=int, default=1, choices=range(0, 3), metavar="N",
+                    help="real worker nodes beside the simulated ones (kubelet + containerd + runc on this host; "
+                    "needs root; default 1, 0 for simulated nodes only)")
     up.add_argument("--real-gpus", type=int, default=0, choices=range(0, 9), metavar="G",
                     help="simulated nvidia.com/gpu count each real node advertises (no physical GPU exists here)")
     up.set_defaults(func=_dev_up)

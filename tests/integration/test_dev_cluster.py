@@ -30,7 +30,7 @@ def test_dev_up_with_custom_shapes_then_down_leaves_no_process(tmp_path):
         "  - {name: tainted, gpus: 1, gpuMemoryMiB: 24576, memory: 64Gi,"
         " taints: [{key: dedicated, value: llm, effect: NoSchedule}]}\n"
     )
-    up = _r1ctl("dev", "up", "--name", name, "--nodes", str(shapes))
+    up = _r1ctl("dev", "up", "--name", name, "--nodes", str(shapes), "--real-nodes", "0")
     try:
         kubeconfig = up.stdout.strip()
         assert Path(kubeconfig).is_file(), up.stderr
@@ -44,7 +44,7 @@ def test_dev_up_with_custom_shapes_then_down_leaves_no_process(tmp_path):
         assert nodes["big-gpu"]["metadata"]["labels"]["nvidia.com/gpu.memory"] == "143771"
         assert nodes["tainted"]["spec"]["taints"][0]["key"] == "dedicated"
         # A second `up` reuses the running cluster instead of starting another.
-        assert _r1ctl("dev", "up", "--name", name).stdout.strip() == kubeconfig
+        assert _r1ctl("dev", "up", "--name", name, "--real-nodes", "0").stdout.strip() == kubeconfig
         status = json.loads(_r1ctl("dev", "status", "--name", name).stdout)
         pids = [p["pid"] for p in status["processes"].values()]
         assert len(pids) == len(COMPONENTS) and all(p["alive"] for p in status["processes"].values())

@@ -191,3 +191,42 @@ def test_prometheus_scrapes_the_runtime_pod_with_the_podmonitor_labels(real_kube
                 for k, v in fill.items():
                     expr = expr.replace(k, v)
                 wait_for(lambda e=expr: prom.query(e), 30, f"data for {panel['title']}: {expr}")
+
+
+def test_a_fetch_pod_killed_mid_download_resumes_without_fetching_a_byte_twice(real_kube, real_ns, real_hub):
+    """The fetch container is killed with its pod while shard 2 downloads; the Job's next pod resumes it from the
+    volume's partial file: the hub serves each byte once, but for those in flight at the kill."""
+    kube, ns = real_kube, real_ns
+    hub = real_hub[1]
+    root = hub.root / "unsloth/DeepSeek-R1-GGUF"
+    shards = sorted(p.relative_to(root.parent.parent).as_posix() for p in root.rglob("*-of-*.gguf"))
+    sizes = {k: (hub.root / k).stat().st_size for k in shards}
+    first = len(hub.stats()["requests"])
+    hub.throttle_bps = 200_000  # about 7 s per shard, so the kill lands mid-file
+    try:
+        kube.apply(R1D, ns)
+        kube.wait_condition(ns, "r1-real", "Planned", timeout=60)
+
+        def partial_on_the_volume() -> bool:
+            pvc = kube.json("get", "pvc", CACHE, "-n", ns)
+            if not pvc["spec"].get("volumeName"):
+                return False
+            path = Path(kube.json("get", "pv", pvc["spec"]["volumeName"])["spec"]["local"]["path"])
+            part = path / Path(shards[1]).parent.name / f".{Path(shards[1]).name}.partial"
+            return part.is_file() and part.stat().st_size > 0
+
+        wait_for(partial_on_the_volume, 90, "shard 2 partly written to the volume")
+        (pod,) = kube.json("get", "pods", "-n", ns, "-l", f"job-name={CACHE}")["items"]
+        kube.run("delete", "pod", "-n", ns, pod["metadata"]["name"], "--grace-period=1")
+    finally:
+        hub.throttle_bps = 0
+    kube.run("wait", "--for=condition=Complete", f"job/{CACHE}", "-n", ns, "--timeout=180s")
+    kube.wait_condition(ns, "r1-real", "CacheReady", timeout=60)
+    reqs = [q for q in hub.stats()["requests"][first:] if q["file"] in sizes]
+    assert sum(q["bytes"] for q in reqs if q["file"] == shards[0]) == sizes[shards[0]]  # done before: never again
+    second = [q for q in reqs if q["file"] == shards[1]]
+    assert len(second) == 2 and second[0]["start"] == 0 and second[1]["start"] > 0  # resumed with a Range
+    assert second[1]["bytes"] == sizes[shards[1]] - second[1]["start"]
+    in_flight = second[0]["bytes"] - second[1]["start"]
+    assert 0 <= in_flight <= 2 << 20  # socket buffers and one read chunk, lost with the process
+    assert sum(q["bytes"] for q in reqs if q["file"] == shards[2]) == sizes[shards[2]]
