@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from r1_operator.dev.processes import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -33,12 +34,6 @@ def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
     if check and r.returncode:
         sys.exit(f"kubectl {' '.join(args)}: {r.stderr.strip()}")
     return r.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait(what: str, check, timeout: float = 90) -> None:

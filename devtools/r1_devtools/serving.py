@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,14 +12,9 @@ from pathlib import Path
 
 import httpx
 from r1_devtools.waiting import wait_for
+from r1_operator.dev.processes import free_port
 
 R1_RUNTIME = str(Path(sys.executable).with_name("r1-runtime"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

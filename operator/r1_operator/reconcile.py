@@ -220,6 +220,8 @@ class Reconciler:
 
     def _execute(self, step: ch.Step, live: dict[str, Any] | None) -> dict[str, Any] | None:
         """Carry out one Step on the child whose live state was `live`; returns the live object afterwards."""
+        if step.action != "leave":
+            log.debug("%s %s/%s %s: %s", step.action, step.ref[1], step.ref[2], step.ref[3], step.reason)
         if step.action == "leave":
             if live is None:
                 self._absent.add(step.ref)

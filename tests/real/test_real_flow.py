@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from r1_devtools.waiting import wait_for
 
 from r1_operator.builders import names
 from r1_operator.dev import realnode
+from r1_operator.dev.processes import free_port
 
 pytestmark = pytest.mark.cluster
 R1D = {
@@ -34,15 +34,9 @@ CACHE = names.cache_name("unsloth/DeepSeek-R1-GGUF", "main", "UD-IQ1_S", "real-0
 OPERATOR_IMAGE = "docker.io/r1-operator/operator:0.1.0"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ask(kube, ns: str) -> str:
     """One chat completion through the Service (kubectl port-forward), with the official openai client."""
-    port = _free_port()
+    port = free_port()
     pf = subprocess.Popen([str(BIN / "kubectl"), "--kubeconfig", kube.kubeconfig, "port-forward", "-n", ns,
                            "svc/r1-real", f"{port}:8080"],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -65,6 +59,7 @@ def _runtime_pod(kube, ns: str) -> dict:
 
 def test_fetch_and_serve_in_real_containers_answer_through_the_service(real_kube, real_ns, real_hub):
     kube, ns = real_kube, real_ns
+    first = len(real_hub[1].stats()["requests"])
     kube.apply(R1D, ns)
     kube.wait_condition(ns, "r1-real", "Planned", timeout=60)
     plan = kube.r1d(ns, "r1-real")["status"]["plan"]
@@ -74,8 +69,8 @@ def test_fetch_and_serve_in_real_containers_answer_through_the_service(real_kube
     kube.run("wait", "--for=condition=Complete", f"job/{CACHE}", "-n", ns, "--timeout=120s")
     log = kube.run("logs", "-n", ns, f"job/{CACHE}").stdout
     assert 'r1-progress={"phase": "downloading"' in log and '"phase": "done"' in log
-    served = real_hub[1].stats()["served"]
-    assert sum(served.values()) == sum(f.stat().st_size for f in real_hub[1].root.rglob("*.gguf"))  # each byte once
+    served = sum(q["bytes"] for q in real_hub[1].stats()["requests"][first:])
+    assert served == sum(f.stat().st_size for f in real_hub[1].root.rglob("*.gguf"))  # each byte once
 
     # the runtime passes its real startup and readiness probes, in a real container, as UID 65532
     kube.run("wait", "--for=condition=Ready", "r1d/r1-real", "-n", ns, "--timeout=180s")
@@ -157,7 +152,6 @@ def test_prometheus_scrapes_the_runtime_pod_with_the_podmonitor_labels(real_kube
     from prom import running_prometheus
 
     from r1_operator.dashboard import build
-    from r1_operator.dev.processes import free_port
 
     kube, ns = real_kube, real_ns
     kube.apply(R1D, ns)
@@ -220,7 +214,7 @@ def test_a_fetch_container_killed_mid_download_resumes_without_fetching_a_byte_t
                  interval=0.05)
         # SIGKILL the fetch process inside the container (the container dies with it; the Job starts a new pod)
         slot = real_cluster.host["slots"]["real-0"]
-        fetch = [pid for pid in realnode._cgroup_pids(realnode.cgroup_name(slot))
+        fetch = [pid for pid in realnode.cgroup_pids(realnode.cgroup_name(slot))
                  if b"fetch" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
         assert len(fetch) == 1, fetch
         os.kill(fetch[0], signal.SIGKILL)

@@ -24,11 +24,6 @@ pytestmark = pytest.mark.cluster
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture
-def real(real_cluster):
-    return real_cluster, None
-
-
 def kubectl(state, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
     r = subprocess.run([str(BIN / "kubectl"), "--kubeconfig", state.kubeconfig, *args], input=input,
                        capture_output=True, text=True, timeout=120)
@@ -37,8 +32,8 @@ def kubectl(state, *args: str, input: str | None = None, check: bool = True) -> 
     return r
 
 
-def test_the_real_node_is_ready_on_containerd_with_its_simulated_gpus(real):
-    state, _ = real
+def test_the_real_node_is_ready_on_containerd_with_its_simulated_gpus(real_cluster):
+    state = real_cluster
     node = json.loads(kubectl(state, "get", "node", "real-0", "-o", "json").stdout)
     assert node["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://2.")
     assert any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"]["conditions"])
@@ -66,8 +61,8 @@ RESTRICTED_POD = {
 }
 
 
-def test_a_restricted_pod_runs_in_a_real_container(real):
-    state, _ = real
+def test_a_restricted_pod_runs_in_a_real_container(real_cluster):
+    state = real_cluster
     kubectl(state, "create", "namespace", "locked")
     kubectl(state, "label", "namespace", "locked", "pod-security.kubernetes.io/enforce=restricted")
     kubectl(state, "apply", "-n", "locked", "-f", "-", input=json.dumps(RESTRICTED_POD))
@@ -82,7 +77,7 @@ def test_a_restricted_pod_runs_in_a_real_container(real):
     assert cs["ready"] and cs["containerID"].startswith("containerd://") and len(cs["containerID"]) > 20
     assert pod["status"]["podIP"].startswith(f"10.246.{state.host['slots']['real-0']}.")
     # the container really is a process of the node's cgroup, running as the pod's user
-    pids = realnode._cgroup_pids(realnode.cgroup_name(state.host["slots"]["real-0"]))
+    pids = realnode.cgroup_pids(realnode.cgroup_name(state.host["slots"]["real-0"]))
     uids = {Path(f"/proc/{p}/status").read_text().split("Uid:")[1].split()[0] for p in pids
             if Path(f"/proc/{p}/status").exists()}
     assert "65532" in uids
@@ -99,7 +94,7 @@ def test_down_leaves_nothing_on_the_host(tmp_path, monkeypatch):
                  90, "a pod to hold a container, a shim, a network namespace and a mount")
         state = dev.ClusterState.load(name)
         slot = state.host["slots"]["real-0"]
-        assert realnode._cgroup_pids(realnode.cgroup_name(slot))
+        assert realnode.cgroup_pids(realnode.cgroup_name(slot))
         assert Path("/sys/class/net", realnode.bridge_name(slot)).exists()
     finally:
         dev.down(name)

@@ -214,7 +214,8 @@ def _remove_cgroups(name: str) -> None:
                 pass
 
 
-def _cgroup_pids(name: str) -> set[int]:
+def cgroup_pids(name: str) -> set[int]:
+    """Processes in a node's cgroup: its containers and pod sandboxes."""
     pids: set[int] = set()
     d = CGROUP_ROOT / "pids" / name
     if d.is_dir():
@@ -230,8 +231,8 @@ def _read_sysctls() -> dict[str, str]:
 # ---------------------------------------------------------------- start and stop
 
 def start(state, pki: Path, kubeconfig_for, count: int, gpus: int, timeout_wait) -> None:
-    """Start `count` real nodes. kubeconfig_for(user) renders a kubeconfig; timeout_wait(what, check) polls."""
-    check_host()
+    """Start `count` real nodes (the caller ran check_host). kubeconfig_for(user) renders a kubeconfig;
+    timeout_wait(what, check) polls."""
     state.host["sysctls"] = state.host.get("sysctls") or _read_sysctls()
     state.save()
     pause_tar = Path(state.root) / "pause.tar"
@@ -278,7 +279,7 @@ def stop(state, grace: float = 10.0) -> list[str]:
     killed: list[str] = []
     slots = state.host.get("slots", {})
     for name in state.real_nodes:
-        for pid in _cgroup_pids(cgroup_name(slots[name])):  # the containers (and pause sandboxes) of this node
+        for pid in cgroup_pids(cgroup_name(slots[name])):  # the containers (and pause sandboxes) of this node
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
