@@ -108,32 +108,30 @@ def flow() -> int:
     pod = json.loads(kubectl("get", "pods", "-l", "app.kubernetes.io/instance=r1-real", "-o", "json"))["items"][0]
     print(f"    r1-real runs on {pod['spec']['nodeName']} in {pod['status']['containerStatuses'][0]['containerID'][:26]}…")
 
-    step("asking r1-real through its Service (kubectl port-forward) with the openai client")
-    port = free_port()
-    pf = subprocess.Popen([str(BIN / "kubectl"), "port-forward", "svc/r1-real", f"{port}:8080"],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        pf.stdout.readline()
-        from openai import OpenAI
+    step("asking r1-real through its in-cluster Service (ClusterIP, routed by the real node's kube-proxy) "
+         "with the openai client")
+    from openai import OpenAI
+    from r1_devtools.kit import Kube
 
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
-        out = client.chat.completions.create(model="r1-real", messages=[{"role": "user", "content": "Hi"}],
-                                             max_tokens=16)
-        msg = out.choices[0].message
-        text = (getattr(msg, "reasoning_content", None) or "") + (msg.content or "")
-        print(f"    user: Hi\n    model ({out.usage.completion_tokens} tokens; random weights, so not words): {text!r}")
-    finally:
-        pf.terminate()
-        pf.wait(10)
+    url = Kube(os.environ["KUBECONFIG"]).service_url("default", "r1-real")
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused")
+    out = client.chat.completions.create(model="r1-real", messages=[{"role": "user", "content": "Hi"}],
+                                         max_tokens=16)
+    msg = out.choices[0].message
+    text = (getattr(msg, "reasoning_content", None) or "") + (msg.content or "")
+    print(f"    {url}/v1/chat/completions")
+    print(f"    user: Hi\n    model ({out.usage.completion_tokens} tokens; random weights, so not words): {text!r}")
 
     step("what was real and what was simulated")
-    print("    real: the control plane, node real-0 (kubelet, containerd, runc), its containers from the built images,")
-    print("          their probes, volume and Service; the fetch, merge and llama.cpp serving")
+    print("    real: the control plane, node real-0 (kubelet, containerd, runc) and the host's kube-proxy, its containers")
+    print("          from the built images, their probes, volume and Service; the fetch, merge and llama.cpp serving")
     print("    simulated: the kwok nodes (gpu-24g, gpu-80g, gpu-2x80g, cpu-only) and their pods (r1-auto is planned")
     print("          and 'Ready' there without a container); the GPUs of real-0 (an extended resource)")
     step("done; the cluster keeps running. Reach the model from this host with:")
-    print(f"    KUBECONFIG={os.environ['KUBECONFIG']} .venv/bin/kubectl port-forward svc/r1-real 8080:8080 &")
-    print("    curl -s localhost:8080/v1/chat/completions -d \'{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}\'")
+    print(f"    curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' \\")
+    print("      -d \'{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}\'")
+    print(f"    (or from anywhere kubectl reaches: KUBECONFIG={os.environ['KUBECONFIG']} "
+          ".venv/bin/kubectl port-forward svc/r1-real 8080:8080)")
     print("    Stop it with: make dev-down")
     return 0
 

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,23 @@ class Kube:
             c = self.condition(namespace, name, type_)
             return c if c.get("status") == status and (reason is None or c.get("reason") == reason) else None
         return wait_for(ok, timeout, f"{type_}={status} on r1d/{name} in {namespace}", interval=0.3)
+
+    def service_url(self, namespace: str, name: str, port: str = "http", path: str = "/health",
+                    timeout: float = 60) -> str:
+        """http://CLUSTER-IP:PORT of a Service's named port, once it answers `path` through it. The host reaches
+        ClusterIPs through the dev cluster's kube-proxy (a real node's), as a node of a real cluster does."""
+        svc = self.json("get", "service", name, "-n", namespace)["spec"]
+        number = next(p["port"] for p in svc["ports"] if p.get("name") == port)
+        url = f"http://{svc['clusterIP']}:{number}"
+
+        def answers():
+            try:
+                with urllib.request.urlopen(url + path, timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+        wait_for(answers, timeout, f"{url}{path} (service/{name} in {namespace} through kube-proxy)", interval=0.3)
+        return url
 
 
 @dataclass

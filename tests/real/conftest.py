@@ -1,7 +1,8 @@
 """One dev cluster with a real worker node for the real tier, a dev hub the pods reach, and the operator.
 
-The real node (`real-0`) runs pods in real containers from the images `make images` built; its
-two GPUs are simulated (an extended resource), nothing else is. The dev hub listens on the host's
+Two real nodes (`real-0`, `real-1`) run pods in real containers from the images `make images` built;
+their two GPUs each are simulated (an extended resource), nothing else is. The host reaches Services'
+ClusterIPs through the cluster's kube-proxy. The dev hub listens on the host's
 address, which pods reach through their bridge. The operator runs on the host, as in tests/e2e,
 watching `real-*` namespaces with the runtime image and the hub as its settings.
 """
@@ -30,7 +31,7 @@ def real_cluster():
         if not (realnode.images_dir() / f"{image}.tar").exists():
             raise AssertionError(f"{realnode.images_dir()}/{image}.tar is missing: run 'make images' (make setup does)")
     name = f"real-{os.getpid()}"
-    state = dev.up(name, real_nodes=1, real_gpus=2, timeout=180)
+    state = dev.up(name, real_nodes=2, real_gpus=2, timeout=180)
     yield state
     dev.down(name)
 

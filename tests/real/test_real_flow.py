@@ -3,8 +3,8 @@
 The R1Deployment asks for the real node by label; the plan puts it on `real-0` with the node's two
 simulated GPUs (the CPU build of llama.cpp runs the layers on the CPU). The fetch Job downloads the
 miniature R1 split set from the dev hub, verifies and merges it on the volume; the runtime passes its
-real startup and readiness probes and answers the official openai client through the Service
-(`kubectl port-forward`). The namespace enforces Pod Security `restricted`; the kubelet enforces the
+real startup and readiness probes and answers the official openai client through the Service's
+ClusterIP, which the host reaches through the dev cluster's kube-proxy. The namespace enforces Pod Security `restricted`; the kubelet enforces the
 pods' security settings.
 """
 
@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 from openai import OpenAI
-from r1_devtools.kit import BIN
 from r1_devtools.waiting import wait_for
 
 from r1_operator.builders import names
@@ -28,28 +26,19 @@ pytestmark = pytest.mark.cluster
 R1D = {
     "apiVersion": "r1.inference.dev/v1alpha1", "kind": "R1Deployment", "metadata": {"name": "r1-real"},
     "spec": {"model": {"variant": "UD-IQ1_S"}, "inference": {"ctxSize": 1024, "parallel": 1, "canary": False},
-             "scheduling": {"nodeSelector": {realnode.REAL_LABEL: "true"}}},
+             "scheduling": {"nodeSelector": {realnode.REAL_LABEL: "true", "kubernetes.io/hostname": "real-0"}}},
 }
 CACHE = names.cache_name("unsloth/DeepSeek-R1-GGUF", "main", "UD-IQ1_S", "real-0")  # RWO: per node
 OPERATOR_IMAGE = "docker.io/r1-operator/operator:0.1.0"
 
 
 def _ask(kube, ns: str) -> str:
-    """One chat completion through the Service (kubectl port-forward), with the official openai client."""
-    port = free_port()
-    pf = subprocess.Popen([str(BIN / "kubectl"), "--kubeconfig", kube.kubeconfig, "port-forward", "-n", ns,
-                           "svc/r1-real", f"{port}:8080"],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        assert "Forwarding from" in pf.stdout.readline()
-        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=60)
-        out = client.chat.completions.create(model="r1-real", messages=[{"role": "user", "content": "Hi"}],
-                                             max_tokens=8, temperature=0)
-        assert out.usage.completion_tokens > 0 and out.choices[0].finish_reason in ("length", "stop")
-        return out.model
-    finally:
-        pf.terminate()
-        pf.wait(10)
+    """One chat completion through the Service's ClusterIP (kube-proxy), with the official openai client."""
+    client = OpenAI(base_url=kube.service_url(ns, "r1-real") + "/v1", api_key="unused", timeout=60)
+    out = client.chat.completions.create(model="r1-real", messages=[{"role": "user", "content": "Hi"}],
+                                         max_tokens=8, temperature=0)
+    assert out.usage.completion_tokens > 0 and out.choices[0].finish_reason in ("length", "stop")
+    return out.model
 
 
 def _runtime_pod(kube, ns: str) -> dict:

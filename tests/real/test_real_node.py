@@ -1,6 +1,6 @@
 """Real worker nodes: kubelet + containerd + runc on this host run the pods in real containers.
 
-The session's cluster (tests/real/conftest.py) has one real node beside its kwok nodes. The
+The session's cluster (tests/real/conftest.py) has two real nodes beside its kwok nodes. The
 node's GPU count is simulated (an extended resource; no physical GPU exists here); its CPU,
 memory, cgroups, network and containers are real. The teardown test starts a cluster of its
 own, runs a pod on it, takes it down and checks that nothing is left on the host.
@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from r1_devtools.kit import Kube
 from r1_devtools.waiting import wait_for
 
 from r1_operator.dev import cluster as dev
-from r1_operator.dev import realnode
+from r1_operator.dev import netfilter, realnode
 
 pytestmark = pytest.mark.cluster
 BIN = Path(sys.executable).parent
@@ -50,7 +51,8 @@ def test_the_real_node_is_ready_on_containerd_with_its_simulated_gpus(real_clust
 RESTRICTED_POD = {
     "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sandbox"},
     "spec": {
-        "nodeSelector": {realnode.REAL_LABEL: "true"}, "automountServiceAccountToken": False,
+        "nodeSelector": {realnode.REAL_LABEL: "true", "kubernetes.io/hostname": "real-0"},
+        "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [{
             "name": "pause", "image": realnode.PAUSE_IMAGE, "imagePullPolicy": "Never",
@@ -83,6 +85,37 @@ def test_a_restricted_pod_runs_in_a_real_container(real_cluster):
     assert "65532" in uids
 
 
+def _python_pod(name: str, node: str, code: str, labels: dict | None = None, restart: str = "Always") -> dict:
+    pod = json.loads(json.dumps(RESTRICTED_POD))
+    pod["metadata"] = {"name": name, "labels": labels or {}}
+    pod["spec"]["nodeSelector"]["kubernetes.io/hostname"] = node
+    pod["spec"]["restartPolicy"] = restart
+    (c,) = pod["spec"]["containers"]
+    c.update(name="py", image="docker.io/r1-operator/runtime:0.1.0", command=["python3", "-c", code])
+    c["resources"] = {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}}
+    return pod
+
+
+def test_a_cluster_ip_service_routes_from_the_host_and_from_a_pod_on_the_other_node(real_cluster):
+    """The host's one kube-proxy routes ClusterIPs: from the host, and from a pod on real-1 to a pod on real-0."""
+    state = real_cluster
+    kubectl(state, "create", "namespace", "routed")
+    serve = "import http.server as h; h.ThreadingHTTPServer(('', 8080), h.SimpleHTTPRequestHandler).serve_forever()"
+    kubectl(state, "apply", "-n", "routed", "-f", "-", input=json.dumps(_python_pod("web", "real-0", serve, {"app": "web"})))
+    kubectl(state, "apply", "-n", "routed", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}))
+    kubectl(state, "wait", "--for=condition=Ready", "pod/web", "-n", "routed", "--timeout=90s")
+    url = Kube(state.kubeconfig).service_url("routed", "web", path="/")
+    assert url.startswith("http://10.96.")
+    ask = f"import urllib.request as u; print(u.urlopen('{url}/', timeout=10).status)"
+    kubectl(state, "apply", "-n", "routed", "-f", "-", input=json.dumps(_python_pod("client", "real-1", ask, restart="Never")))
+    wait_for(lambda: kubectl(state, "get", "pod", "client", "-n", "routed", "-o", "jsonpath={.status.phase}").stdout
+             in ("Succeeded", "Failed"), 90, "the client pod on real-1")
+    assert kubectl(state, "logs", "client", "-n", "routed").stdout.strip() == "200"
+    kubectl(state, "delete", "namespace", "routed", "--wait=false")
+
+
 def test_down_leaves_nothing_on_the_host(tmp_path, monkeypatch):
     monkeypatch.setenv("R1_IMAGES_DIR", str(tmp_path))  # the pause image is enough here
     sysctls = {k: Path("/proc/sys", k).read_text() for k in realnode.SYSCTLS}
@@ -96,9 +129,11 @@ def test_down_leaves_nothing_on_the_host(tmp_path, monkeypatch):
         slot = state.host["slots"]["real-0"]
         assert realnode.cgroup_pids(realnode.cgroup_name(slot))
         assert Path("/sys/class/net", realnode.bridge_name(slot)).exists()
+        # the pod's masquerade chain, which only a CNI DEL would remove: down removes it
+        assert netfilter.leftovers({realnode.network_name(slot)}, kube=False)
     finally:
         dev.down(name)
-    assert realnode.leftovers(state) == []
+    assert realnode.leftovers(state) == []  # includes the node network's iptables rules and chains
     assert not Path("/sys/class/net", realnode.bridge_name(slot)).exists()
     assert {k: Path("/proc/sys", k).read_text() for k in realnode.SYSCTLS} == sysctls
     assert not any(line.split()[4].startswith(state.root) for line in Path("/proc/self/mountinfo").read_text().splitlines())

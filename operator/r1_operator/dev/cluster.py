@@ -106,8 +106,11 @@ def up(name: str = "dev", nodes: list[NodeShape] | None = None, timeout: float =
     ip = realnode.host_ip() if real_nodes else None
     if real_nodes:
         realnode.check_host()
-    write_pki(pki, host_ip=ip, clients=tuple((f"node-{realnode.node_name(i)}", f"system:node:{realnode.node_name(i)}",
-                                              "system:nodes") for i in range(real_nodes)))
+    clients = [(f"node-{realnode.node_name(i)}", f"system:node:{realnode.node_name(i)}", "system:nodes")
+               for i in range(real_nodes)]
+    if real_nodes:
+        clients.append((realnode.KUBE_PROXY, "system:kube-proxy", None))
+    write_pki(pki, host_ip=ip, clients=tuple(clients))
     shm = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(tempfile.gettempdir())
     etcd_dir = tempfile.mkdtemp(prefix=f"r1-dev-{name}-etcd-", dir=shm)
     ports = {k: free_port() for k in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler")}
@@ -225,6 +228,11 @@ def _start(state: ClusterState, binary: Path, kwok: Path, pki: Path, shapes: lis
                                          content_type="application/merge-patch+json")
                 if code != 200:
                     raise ClusterError(f"advertising simulated GPUs on {n} failed: HTTP {code}: {body.get('message')}")
+        if real_gpus:  # kubelet copies capacity into allocatable at its next status update (up to 10 s)
+            for n in state.real_nodes:
+                _wait(f"real node {n} to show its simulated GPUs as allocatable", state,
+                      lambda n=n: api.request("GET", f"/api/v1/nodes/{n}")[1].get("status", {})
+                      .get("allocatable", {}).get("nvidia.com/gpu") == str(real_gpus), timeout)
     _wait("the nodes to become Ready", state, nodes_ready, timeout)
     _wait(
         "the default ServiceAccount (controller manager)",

@@ -9,7 +9,7 @@ import ssl
 from pathlib import Path
 
 
-def write_pki(pki: Path, host_ip: str | None = None, clients: tuple[tuple[str, str, str], ...] = ()) -> None:
+def write_pki(pki: Path, host_ip: str | None = None, clients: tuple[tuple[str, str, str | None], ...] = ()) -> None:
     """CA, API server serving cert (for host_ip too, which real nodes and pods reach it by), admin and service-account
     keys, and a client cert per (file base, CN, O) in clients, e.g. ("node-real-0", "system:node:real-0", "system:nodes")."""
     from cryptography import x509

@@ -7,8 +7,12 @@ The only thing simulated is the GPU: a real node may advertise a count of `nvidi
 as an extended resource with GPU Feature Discovery labels, because no physical GPU exists
 here. Its CPU and memory are the host's.
 
-Teardown (`stop`) leaves nothing behind: containers, shims, kubelet, containerd, mounts,
-the bridge, the cgroups and the sysctls kubelet changed.
+One kube-proxy (iptables mode) serves the host, so a ClusterIP Service is reachable from the host and from pods:
+the first dev cluster with real nodes on the host runs it, and a second one running at the same time routes no
+Services (it says so; reach its pods with `kubectl port-forward`).
+
+Teardown (`stop`) leaves nothing behind: containers, shims, kube-proxy, kubelet, containerd, mounts, the bridge, the
+cgroups, the iptables chains (module `netfilter`) and the sysctls kubelet and kube-proxy changed.
 """
 
 from __future__ import annotations
@@ -20,17 +24,25 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
 
+from r1_operator.dev import netfilter
 from r1_operator.dev.processes import ClusterError, alive, find_binary, spawn, stop_group
 
 REAL_LABEL = "r1.inference.dev/real-node"  # real workloads select real nodes with this label
 PAUSE_IMAGE = "localhost/r1-dev/pause:1"
 CNI_BIN = "/usr/lib/cni"
 RUNC = "/usr/sbin/runc"
-SYSCTLS = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops")  # kubelet sets these
+# kubelet sets the first three; kube-proxy may set the others (those this kernel has are restored)
+SYSCTLS = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops", "net/ipv4/conf/all/route_localnet",
+           "net/netfilter/nf_conntrack_max", "net/netfilter/nf_conntrack_tcp_timeout_established",
+           "net/netfilter/nf_conntrack_tcp_timeout_close_wait")
+POD_CIDR, SERVICE_CIDR = "10.246.0.0/16", "10.96.0.0/16"  # a node's pods get 10.246.<slot>.0/24
+KUBE_PROXY = "kube-proxy"
+HOST_SYSCTLS = Path("/run/r1-dev/host-sysctls.json")  # host-wide: several dev clusters may run real nodes at once
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -61,6 +73,10 @@ def cgroup_name(slot: int) -> str:
     return f"r1-node-{slot}"
 
 
+def network_name(slot: int) -> str:
+    return f"r1-node-{slot}"  # the CNI network; its iptables rules carry this name
+
+
 def _slot_free(slot: int) -> bool:
     return not (CGROUP_ROOT / "pids" / cgroup_name(slot)).exists() and \
         not Path("/sys/class/net", bridge_name(slot)).exists()
@@ -77,8 +93,6 @@ def _take_slot(state) -> int:
 
 def images_dir() -> Path:
     """Image archives `make images` left for the real nodes (R1_IMAGES_DIR, default: next to the venv's bin/)."""
-    import sys
-
     return Path(os.environ.get("R1_IMAGES_DIR") or Path(sys.executable).parent.parent / "images")
 
 
@@ -161,7 +175,7 @@ state = "{root}/containerd/state"
 
 def _cni_config(root: Path, slot: int) -> str:
     return json.dumps({
-        "cniVersion": "1.0.0", "name": f"r1-node-{slot}",
+        "cniVersion": "1.0.0", "name": network_name(slot),
         "plugins": [
             {"type": "bridge", "bridge": bridge_name(slot), "isGateway": True, "ipMasq": True, "hairpinMode": True,
              "ipam": {"type": "host-local", "ranges": [[{"subnet": f"10.246.{slot}.0/24"}]],
@@ -224,8 +238,44 @@ def cgroup_pids(name: str) -> set[int]:
     return pids
 
 
-def _read_sysctls() -> dict[str, str]:
-    return {k: Path("/proc/sys", k).read_text().strip() for k in SYSCTLS}
+def read_sysctls() -> dict[str, str]:
+    return {k: Path("/proc/sys", k).read_text().strip() for k in SYSCTLS if Path("/proc/sys", k).exists()}
+
+
+def _host_sysctls() -> dict[str, str]:
+    try:
+        return json.loads(HOST_SYSCTLS.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _kube_proxy_config(root: Path, node: str) -> str:
+    return json.dumps({
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration", "mode": "iptables",
+        "clientConnection": {"kubeconfig": str(root / "kubeconfig")}, "hostnameOverride": node,
+        "clusterCIDR": POD_CIDR, "healthzBindAddress": "127.0.0.1:10256", "metricsBindAddress": "127.0.0.1:10249",
+        # leave the host's conntrack table sizes and route_localnet as they are
+        "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
+        "iptables": {"localhostNodePorts": False},
+    }, indent=2)
+
+
+def _host_kube_proxies() -> list[int]:
+    """kube-proxy processes of any dev cluster on this host."""
+    out = []
+    for p in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = p.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 1 and argv[0].endswith(b"r1-cluster") and argv[1] == KUBE_PROXY.encode():
+            out.append(int(p.parent.name))
+    return out
+
+
+def _other_slots_in_use(state) -> bool:
+    mine = set(state.host.get("slots", {}).values())
+    return any(not _slot_free(s) for s in range(MAX_SLOTS) if s not in mine)
 
 
 # ---------------------------------------------------------------- start and stop
@@ -233,8 +283,10 @@ def _read_sysctls() -> dict[str, str]:
 def start(state, pki: Path, kubeconfig_for, count: int, gpus: int, timeout_wait) -> None:
     """Start `count` real nodes (the caller ran check_host). kubeconfig_for(user) renders a kubeconfig;
     timeout_wait(what, check) polls."""
-    state.host["sysctls"] = state.host.get("sysctls") or _read_sysctls()
-    state.save()
+    if not _other_slots_in_use(state) and not HOST_SYSCTLS.exists():
+        # the host's values before any real node changed them, kept host-wide: the last dev cluster to stop restores
+        HOST_SYSCTLS.parent.mkdir(parents=True, exist_ok=True)
+        HOST_SYSCTLS.write_text(json.dumps(read_sysctls()))
     pause_tar = Path(state.root) / "pause.tar"
     pause_tar.write_bytes(pause_image_tar(find_binary("r1-pause")))
     binary, ctr = find_binary("r1-cluster"), find_binary("ctr")
@@ -272,39 +324,62 @@ def start(state, pki: Path, kubeconfig_for, count: int, gpus: int, timeout_wait)
             f"--root-dir={root / 'kubelet'}", f"--cert-dir={root / 'kubelet-pki'}", f"--hostname-override={name}",
             f"--node-ip={ip}", "--node-labels=" + ",".join(f"{k}={v}" for k, v in labels.items()), "--v=1",
         ], env={**os.environ, "PATH": env_path})
+    if _host_kube_proxies():
+        print(f"dev cluster {state.name}: another dev cluster's kube-proxy serves this host, so this cluster's "
+              "Services are not routed; reach its pods with 'kubectl port-forward'", file=sys.stderr)
+    else:
+        root = Path(state.root) / KUBE_PROXY
+        root.mkdir(exist_ok=True)
+        (root / "kubeconfig").write_text(kubeconfig_for(KUBE_PROXY))  # user system:kube-proxy (node-proxier role)
+        (root / "config.json").write_text(_kube_proxy_config(root, node_name(0)))
+        spawn(state, KUBE_PROXY, [str(binary), KUBE_PROXY, f"--config={root / 'config.json'}", "--v=1"])
 
 
 def stop(state, grace: float = 10.0) -> list[str]:
-    """Stop the real nodes in the order that leaves nothing: containers, shims, kubelet, containerd, then host state."""
+    """Stop the real nodes in the order that leaves nothing: containers and shims, kube-proxy, kubelet, containerd,
+    then host state (mounts, bridges, cgroups, iptables, sysctls)."""
     killed: list[str] = []
     slots = state.host.get("slots", {})
     for name in state.real_nodes:
-        for pid in cgroup_pids(cgroup_name(slots[name])):  # the containers (and pause sandboxes) of this node
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         root = Path(state.root) / "nodes" / name
-        for pid in _shims(root / "containerd.sock"):
+        # the containers (and pause sandboxes) of this node, then their shims
+        for pid in [*cgroup_pids(cgroup_name(slots[name])), *_shims(root / "containerd.sock")]:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        for comp in (f"kubelet-{name}", f"containerd-{name}"):
-            pid = state.pids.get(comp)
-            if pid and stop_group(pid, grace):
-                killed.append(comp)
+    comps = [KUBE_PROXY, *(f"{kind}-{name}" for kind in ("kubelet", "containerd") for name in state.real_nodes)]
+    for comp in comps:
+        pid = state.pids.get(comp)
+        if pid and stop_group(pid, grace):
+            killed.append(comp)
     for name in state.real_nodes:
         root = Path(state.root) / "nodes" / name
         _unmount_under(root)
         subprocess.run(["ip", "link", "delete", bridge_name(slots[name])], capture_output=True)
         _remove_cgroups(cgroup_name(slots[name]))
-    for k, v in (state.host.get("sysctls") or {}).items():
+    last = not _other_slots_in_use(state)  # kubelet's and kube-proxy's chains and sysctls are the host's
+    if last and KUBE_PROXY in state.pids:
+        subprocess.run([str(find_binary("r1-cluster")), KUBE_PROXY, "--cleanup"], capture_output=True, timeout=60)
+    errors = netfilter.remove(_networks(state), kube=last)
+    if errors:
+        raise ClusterError("removing the real nodes' iptables rules failed: " + "; ".join(errors))
+    if last:
+        for k, v in _host_sysctls().items():
+            try:
+                Path("/proc/sys", k).write_text(v)
+            except OSError:
+                pass
+        HOST_SYSCTLS.unlink(missing_ok=True)
         try:
-            Path("/proc/sys", k).write_text(v)
+            HOST_SYSCTLS.parent.rmdir()
         except OSError:
             pass
     return killed
+
+
+def _networks(state) -> set[str]:
+    return {network_name(slot) for slot in state.host.get("slots", {}).values()}
 
 
 def _shims(sock: Path) -> list[int]:
@@ -339,7 +414,7 @@ def leftovers(state) -> list[str]:
     for name in state.real_nodes:
         slot = state.host.get("slots", {})[name]
         root = Path(state.root) / "nodes" / name
-        out += [f"process {c} ({state.pids[c]})" for c in (f"kubelet-{name}", f"containerd-{name}")
+        out += [f"process {c} ({state.pids[c]})" for c in (f"kubelet-{name}", f"containerd-{name}", KUBE_PROXY)
                 if c in state.pids and alive(state.pids[c])]
         out += [f"shim {pid}" for pid in _shims(root / "containerd.sock")]
         out += [f"cgroup {ctrl.name}/{cgroup_name(slot)}" for ctrl in CGROUP_ROOT.iterdir()
@@ -348,4 +423,4 @@ def leftovers(state) -> list[str]:
             out.append(f"bridge {bridge_name(slot)}")
         mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
         out += [f"mount {m}" for m in mounts if m.startswith(str(root))]
-    return out
+    return out + netfilter.leftovers(_networks(state), kube=not _other_slots_in_use(state))
