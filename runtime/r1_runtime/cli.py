@@ -18,12 +18,17 @@ def _add_merge(sub: argparse._SubParsersAction) -> None:
                        "A marker OUTPUT.merged.json records the sha256; a second run does nothing.")
     p.add_argument("shard1")
     p.add_argument("output")
-    p.add_argument("--keep-shards", action="store_true", help="keep the shards (default: delete them once the merge is verified)")
+    p.add_argument("--keep-shards", action="store_true",
+                   help="keep the shards: the volume then holds two copies of the set (default: the merge consumes "
+                   "them as it copies, a window at a time, and deletes them once the merge is verified)")
 
 
 def _merge(args: argparse.Namespace) -> int:
     from r1_runtime.cache.merge import MergeError, merge
 
+    if args.keep_shards:
+        print("r1-runtime merge: --keep-shards: the shards stay, so the volume holds two copies of the set",
+              file=sys.stderr)
     try:
         info = merge(args.shard1, args.output, keep_shards=args.keep_shards)
     except MergeError as exc:

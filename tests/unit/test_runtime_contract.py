@@ -139,9 +139,13 @@ def test_cache_size_auto_holds_what_the_fetch_asks_for(variant, tmp_path: Path):
     files = [RemoteFile(f"DeepSeek-R1-{variant}/DeepSeek-R1-{variant}-{i:05d}-of-{v.shards:05d}.gguf",
                         shard + (v.size_bytes - shard * v.shards if i == v.shards else 0), "0" * 64)
              for i in range(1, v.shards + 1)]
-    need, have = space_needed(tmp_path, Listing(R1_REPO, "c0ffee", files), merge=True)
-    assert have == 0 and need >= 2 * v.size_bytes  # every shard plus the merged copy
-    s = R1DeploymentSpec.model_validate({"model": {"variant": variant}})
-    plan = decide(s, 1, inventory([_node(2, 81920)], []), None).plan
-    volume = int(mf.cache_size(s, plan).removesuffix("Gi")) << 30
-    assert volume * (1 - contract.FILESYSTEM_OVERHEAD) >= need
+    listing = Listing(R1_REPO, "c0ffee", files)
+    for keep in (False, True):
+        need, have = space_needed(tmp_path, listing, merge=True, keep_shards=keep)
+        # every shard plus two merge windows (the merge consumes the shards), or with keepShards two copies
+        assert have == 0 and need == v.size_bytes + (v.size_bytes if keep else contract.MERGE_SLACK_BYTES) + \
+            contract.METADATA_SLACK_BYTES
+        s = R1DeploymentSpec.model_validate({"model": {"variant": variant}, "cache": {"keepShards": keep}})
+        plan = decide(s, 1, inventory([_node(2, 81920)], []), None).plan
+        volume = int(mf.cache_size(s, plan).removesuffix("Gi")) << 30
+        assert need <= volume * (1 - contract.FILESYSTEM_OVERHEAD) < need + (1 << 30)  # holds it, at most 1 GiB more

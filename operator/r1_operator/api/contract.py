@@ -72,13 +72,22 @@ def parse_split(name: str) -> SplitName | None:
     return SplitName(m.group("stem"), int(m.group("no")), int(m.group("count"))) if m else None
 
 
-def cache_peak_bytes(files_bytes: int, split_set_bytes: int, merge: bool) -> int:
-    """The most the cache volume holds during fetch (+ merge): every file, plus the merged copy of a split set.
+# The merge consumes its shards as it copies them, a window at a time: it copies a window, makes it durable,
+# records it in its journal and then frees the window's source bytes (punching holes in the shard) while it
+# copies the next. The merged copy and the remaining shards therefore never hold more than the set plus two
+# windows.
+MERGE_WINDOW_BYTES = 256 << 20
+MERGE_SLACK_BYTES = 2 * MERGE_WINDOW_BYTES
 
-    The merge deletes shards only after it has verified the merged file, so both exist at once.
+
+def cache_peak_bytes(files_bytes: int, split_set_bytes: int, merge: bool, keep_shards: bool = False) -> int:
+    """The most the cache volume holds during fetch (+ merge): every file, plus two merge windows of a split set
+    (`MERGE_SLACK_BYTES`), or with keep_shards the whole merged copy (two copies of the set).
+
     The operator sizes `cache.size: auto` from this; the fetch checks free space against it.
     """
-    return files_bytes + (split_set_bytes if merge else 0) + METADATA_SLACK_BYTES
+    extra = (split_set_bytes if keep_shards else min(split_set_bytes, MERGE_SLACK_BYTES)) if merge else 0
+    return files_bytes + extra + METADATA_SLACK_BYTES
 
 
 # Room a filesystem takes from a volume: ext4 metadata (~2%) and the 5% reserved for root,
@@ -87,9 +96,15 @@ FILESYSTEM_OVERHEAD = 0.08
 GiB = 1 << 30
 
 
+def cache_volume_bytes(peak_bytes: int) -> int:
+    """The volume (whole MiB) whose filesystem holds peak_bytes, less the filesystem's share."""
+    mib = 1 << 20
+    return math.ceil(peak_bytes / (1 - FILESYSTEM_OVERHEAD) / mib) * mib
+
+
 def cache_volume_gib(peak_bytes: int) -> int:
-    """Whole GiB to request for a volume whose filesystem must hold peak_bytes."""
-    return max(math.ceil(peak_bytes / (1 - FILESYSTEM_OVERHEAD) / GiB), 1)
+    """Whole GiB to request for a volume whose filesystem must hold peak_bytes (cache.size: auto)."""
+    return max(math.ceil(cache_volume_bytes(peak_bytes) / GiB), 1)
 
 
 # ---------------------------------------------------------------- KV cache and context rules
@@ -226,7 +241,8 @@ FETCH_FLAGS = _flags(
     Flag("dest", str, None, "the cache volume directory", required=True),
     Flag("revision", str, "", "branch, tag or commit (default main)"),
     Flag("merge", bool, False, "merge a split set into one GGUF after verifying it"),
-    Flag("keep_shards", bool, False, "with --merge, keep the shards (default: delete them)"),
+    Flag("keep_shards", bool, False, "with --merge, keep the shards: the volume holds two copies of the set "
+         "(default: the merge consumes them as it copies)"),
     Flag("progress_interval", float, 5.0, "seconds between progress lines", lo=0, lo_open=True),
     Flag("timeout", float, 60.0, "HTTP read timeout in seconds", lo=0, lo_open=True),
     Flag("termination_log", str, "/dev/termination-log",

@@ -110,10 +110,10 @@ class Variant:
     def allow_pattern(self) -> str:
         return f"*{self.name}*"
 
-    @property
-    def cache_peak_bytes(self) -> int:
+    def cache_peak_bytes(self, keep_shards: bool = False) -> int:
         """The cache volume's peak while fetching and merging this variant (the operator always merges)."""
-        return contract.cache_peak_bytes(self.size_bytes, self.size_bytes if self.shards > 1 else 0, merge=True)
+        return contract.cache_peak_bytes(self.size_bytes, self.size_bytes if self.shards > 1 else 0, merge=True,
+                                         keep_shards=keep_shards)
 
 
 def _r1_variant(name: str, label: str, gib: int, shards: int, rank: int, experts: Callable[[str, int], str]) -> Variant:

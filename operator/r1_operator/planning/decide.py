@@ -37,7 +37,8 @@ def plan_request(spec: R1DeploymentSpec, variant: str | None = None, max_gpus: i
     return PlanRequest(variant=variant or spec.model.variant, policy=spec.model.policy,
                        min_variant=spec.model.min_variant, offload=spec.model.offload, settings=settings,
                        tolerations=tolerations,
-                       node_selector=tuple(sorted(spec.scheduling.node_selector.items())), max_gpus=max_gpus)
+                       node_selector=tuple(sorted(spec.scheduling.node_selector.items())), max_gpus=max_gpus,
+                       keep_shards=spec.cache.keep_shards)
 
 
 def plan_to_status(p: Plan, generation: int, why: str) -> dict[str, Any]:

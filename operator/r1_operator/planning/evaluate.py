@@ -34,6 +34,7 @@ class PlanRequest:
     tolerations: tuple[Toleration, ...] = ()
     node_selector: tuple[tuple[str, str], ...] = ()
     max_gpus: int | None = None
+    keep_shards: bool = False  # spec.cache.keepShards: the merge keeps a second copy of the set
 
     def validate(self, catalog: Catalog) -> None:
         if self.policy not in POLICIES:

@@ -53,7 +53,7 @@ def explain(v: Variant, e: Evaluation, node: NodeCapacity, evals: list[tuple[Var
         reasons.append(why_not(v, e, node, req))
     if 0 < e.blocks < m.n_layers:
         warnings.append(f"{m.n_layers - e.blocks} of {m.n_layers} layers run on the CPU: expect lower tokens/s than full offload")
-    disk = v.cache_peak_bytes
+    disk = v.cache_peak_bytes(req.keep_shards)
     if 0 < node.disk_bytes < disk:
         warnings.append(f"the model cache needs {gib(disk)} but {node.name} has {gib(node.disk_bytes)} of ephemeral storage: "
                         "put the cache on a volume (storage class) of at least that size")

@@ -122,7 +122,7 @@ def _plan_node(catalog: Catalog, node: NodeCapacity, req: PlanRequest) -> Plan:
         fits=e.tier != TIER_NONE,
         memory=e.memory,
         model_bytes=v.size_bytes,
-        disk_bytes=v.cache_peak_bytes,
+        disk_bytes=v.cache_peak_bytes(req.keep_shards),
         settings=req.settings,
         offload=req.offload,
         warnings=tuple(warnings),
@@ -157,7 +157,7 @@ def plan_cluster(catalog: Catalog, nodes: list[NodeCapacity], req: PlanRequest) 
     none = Plan(
         variant=None, variant_label=first.label, n_layers=first.facts.n_layers, n_gpu_layers=0, tensor_split=(),
         node=None, gpus=0, gpu_product="", mode="none", fits=False, memory=(), model_bytes=first.size_bytes,
-        disk_bytes=first.cache_peak_bytes, settings=req.settings, offload=req.offload,
+        disk_bytes=first.cache_peak_bytes(req.keep_shards), settings=req.settings, offload=req.offload,
         reasons=reasons or ("no nodes to plan on",), tier=TIER_NONE,
     )
     return none, plans, excluded

@@ -1,7 +1,8 @@
 """`r1-runtime fetch`: one GGUF variant into the cache volume (list, check space, download, merge, manifest).
 
 Free space is checked before anything is written, against the contract's peak
-(`cache_peak_bytes`, the figure the operator sizes the volume from). Progress goes to
+(`cache_peak_bytes`: every file plus one merge window, as the merge consumes the shards while it
+copies; with --keep-shards two copies), the figure the operator sizes the volume from. Progress goes to
 ``DEST/.r1-fetch-progress.json``, a line on stderr every few seconds and a termination
 message. The manifest is written last: `serve --model DEST` trusts it.
 """
@@ -54,7 +55,7 @@ def _merged_done(out: Path, listing: Listing) -> bool:
     return info.get("bytes") == out.stat().st_size and want == have
 
 
-def space_needed(dest: Path, listing: Listing, merge: bool) -> tuple[int, int]:
+def space_needed(dest: Path, listing: Listing, merge: bool, keep_shards: bool = False) -> tuple[int, int]:
     """(bytes still to write, bytes already on the volume): the contract's peak less what is already here."""
     have = 0
     for f in listing.files:
@@ -65,9 +66,18 @@ def space_needed(dest: Path, listing: Listing, merge: bool) -> tuple[int, int]:
         part = partial_path(final)
         got = part.stat().st_size if part.is_file() else 0
         have += got if got <= f.size else 0
+    out = merged_path(dest, listing) if merge else None
+    if out is not None:  # an interrupted merge: its committed bytes are freed from the shards when it resumes
+        have += merging.committed_bytes(out)
     peak = cache_peak_bytes(sum(f.size for f in listing.files), sum(f.size for f, _ in _split_files(listing)),
-                            merge=merge and shard1(listing) is not None)
+                            merge=merge and shard1(listing) is not None, keep_shards=keep_shards)
     return peak - have, have
+
+
+def _merge_room(merge_to: Path | None, keep_shards: bool) -> str:
+    if merge_to is None:
+        return ""
+    return ", plus the merged copy (--keep-shards)" if keep_shards else ", plus one merge window"
 
 
 def fetch(repo: str, variant: str, dest: str | os.PathLike[str], *, revision: str | None = None,
@@ -103,12 +113,12 @@ def _fetch_locked(repo, variant, dest: Path, revision, merge, keep_shards, endpo
     if merge_to is not None and _merged_done(merge_to, listing):
         progress.set_phase("done", str(merge_to.relative_to(dest)), done=total, total=total)
         return progress.emit(force=True, **summary, model=str(merge_to), skipped=True)
-    need, have = space_needed(dest, listing, merge_to is not None)
+    need, have = space_needed(dest, listing, merge_to is not None, keep_shards)
     free = free_bytes(dest)
     if need > free:
         raise FetchError(
             f"{dest}: not enough free space: need {gib(need)} more ({gib(total)} of files, {gib(have)} already "
-            f"here{', plus the merged copy' if merge_to else ''}), {gib(free)} free. Grow the cache volume "
+            f"here{_merge_room(merge_to, keep_shards)}), {gib(free)} free. Grow the cache volume "
             f"(spec.cache.size) or free space, then run again", Exit.NO_SPACE, "no-space")
     progress.set_phase("downloading", done=0, total=total)
     downloader = Downloader(listing, endpoint, progress, timeout)

@@ -1,17 +1,27 @@
-"""Streaming merge of a GGUF split set into one file.
+"""One-pass, resumable merge of a GGUF split set into one file, consuming the shards as it goes.
 
-The merged header is shard 1's key-values copied byte for byte (minus the
-`split.*` keys), then the tensor table of all shards with offsets into one data
-section. Tensor data is copied shard to output inside the kernel
-(copy_file_range), so memory stays constant whatever the model size. The result
-is written under a temporary name, fsynced, verified (header re-read, sizes,
-sha256), renamed atomically, and recorded in a marker file; a second run that
-finds the marker and the file does nothing. Any bad input fails before the
-output exists, naming the file.
+The merged header is shard 1's key-values copied byte for byte (minus the `split.*` keys), then the
+tensor table of all shards with offsets into one data section. The data is copied through a few
+fixed buffers and hashed on the way (sha256 in a second thread), so the merged file's hash costs no
+extra read and memory stays constant whatever the model size.
+
+The copy advances a window (`contract.MERGE_WINDOW_BYTES`) at a time: copy, fdatasync, record the
+merged bytes done in a journal, then punch holes over the window's source bytes in the shards
+(unless keep_shards), in a thread of its own while the next window is copied. The merged copy plus
+what is left of the shards therefore never holds more than the set plus two windows, the figure
+`contract.cache_peak_bytes` gives the operator and the fetch. A process killed at any point resumes
+from the journal: it re-hashes the merged bytes already done (the only extra read, and only after a
+kill), and produces the same bytes. On a filesystem that cannot punch holes each shard is deleted
+once it is wholly copied instead (a peak of the set plus its largest shard).
+
+The result grows under a temporary name, is verified (header re-read, size), renamed atomically and
+recorded in a marker file; a second run that finds the marker and the file does nothing. Bad input
+fails before anything is written, naming the file.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import json
@@ -19,16 +29,19 @@ import os
 import struct
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
 
-from r1_operator.api.contract import MERGED_MARKER_SUFFIX, Exit, parse_split, partial_name
+from r1_operator.api.contract import MERGE_WINDOW_BYTES, MERGED_MARKER_SUFFIX, Exit, parse_split, partial_name
 from r1_runtime.cache.files import CacheError, fsync_dir, write_json_atomic
 
 SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
-COPY_CHUNK = 64 << 20
+COPY_BUF = 1 << 20  # larger buffers fall out of the CPU cache between the read, the hash and the write
+BUFFERS = 8  # in flight between the copying thread and the hashing one: the merge's working memory is 8 MiB
+PUNCH_ALIGN = 1 << 16  # a multiple of any filesystem block: punching restarts from the last one's edge block
 
 
 class MergeError(CacheError):
@@ -137,102 +150,333 @@ def _pad(n: int, align: int) -> int:
     return (n + align - 1) // align * align
 
 
-def _copy(src_fd: int, dst_fd: int, offset: int, n: int, progress: Callable[[int], None] | None = None) -> None:
-    done = 0
-    while done < n:
-        try:
-            k = os.copy_file_range(src_fd, dst_fd, min(COPY_CHUNK, n - done), offset + done)
-        except OSError as exc:  # filesystems without copy_file_range: plain reads and writes, same constant memory
-            if exc.errno == errno.ENOSPC:
-                raise
-            k = len(data := os.pread(src_fd, min(8 << 20, n - done), offset + done))
-            os.write(dst_fd, data)
-        if k == 0:
-            raise MergeError(f"unexpected end of data copying {n} bytes at {offset}")
-        done += k
-        if progress:
-            progress(k)
-
-
-def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
+def sha256_file(path: Path, progress: Callable[[int], None] | None = None, limit: int | None = None) -> str:
     h = hashlib.sha256()
+    left = limit
     with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
+        while chunk := f.read(8 << 20 if left is None else min(8 << 20, left)):
             h.update(chunk)
+            if left is not None:
+                left -= len(chunk)
             if progress:
                 progress(len(chunk))
     return h.hexdigest()
 
 
-def merge(first: str | os.PathLike[str], output: str | os.PathLike[str], *, keep_shards: bool = True,
-          alignment: int = 32, progress: Callable[[int], None] | None = None) -> dict:
-    """Merge the split set starting at `first` into `output`; return the marker's content."""
-    first, output = Path(first), Path(output)
-    marker = marker_path(output)
-    if marker.exists() and output.exists():
-        info = json.loads(marker.read_text())
-        if info.get("bytes") == output.stat().st_size:
-            return {**info, "skipped": True}
+def journal_path(output: Path) -> Path:
+    return output.with_name(partial_name(output.name) + ".journal")
+
+
+def committed_bytes(output: Path) -> int:
+    """Merged bytes an interrupted merge of output has made durable (0 when none is under way)."""
+    try:
+        journal = json.loads(journal_path(output).read_text())
+        tmp = output.with_name(partial_name(output.name))
+        return min(int(journal["done"]), tmp.stat().st_size) if tmp.is_file() else 0
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+# ---------------------------------------------------------------- freeing shard bytes
+
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+
+
+def punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Free a byte range of a file, keeping its size (reads give zeros); False where the filesystem cannot."""
+    if length <= 0:
+        return True
+    if _libc.fallocate(fd, _FALLOC_FL_KEEP_SIZE | _FALLOC_FL_PUNCH_HOLE, offset, length) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        return False
+    raise OSError(err, os.strerror(err))
+
+
+# ---------------------------------------------------------------- the copy
+
+class _HashingWriter:
+    """Writes the merged file at increasing offsets and hashes every byte in order, the hash running in a
+    second thread (hashlib releases the GIL) over the same buffers the writes use (BUFFERS of COPY_BUF bytes)."""
+
+    def __init__(self, fd: int, pos: int, digest):
+        self.fd, self.pos, self.digest = fd, pos, digest
+        self.bufs = [bytearray(COPY_BUF) for _ in range(BUFFERS)]
+        self.pending: list[Future | None] = [None] * BUFFERS
+        self.turn = 0
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="sha256")
+
+    def _slot(self) -> int:
+        slot = self.turn % BUFFERS
+        self.turn += 1
+        if self.pending[slot] is not None:
+            self.pending[slot].result()
+        return slot
+
+    def _emit(self, slot: int, n: int) -> None:
+        mv = memoryview(self.bufs[slot])[:n]
+        self.pending[slot] = self.pool.submit(self.digest.update, mv)
+        done = 0
+        while done < n:
+            done += os.pwrite(self.fd, mv[done:], self.pos + done)
+        self.pos += n
+
+    def copy(self, src_fd: int, offset: int, n: int, progress: Callable[[int], None] | None) -> None:
+        while n > 0:
+            slot = self._slot()
+            k = min(COPY_BUF, n)
+            got = os.preadv(src_fd, [memoryview(self.bufs[slot])[:k]], offset)
+            if got <= 0:
+                raise MergeError(f"unexpected end of a shard at byte {offset} ({n} bytes short); fetch it again")
+            self._emit(slot, got)
+            offset += got
+            n -= got
+            if progress:
+                progress(got)
+
+    def write(self, data: bytes) -> None:
+        for i in range(0, len(data), COPY_BUF):
+            part = data[i:i + COPY_BUF]
+            slot = self._slot()
+            self.bufs[slot][:len(part)] = part
+            self._emit(slot, len(part))
+
+    def drain(self) -> None:
+        for i, f in enumerate(self.pending):
+            if f is not None:
+                f.result()
+                self.pending[i] = None
+
+    def close(self) -> None:
+        self.drain()
+        self.pool.shutdown()
+
+
+def _layout(tensors: list[_Tensor], alignment: int, header_len: int) -> list[list]:
+    """The journal's copy list: [shard file name, source offset, bytes, zero padding after, merged offset]."""
+    out, pos = [], header_len
+    for src, start, n, pad in _runs(tensors, alignment):
+        out.append([src.name, start, n, pad, pos])
+        pos += n + pad
+    return out
+
+
+def _fresh(first: Path, output: Path, tmp: Path, alignment: int, keep_shards: bool) -> dict:
+    """Check every shard, write the merged header to tmp and the journal that the copy then advances."""
     paths, kv_raw, tensors, n_kv = plan_merge(first)
     with open(paths[0], "rb") as f:
         version = struct.unpack("<I", f.read(8)[4:])[0]
-    started = time.monotonic()
-    tmp = output.with_name(partial_name(output.name))
-    output.parent.mkdir(parents=True, exist_ok=True)
     header = b"GGUF" + struct.pack("<IQQ", version, len(tensors), n_kv) + kv_raw
     offset = 0
     for t in tensors:
         header += t.raw_info + struct.pack("<Q", offset)
         offset += _pad(t.nbytes, alignment)
     header += b"\0" * (_pad(len(header), alignment) - len(header))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, header)
-            fds = {p: os.open(p, os.O_RDONLY) for p in paths}
-            try:
-                for src, start, n, pad in _runs(tensors, alignment):
-                    _copy(fds[src], fd, start, n, progress)
-                    if pad:
-                        os.write(fd, b"\0" * pad)
-            finally:
-                for f in fds.values():
-                    os.close(f)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        expected_size = len(header) + offset
-        if tmp.stat().st_size != expected_size:
-            raise MergeError(f"{tmp}: wrote {tmp.stat().st_size} bytes, expected {expected_size}; check free disk space",
-                             Exit.NO_SPACE, "no-space")
-        copied = time.monotonic() - started
-        _verify(tmp, tensors)
-        digest = sha256_file(tmp)
-        os.replace(tmp, output)
-        fsync_dir(output.parent)
+        done = 0
+        while done < len(header):
+            done += os.pwrite(fd, header[done:], done)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    journal = {"version": 1, "file": output.name, "bytes": len(header) + offset, "header_bytes": len(header),
+               "done": len(header), "keep_shards": keep_shards,
+               "shards": [{"file": p.name, "bytes": p.stat().st_size} for p in paths],
+               "tensors": len(tensors), "tensor_table": _table_digest((t.name, t.nbytes) for t in tensors),
+               "runs": _layout(tensors, alignment, len(header))}
+    write_json_atomic(journal_path(output), journal)
+    return journal
+
+
+def _resumable(first: Path, output: Path, tmp: Path, keep_shards: bool) -> dict | None:
+    """The journal of an interrupted merge of this output, if its merged bytes are still there."""
+    try:
+        journal = json.loads(journal_path(output).read_text())
+    except (OSError, ValueError):
+        return None
+    if journal.get("version") != 1 or journal.get("file") != output.name:
+        return None
+    if journal.get("sha256") and output.is_file() and output.stat().st_size == journal["bytes"]:
+        return journal  # renamed; only the marker and the clean-up were left
+    if not tmp.is_file() or tmp.stat().st_size < journal["done"]:
+        if not journal["keep_shards"] and journal["done"] > journal["header_bytes"]:
+            # the shards were partly consumed into a merged file that is gone: they cannot be merged again
+            for s in journal["shards"]:
+                (first.parent / s["file"]).unlink(missing_ok=True)
+            journal_path(output).unlink(missing_ok=True)
+            raise MergeError(f"{tmp}: the partial merge is gone but its shards were already consumed; they were "
+                             "deleted: fetch the set again", Exit.RETRY)
+        return None
+    journal["keep_shards"] = journal["keep_shards"] and keep_shards
+    return journal
+
+
+def merge(first: str | os.PathLike[str], output: str | os.PathLike[str], *, keep_shards: bool = True,
+          alignment: int = 32, progress: Callable[[int], None] | None = None,
+          window: int = MERGE_WINDOW_BYTES) -> dict:
+    """Merge the split set starting at `first` into `output` (resuming an interrupted merge); return the marker."""
+    first, output = Path(first), Path(output)
+    marker = marker_path(output)
+    if marker.exists() and output.exists():
+        info = json.loads(marker.read_text())
+        if info.get("bytes") == output.stat().st_size:
+            _clean_up(first, output)  # a run killed after its marker: finish deleting what the journal names
+            return {**info, "skipped": True}
+    tmp = output.with_name(partial_name(output.name))
+    journal = _resumable(first, output, tmp, keep_shards)
+    punched = True
+    try:
+        if journal is None:
+            journal = _fresh(first, output, tmp, alignment, keep_shards)
+        if not journal.get("sha256"):
+            punched = _copy_all(first.parent, tmp, journal, window, progress)
+        if tmp.exists():  # else renamed already, before a kill
+            _verify(tmp, journal)
+            os.replace(tmp, output)
+            fsync_dir(output.parent)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         if exc.errno == errno.ENOSPC:
-            raise MergeError(f"{output.parent}: disk full while merging into {output.name}; the partial merge was "
-                             "deleted and the shards are kept. Grow the cache volume (spec.cache.size), then run "
-                             "again", Exit.NO_SPACE, "no-space") from None
+            how = ("" if punched else " This filesystem cannot punch holes, so each shard was freed only once wholly "
+                   "copied: the merge needs room for the largest shard beyond the set.")
+            raise MergeError(f"{output.parent}: disk full while merging into {output.name}; the merge journal keeps "
+                             f"what is done and a rerun resumes it.{how} Grow the cache volume (spec.cache.size), "
+                             "then run again", Exit.NO_SPACE, "no-space") from None
         raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    info = {
-        "file": output.name,
-        "bytes": output.stat().st_size,
-        "sha256": digest,
-        "tensors": len(tensors),
-        "shards": [{"file": p.name, "bytes": p.stat().st_size} for p in paths],
-        "copy_seconds": round(copied, 3),
-    }
+    info = {"file": output.name, "bytes": journal["bytes"], "sha256": journal["sha256"],
+            "tensors": journal["tensors"], "shards": journal["shards"],
+            "copy_seconds": journal.get("copy_seconds", 0.0)}
     write_json_atomic(marker, info)
-    if not keep_shards:
-        for p in paths:
-            p.unlink(missing_ok=True)
+    _clean_up(first, output)
     return info
+
+
+def _clean_up(first: Path, output: Path) -> None:
+    """After the marker: delete the consumed shards, then the journal (its presence means this is not done)."""
+    try:
+        journal = json.loads(journal_path(output).read_text())
+    except (OSError, ValueError):
+        return
+    if not journal.get("keep_shards"):
+        for s in journal["shards"]:
+            (first.parent / s["file"]).unlink(missing_ok=True)
+    journal_path(output).unlink(missing_ok=True)
+
+
+def _copy_all(shard_dir: Path, tmp: Path, journal: dict, window: int,
+              progress: Callable[[int], None] | None) -> bool:
+    """Copy (or finish copying) every run into tmp, committing a window at a time; record the sha256 in the
+    journal. Returns False when the shards could not be punched (they were deleted whole instead)."""
+    started = time.monotonic()
+    done, consume = journal["done"], not journal["keep_shards"]
+    digest = _hash_prefix(tmp, done)  # the header, or on resume every byte already merged (read once, after a kill)
+    if progress and done > journal["header_bytes"]:
+        progress(done - journal["header_bytes"])
+    fds = {s["file"]: os.open(shard_dir / s["file"], os.O_RDWR if consume else os.O_RDONLY)
+           for s in journal["shards"] if (shard_dir / s["file"]).exists()}
+    out = os.open(tmp, os.O_WRONLY)
+    punch = {"ok": True}
+    # A window's commit (fdatasync, journal, freeing its shard bytes) runs in a thread of its own while the next
+    # window is copied; a commit waits for the previous one, so the shards hold at most two windows already
+    # merged (contract.cache_peak_bytes), and the copy never stalls on the disk.
+    committer = ThreadPoolExecutor(1, thread_name_prefix="commit")
+    last: list[Future] = []
+    jpath = journal_path(tmp.with_name(journal["file"]))
+    try:
+        os.ftruncate(out, done)  # bytes past the last commit are rewritten
+
+        def durable(pos: int) -> None:
+            os.fdatasync(out)  # every byte written before this call, so all of [0, pos)
+            write_json_atomic(jpath, {**journal, "done": pos})
+            if consume:
+                _free(shard_dir, fds, {**journal, "done": pos}, punch)
+
+        def commit(pos: int) -> None:
+            if last:
+                last.pop().result()
+            last.append(committer.submit(durable, pos))
+
+        writer = _HashingWriter(out, done, digest)
+        try:
+            if consume and done > journal["header_bytes"]:  # frees what a kill left unpunched (idempotent)
+                _free(shard_dir, fds, journal, punch)
+            since = journal["header_bytes"] if done == journal["header_bytes"] else 0  # the header counts
+            for name, start, n, pad, pos in journal["runs"]:
+                end = pos + n + pad
+                if end <= done:
+                    continue
+                skip = max(0, done - pos)
+                while skip < n:
+                    k = min(n - skip, window - since)
+                    if name not in fds:
+                        raise MergeError(f"{shard_dir / name}: shard missing mid-merge; fetch the set again")
+                    writer.copy(fds[name], start + skip, k, progress)
+                    skip += k
+                    since += k
+                    if since >= window:
+                        commit(writer.pos)
+                        since = 0
+                if pad and writer.pos < end:
+                    writer.write(b"\0" * (end - writer.pos))
+            commit(writer.pos)
+            last.pop().result()
+            journal["done"] = writer.pos
+            writer.drain()
+        finally:
+            writer.close()
+            committer.shutdown()
+    finally:
+        os.close(out)
+        for fd in fds.values():
+            os.close(fd)
+    if os.stat(tmp).st_size != journal["bytes"]:
+        raise MergeError(f"{tmp}: wrote {os.stat(tmp).st_size} bytes, expected {journal['bytes']}; "
+                         "check free disk space", Exit.NO_SPACE, "no-space")
+    journal["sha256"] = digest.hexdigest()
+    journal["copy_seconds"] = round(journal.get("copy_seconds", 0.0) + time.monotonic() - started, 3)
+    write_json_atomic(jpath, journal)
+    return punch["ok"]
+
+
+def _hash_prefix(path: Path, n: int):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while n > 0 and (chunk := f.read(min(COPY_BUF, n))):
+            digest.update(chunk)
+            n -= len(chunk)
+    return digest
+
+
+def _free(shard_dir: Path, fds: dict[str, int], journal: dict, punch: dict) -> None:
+    """Free the shard bytes whose merged copies are committed. Per shard that is everything below its lowest
+    source byte not yet committed (its header included): each call punches from the block where the last one
+    stopped, so no block at a window's edge stays allocated and nothing is punched twice. Where the filesystem
+    cannot punch holes, each shard whose every byte is committed is deleted instead."""
+    done = journal["done"]
+    low: dict[str, int] = {}
+    for name, src, n, _pad_, pos in journal["runs"]:
+        committed = min(max(done - pos, 0), n)
+        low.setdefault(name, 1 << 62)
+        if committed < n:
+            low[name] = min(low[name], src + committed)
+    freed = punch.setdefault("freed", {})
+    for name, lowest in low.items():
+        if name not in fds:
+            continue
+        whole = lowest == 1 << 62
+        if punch["ok"]:
+            end = os.fstat(fds[name]).st_size if whole else lowest
+            start = freed.get(name, 0) // PUNCH_ALIGN * PUNCH_ALIGN
+            if end > start and not punch_hole(fds[name], start, end - start):
+                punch["ok"] = False
+            freed[name] = max(end, freed.get(name, 0))
+        if not punch["ok"] and whole:
+            os.close(fds.pop(name))
+            (shard_dir / name).unlink(missing_ok=True)
 
 
 def _runs(tensors: list[_Tensor], alignment: int) -> list[tuple[Path, int, int, int]]:
@@ -252,12 +496,16 @@ def _runs(tensors: list[_Tensor], alignment: int) -> list[tuple[Path, int, int, 
     return [(src, start, n, _pad(n, alignment) - n) for src, start, n in runs]
 
 
-def _verify(path: Path, tensors: list[_Tensor]) -> None:
+def _table_digest(entries) -> str:
+    """sha256 of a tensor table's (name, bytes) list: the journal's record of what the merged header must hold."""
+    return hashlib.sha256(json.dumps([[n, int(b)] for n, b in entries]).encode()).hexdigest()
+
+
+def _verify(path: Path, journal: dict) -> None:
+    """Re-read the merged header: the shards' tensor table (names and sizes), no split keys."""
     reader = gguf.GGUFReader(path)
-    if [t.name for t in reader.tensors] != [t.name for t in tensors]:
-        raise MergeError(f"{path}: merged tensor table does not match the shards")
     if any(k in reader.fields for k in SPLIT_KEYS):
         raise MergeError(f"{path}: merged header still has split keys")
-    for a, b in zip(reader.tensors, tensors):
-        if int(a.n_bytes) != b.nbytes:
-            raise MergeError(f"{path}: tensor {a.name} has {int(a.n_bytes)} bytes, expected {b.nbytes}")
+    if len(reader.tensors) != journal["tensors"] or \
+            _table_digest((t.name, t.n_bytes) for t in reader.tensors) != journal["tensor_table"]:
+        raise MergeError(f"{path}: merged tensor table does not match the shards'")
