@@ -24,7 +24,7 @@ def test_hypothetical_hardware_table_and_json():
     res = r1ctl("--gpu-count", "1", "--gpu-memory-gb", "80", "--ram-gb", "512")
     assert res.returncode == 0, res.stderr
     assert "UD-Q2_K_XL" in res.stdout and "20/62" in res.stdout and "--n-gpu-layers 20" in res.stdout
-    assert "reasons:" in res.stdout and "424 GiB" in res.stdout  # the cache peak: 212 GiB of shards + the merged copy
+    assert "reasons:" in res.stdout and "213 GiB" in res.stdout  # the cache peak: 212 GiB of shards + two merge windows
     res = r1ctl("--gpu-count", "1", "--gpu-memory-gb", "80", "--ram-gb", "512", "--offload", "formula", "-o", "json")
     plan = json.loads(res.stdout)
     # the blog's formula: floor(80 / 212 × 61) − 4 = 19 blocks, plus the output head
