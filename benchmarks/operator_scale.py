@@ -172,7 +172,8 @@ def main() -> int:
         log = open(tmp / "operator.log", "wb")  # noqa: SIM115
         metrics_port = cluster.free_port()
         op = subprocess.Popen([str(BIN / "r1-operator"), "--standalone", "--metrics-port", str(metrics_port),
-                               "--liveness", f"http://127.0.0.1:{cluster.free_port()}/healthz"],
+                               "--liveness", f"http://127.0.0.1:{cluster.free_port()}/healthz",
+                               "--readiness", f"http://127.0.0.1:{cluster.free_port()}/readyz"],
                               env={**env, "R1_REPLAN_INTERVAL_S": "60"}, stdout=log, stderr=subprocess.STDOUT)
         time.sleep(5)  # kopf's initial listing of nodes, pods and R1Deployments
         idle_rss = rss_mib(op.pid)[0]

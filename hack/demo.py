@@ -76,7 +76,8 @@ def main() -> int:
     log = home / "operator.log"
     env = {**os.environ, "R1_HUB_ENDPOINT": endpoint, "R1_RUNTIME_IMAGE": "docker.io/r1-operator/runtime:0.1.0"}
     op = subprocess.Popen([str(BIN / "r1-operator"), "--standalone", "--metrics-port", str(free_port()),
-                           "--liveness", f"http://127.0.0.1:{free_port()}/healthz"],
+                           "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
+                           "--readiness", f"http://127.0.0.1:{free_port()}/readyz"],
                           stdout=open(log, "ab"), stderr=subprocess.STDOUT, env=env)  # noqa: SIM115
     print(f"    operator pid {op.pid}, log {log}")
     try:

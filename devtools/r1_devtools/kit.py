@@ -87,6 +87,7 @@ class OperatorProc:
     metrics_port: int
     liveness_port: int
     env: dict = field(default_factory=dict)
+    readiness_port: int = 0
 
     def tail(self, n: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:]) if self.log.exists() else ""
@@ -105,14 +106,15 @@ def start_operator(kubeconfig: str, log: Path, *args: str, env: dict | None = No
     """An r1-operator process; its liveness endpoint answers before this returns."""
     import httpx
 
-    metrics_port, liveness_port = free_port(), free_port()
+    metrics_port, liveness_port, readiness_port = free_port(), free_port(), free_port()
     full_env = {**os.environ, "KUBECONFIG": kubeconfig, "R1_REPLAN_INTERVAL_S": "2", "PYTHONUNBUFFERED": "1",
                 **(env or {})}
     out = open(log, "ab")  # noqa: SIM115 - owned by the child
     proc = subprocess.Popen([str(BIN / "r1-operator"), "--metrics-port", str(metrics_port),
-                             "--liveness", f"http://127.0.0.1:{liveness_port}/healthz", *args],
+                             "--liveness", f"http://127.0.0.1:{liveness_port}/healthz",
+                             "--readiness", f"http://127.0.0.1:{readiness_port}/readyz", *args],
                             stdout=out, stderr=subprocess.STDOUT, env=full_env)
-    op = OperatorProc(proc, log, metrics_port, liveness_port, full_env)
+    op = OperatorProc(proc, log, metrics_port, liveness_port, full_env, readiness_port)
 
     def live():
         if proc.poll() is not None:

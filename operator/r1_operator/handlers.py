@@ -16,7 +16,8 @@ from r1_operator import metrics
 from r1_operator.api.types import GROUP, PLURAL, VERSION
 from r1_operator.builders import names
 from r1_operator.child_events import ChildEvents, deployment_summary, job_summary, owners, pod_summary
-from r1_operator.k8s.client import api_client
+from r1_operator import readiness
+from r1_operator.k8s.client import api_client, check_api
 from r1_operator.reconcile import Inventory, Reconciler
 from r1_operator.replan import replan_loop
 from r1_operator.settings import OperatorSettings
@@ -87,13 +88,16 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, nodes_index:
     deployments = lambda: [(ns, name) for ns in list(r1d_index) for name in r1d_index.get(ns, [])]  # noqa: E731
     memo.replan_task = asyncio.create_task(replan_loop(deployments, inv.nodes, inv.pods, memo.reconciler.replan,
                                                        s.replan_interval_s, s.resync_interval_s))
+    state = memo.get("readiness") or readiness.Readiness()
+    api, namespaces = memo.reconciler.api, list(memo.get("namespaces") or [])
+    memo.readiness_task = asyncio.create_task(readiness.watch_api(lambda: check_api(api, namespaces), state))
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    task = memo.get("replan_task")
-    if task:
-        task.cancel()
+    for task in (memo.get("replan_task"), memo.get("readiness_task")):
+        if task:
+            task.cancel()
 
 
 @kopf.on.create(*R1D)

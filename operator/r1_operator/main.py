@@ -17,7 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "Without it the operator runs standalone")
     p.add_argument("--priority", type=int, default=0, help="peering priority: the highest live replica works, "
                    "the others pause until it stops heart-beating")
-    p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint")
+    p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="liveness endpoint (kopf)")
+    p.add_argument("--readiness", default="http://0.0.0.0:8081/readyz",
+                   help="readiness endpoint: 200 once started and while the API server answers (empty: off)")
     p.add_argument("--metrics-port", type=int, default=8000, help="Prometheus /metrics port (0: off)")
     p.add_argument("--verbose", action="store_true")
     return p
@@ -44,6 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.metrics_port:
         metrics.serve(args.metrics_port)
+    from r1_operator import readiness
+
+    ready = readiness.Readiness()
+    if args.readiness:
+        readiness.serve(args.readiness, ready)
     kopf.configure(verbose=args.verbose)
     if args.peering:
         from r1_operator.peering import watch_for_peering_object
@@ -56,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         peering_name=args.peering,
         priority=args.priority,
         liveness_endpoint=args.liveness,
-        memo=kopf.Memo(settings=settings),
+        memo=kopf.Memo(settings=settings, readiness=ready, namespaces=list(args.namespace)),
     )
     return 0
 

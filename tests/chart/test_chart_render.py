@@ -104,6 +104,20 @@ def test_runtime_defaults_reach_the_operator():
     assert s.default_storage_class == "fast-nvme" and s.hub_endpoint == "http://hf-mirror.models.svc:8080"
 
 
+def test_the_operator_is_ready_only_when_its_readiness_endpoint_says_so():
+    """The readiness probe reads the operator's own /readyz (started, reaching the API server), on the port and
+    path its --readiness argument serves; the liveness probe reads kopf's /healthz."""
+    from r1_operator.main import build_parser
+
+    dep = next(d for d in render() if d["kind"] == "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    args = build_parser().parse_args([a for a in c["args"] if a.startswith("--")])
+    for probe, endpoint in ((c["readinessProbe"], args.readiness), (c["livenessProbe"], args.liveness)):
+        assert endpoint == f"http://0.0.0.0:{ports[probe['httpGet']['port']]}{probe['httpGet']['path']}"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
 @pytest.mark.parametrize("args,message", [
     (["--set", "replicaCount=0"], "/replicaCount"),
     (["--set", "colour=blue"], "'colour'"),

@@ -51,7 +51,7 @@ def test_helm_install_operator_with_chart_rbac_then_helm_test_and_uninstall(kube
              "--set", f"watch.namespaces={{{watched}}}", "--set", f"runtime.hubEndpoint={hub}")
         dep = kube.json("get", "deploy", release, "-n", system)
         container = dep["spec"]["template"]["spec"]["containers"][0]
-        args = [a for a in container["args"] if not a.startswith(("--liveness", "--metrics-port"))]
+        args = [a for a in container["args"] if not a.startswith(("--liveness", "--readiness", "--metrics-port"))]
         env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
         assert env["R1_HUB_ENDPOINT"] == hub and f"--namespace={watched}" in args
 

@@ -7,14 +7,20 @@ operator does not watch (`solo-*`, `ha-*`).
 from __future__ import annotations
 
 import copy
+import json
 import signal
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
+import yaml
 from r1_devtools.kit import drop_namespace, make_namespace, ns_name, start_operator
 from r1_devtools.waiting import wait_for
 
 from r1_operator.builders import names
+from r1_operator.dev.processes import free_port
 
 R1D = {
     "apiVersion": "r1.inference.dev/v1alpha1", "kind": "R1Deployment",
@@ -152,3 +158,32 @@ def test_asked_to_peer_without_the_object_it_says_what_it_waits_for(kube, own_ns
         assert "plan" not in (kube.r1d(own_ns, "r1-solo").get("status") or {})  # paused, as it said
     finally:
         op.stop()
+
+
+def _readyz(op) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{op.readiness_port}/readyz", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.mark.cluster
+def test_readiness_means_started_and_reaching_the_api_server(operator, tmp_path):
+    """/readyz: 200 for the session's operator (a real API server); 503 with the reason for one whose API
+    server refuses connections, while its liveness endpoint still answers."""
+    code, body = wait_for(lambda: (r := _readyz(operator))[0] == 200 and r, 60, "the operator's /readyz")
+    assert body["ready"] is True and body["started"] is True and body["lastApiCheckSecondsAgo"] < 30
+    closed = free_port()  # nothing listens there
+    cfg = tmp_path / "unreachable.kubeconfig"
+    config = yaml.safe_load(Path(operator.env["KUBECONFIG"]).read_text())
+    config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{closed}"
+    cfg.write_text(json.dumps(config))
+    lonely = start_operator(str(cfg), tmp_path / "lonely.log", "--standalone", "--namespace", "nowhere")
+    try:
+        time.sleep(3)
+        code, body = _readyz(lonely)
+        assert code == 503 and body["ready"] is False, body
+        assert "cannot reach the API server" in body["reason"] or "not started" in body["reason"], body
+    finally:
+        lonely.stop()

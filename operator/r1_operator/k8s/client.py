@@ -17,6 +17,23 @@ def api_client(kubeconfig: str | None = None):
     return client.ApiClient()
 
 
+def check_api(api, namespaces: list[str]) -> None:
+    """One cheap call that needs the API server and the operator's RBAC: list at most one R1Deployment where the
+    operator watches (cluster-wide, or its first namespace that is not a pattern); raises when it cannot."""
+    from kubernetes import client
+
+    from r1_operator.api.types import GROUP, PLURAL, VERSION
+
+    plain = [n for n in namespaces if not any(c in n for c in "*?[")]
+    objects = client.CustomObjectsApi(api)
+    if not namespaces:
+        objects.list_cluster_custom_object(GROUP, VERSION, PLURAL, limit=1, _request_timeout=10)
+    elif plain:
+        objects.list_namespaced_custom_object(GROUP, VERSION, plain[0], PLURAL, limit=1, _request_timeout=10)
+    else:
+        client.VersionApi(api).get_code(_request_timeout=10)
+
+
 def read_nodes_and_pods(api) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     from kubernetes import client
 
