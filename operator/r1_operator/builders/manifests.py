@@ -14,6 +14,7 @@ from r1_operator.api import contract
 from r1_operator.api.types import GROUP, KIND, VERSION, R1DeploymentSpec
 from r1_operator.builders import names
 from r1_operator.planning.decide import plan_hash
+from r1_operator.planning.inventory import parse_quantity
 from r1_operator.settings import OperatorSettings
 
 GiB = 1 << 30
@@ -160,22 +161,28 @@ def _quantity_gib(n: int) -> str:
     return f"{max(math.ceil(n / GiB), 1)}Gi"
 
 
+RUNTIME_MEMORY_MARGIN = 2 * GiB  # the runtime process beyond the plan's buffers: Python, llama.cpp, the HTTP server
+
+
 def runtime_resources(spec: R1DeploymentSpec, plan: dict[str, Any]) -> dict[str, Any]:
-    """The plan's GPUs and CPU-side memory (+2 GiB for the process), CPUs for the threads; spec.resources overrides
-    key by key."""
+    """The plan's GPUs, CPUs for the threads, and a memory request and limit both equal to the plan's CPU-side
+    resident bytes plus RUNTIME_MEMORY_MARGIN. In mmap mode the resident bytes leave the weights out: they are
+    pages of the model file, charged to the pod but reclaimable, so at the limit the kernel drops and re-reads
+    them instead of killing the runtime. spec.resources overrides key by key; a memory request raised above the
+    limit raises the limit with it."""
     gpu = spec.scheduling.gpu_resource_name
-    requests = {"cpu": str(spec.inference.threads or DEFAULT_CPU_REQUEST),
-                "memory": _quantity_gib(plan.get("cpuMemoryBytes", 0) + 2 * GiB)}
-    limits: dict[str, str] = {}
+    memory = _quantity_gib(plan.get("cpuMemoryBytes", 0) + RUNTIME_MEMORY_MARGIN)
+    requests = {"cpu": str(spec.inference.threads or DEFAULT_CPU_REQUEST), "memory": memory}
+    limits: dict[str, str] = {"memory": memory}
     if plan.get("gpus"):
         requests[gpu] = limits[gpu] = str(plan["gpus"])
     if spec.resources:
         requests.update(spec.resources.requests)
         limits.update(spec.resources.limits)
-    out = {"requests": requests}
-    if limits:
-        out["limits"] = limits
-    return out
+        if "memory" not in spec.resources.limits and \
+                parse_quantity(requests["memory"], "memory") > parse_quantity(limits["memory"], "memory"):
+            limits["memory"] = requests["memory"]
+    return {"requests": requests, "limits": limits}
 
 
 def startup_failure_threshold(plan: dict[str, Any], s: OperatorSettings) -> int:
