@@ -67,6 +67,8 @@ def test_fetch_and_serve_in_real_containers_answer_through_the_service(real_kube
     (cs,) = pod["status"]["containerStatuses"]
     assert pod["spec"]["nodeName"] == "real-0" and cs["ready"]
     assert cs["containerID"].startswith("containerd://") and cs["image"].endswith("r1-operator/runtime:0.1.0")
+    res = next(c for c in pod["spec"]["containers"] if c["name"] == "runtime")["resources"]
+    assert res["limits"]["memory"] == res["requests"]["memory"]  # bounded by the plan, and it serves under it
     ident = kube.run("exec", "-n", ns, pod["metadata"]["name"], "--", "python3", "-c",
                      "import os\ntry:\n open('/written', 'w')\nexcept OSError as e:\n print(os.getuid(), e.errno)").stdout
     assert ident.split() == ["65532", "30"]  # EROFS: the root filesystem is read-only
