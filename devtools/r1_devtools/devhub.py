@@ -12,8 +12,11 @@ reached. It implements what `huggingface_hub` and `r1-runtime fetch` call:
 A repo is a directory ``ROOT/{org}/{name}``; every file is treated as an LFS
 file. The commit id is derived from the file names and hashes, so it changes
 when the content does. For tests it counts the bytes served per file
-(``GET /_stats``) and can throttle responses or corrupt a byte of a file for its
-first N downloads (fault injection, ``POST /_faults``). olah was considered and
+(``GET /_stats``) and can corrupt a byte of a file for its first N downloads (fault
+injection, ``POST /_faults``). It can cap throughput per connection (``--conn-rate``, each
+response) and in total (``--total-rate``, all responses together), in bytes per second: real
+CDNs cap a single connection well below a node's link, and these caps stand in for that, so
+what parallel connections gain can be measured here. olah was considered and
 not used: its local-repo mode reads whole LFS files into memory per request,
 hashes the whole file on every HEAD, and ignores ``Range``, so no resumed
 download could be shown against it.
@@ -40,10 +43,12 @@ _RESOLVE_RE = re.compile(rf"^/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
 class Hub:
     """State shared by the request handlers: repos, hashes, byte counters and faults."""
 
-    def __init__(self, root: Path, token: str | None = None, throttle_bps: int = 0):
+    def __init__(self, root: Path, token: str | None = None, throttle_bps: int = 0, total_bps: int = 0):
         self.root = Path(root)
         self.token = token
-        self.throttle_bps = throttle_bps
+        self.throttle_bps = throttle_bps  # per connection (each response)
+        self.total_bps = total_bps  # all responses together
+        self._next_send = 0.0  # the total cap's clock: when the next byte may go
         self.lock = threading.Lock()
         self.served: dict[str, int] = {}
         self.requests: list[dict] = []
@@ -87,6 +92,16 @@ class Hub:
                 "lfs": {"sha256": self.sha256(p), "size": size, "pointerSize": 134},
             })
         return {"id": repo, "modelId": repo, "sha": self.commit(repo), "private": False, "siblings": siblings}
+
+    def take(self, n: int) -> float:
+        """Reserve n bytes of the total cap; return how long to wait before sending them."""
+        if not self.total_bps:
+            return 0.0
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self._next_send)
+            self._next_send = start + n / self.total_bps
+            return start - now
 
     def count(self, key: str, n: int) -> None:
         with self.lock:
@@ -134,6 +149,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.hub.corrupt.update({k: int(v) for k, v in body.get("corrupt", {}).items()})
                 if "throttle_bps" in body:
                     self.hub.throttle_bps = int(body["throttle_bps"])
+                if "total_bps" in body:
+                    self.hub.total_bps = int(body["total_bps"])
             return self._json(200, {"ok": True})
         if url.path == "/_reset":
             with self.hub.lock:
@@ -240,6 +257,9 @@ class _Handler(BaseHTTPRequestHandler):
                 data = f.read(min(chunk, end - pos + 1))
                 if not data:
                     break
+                wait = self.hub.take(len(data))
+                if wait > 0:
+                    time.sleep(wait)
                 if corrupt and pos <= flip_at < pos + len(data):
                     i = flip_at - pos
                     data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
@@ -259,14 +279,24 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def serve(root: Path, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
-          throttle_bps: int = 0) -> tuple[ThreadingHTTPServer, Hub]:
+          throttle_bps: int = 0, total_bps: int = 0) -> tuple[ThreadingHTTPServer, Hub]:
     """Start the hub in a background thread; return (server, hub). server.server_address has the port."""
-    hub = Hub(root, token=token, throttle_bps=throttle_bps)
+    hub = Hub(root, token=token, throttle_bps=throttle_bps, total_bps=total_bps)
     handler = type("Handler", (_Handler,), {"hub": hub})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True, name="devhub").start()
     return server, hub
+
+
+def rate(text: str) -> int:
+    """Bytes per second: 25M is 25,000,000 (K, M, G are powers of 1000; Ki, Mi, Gi of 1024)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?)?\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate: give bytes per second, e.g. 25M or 1.5Gi")
+    unit = m.group(2) or ""
+    scale = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}[unit]
+    return int(float(m.group(1)) * scale)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,9 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--token", help="require this bearer token")
-    p.add_argument("--throttle-bps", type=int, default=0, help="limit each response to this many bytes/s")
+    p.add_argument("--conn-rate", "--throttle-bps", dest="conn_rate", type=rate, default=0,
+                   help="cap each connection (response) at this many bytes/s, with K/M/G suffixes (0: none)")
+    p.add_argument("--total-rate", type=rate, default=0,
+                   help="cap all connections together at this many bytes/s, with K/M/G suffixes (0: none)")
     args = p.parse_args(argv)
-    server, _ = serve(Path(args.root), args.host, args.port, args.token, args.throttle_bps)
+    server, _ = serve(Path(args.root), args.host, args.port, args.token, args.conn_rate, args.total_rate)
     host, port = server.server_address[:2]
     print(json.dumps({"endpoint": f"http://{host}:{port}"}), flush=True)
     try:
