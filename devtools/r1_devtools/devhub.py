@@ -25,11 +25,13 @@ download could be shown against it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import re
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -287,6 +289,19 @@ def serve(root: Path, host: str = "127.0.0.1", port: int = 0, token: str | None 
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True, name="devhub").start()
     return server, hub
+
+
+@contextlib.contextmanager
+def running(root: Path, host: str = "127.0.0.1", advertise: str | None = None,
+            **kwargs) -> Iterator[tuple[str, Hub]]:
+    """serve() for the length of a with-block: yields (its endpoint URL, at `advertise` or host, and the hub), then
+    shuts the server down."""
+    server, hub = serve(root, host, **kwargs)
+    try:
+        yield f"http://{advertise or host}:{server.server_address[1]}", hub
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def rate(text: str) -> int:

@@ -29,28 +29,19 @@ def _get(url: str) -> int:
         return sum(len(c) for c in r.iter_bytes())
 
 
-def _serve(root, **caps):
-    server, hub = devhub.serve(root, **caps)
-    return server, hub, f"http://127.0.0.1:{server.server_address[1]}/org/m/resolve/main"
-
-
 def test_one_connection_is_held_to_the_connection_cap(hub_files):
     root, files = hub_files
-    server, _, base = _serve(root, throttle_bps=2_000_000)
-    try:
+    with devhub.running(root, throttle_bps=2_000_000) as (endpoint, _):
         t = time.monotonic()
-        n = _get(f"{base}/{files[0].name}")
+        n = _get(f"{endpoint}/org/m/resolve/main/{files[0].name}")
         assert n == files[0].stat().st_size
         assert time.monotonic() - t >= 0.9 * n / 2_000_000
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_connections_together_are_held_to_the_total_cap(hub_files):
     root, files = hub_files
-    server, _, base = _serve(root, total_bps=3_000_000)
-    try:
+    with devhub.running(root, total_bps=3_000_000) as (endpoint, _):
+        base = f"{endpoint}/org/m/resolve/main"
         got: list[int] = []
         threads = [threading.Thread(target=lambda f=f: got.append(_get(f"{base}/{f.name}"))) for f in files]
         t = time.monotonic()
@@ -61,9 +52,6 @@ def test_connections_together_are_held_to_the_total_cap(hub_files):
         total = sum(f.stat().st_size for f in files)
         assert sorted(got) == sorted(f.stat().st_size for f in files)
         assert time.monotonic() - t >= 0.9 * total / 3_000_000  # both at once, yet no faster than the total cap
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_rates_take_k_m_g_suffixes():

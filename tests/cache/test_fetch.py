@@ -47,10 +47,8 @@ def reference(tmp_path_factory) -> bytes:
 
 @pytest.fixture
 def hub(hub_root):
-    server, state = devhub.serve(hub_root)
-    yield f"http://127.0.0.1:{server.server_address[1]}", state
-    server.shutdown()
-    server.server_close()
+    with devhub.running(hub_root) as endpoint_and_state:
+        yield endpoint_and_state
 
 
 def run_fetch(endpoint: str, dest: Path, *extra: str, env: dict | None = None, wait: bool = True):
@@ -198,9 +196,7 @@ def test_a_volume_of_exactly_the_contract_peak_holds_fetch_and_merge(hub, hub_ro
 
 def test_token_is_sent_and_never_printed(hub_root, tmp_path):
     secret = "hf_test_secret_value_123"
-    server, state = devhub.serve(hub_root, token=secret)
-    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with devhub.running(hub_root, token=secret) as (endpoint, _):
         denied = run_fetch(endpoint, tmp_path / "a")
         assert denied.returncode == 2
         assert "token" in denied.stderr
@@ -208,9 +204,6 @@ def test_token_is_sent_and_never_printed(hub_root, tmp_path):
         assert ok.returncode == 0, ok.stderr
         for text in (ok.stdout, ok.stderr, denied.stderr, (tmp_path / "b" / PROGRESS_FILE).read_text()):
             assert secret not in text
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.mark.parametrize("args, message", [

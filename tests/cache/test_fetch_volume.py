@@ -42,10 +42,8 @@ def big_hub(tmp_path_factory):
     ref = tmp_path_factory.mktemp("big-ref") / "whole.gguf"
     sha = merging.merge(shards[0], ref, keep_shards=True)["sha256"]
     ref.unlink()
-    server, state = devhub.serve(root)
-    yield f"http://127.0.0.1:{server.server_address[1]}", state, set_bytes, sha
-    server.shutdown()
-    server.server_close()
+    with devhub.running(root) as (endpoint, state):
+        yield endpoint, state, set_bytes, sha
 
 
 @pytest.fixture

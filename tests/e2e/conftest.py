@@ -38,10 +38,8 @@ def hub_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def hub(hub_root) -> Iterator[str]:
-    server, _ = devhub.serve(hub_root, host="127.0.0.1")
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with devhub.running(hub_root) as (endpoint, _):
+        yield endpoint
 
 
 @pytest.fixture(scope="session")

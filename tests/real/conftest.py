@@ -49,10 +49,8 @@ def real_kube(real_cluster) -> Kube:
 def real_hub(tmp_path_factory) -> Iterator[tuple[str, devhub.Hub]]:
     root = tmp_path_factory.mktemp("real-hub")
     write_test_model(root / HUB_REPO / "DeepSeek-R1-UD-IQ1_S" / "DeepSeek-R1-UD-IQ1_S.gguf", n_shards=3, seed=11)
-    server, hub = devhub.serve(root, host="0.0.0.0")
-    yield f"http://{realnode.host_ip()}:{server.server_address[1]}", hub
-    server.shutdown()
-    server.server_close()
+    with devhub.running(root, host="0.0.0.0", advertise=realnode.host_ip()) as endpoint_and_hub:
+        yield endpoint_and_hub
 
 
 @pytest.fixture(scope="session")

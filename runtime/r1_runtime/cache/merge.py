@@ -150,19 +150,6 @@ def _pad(n: int, align: int) -> int:
     return (n + align - 1) // align * align
 
 
-def sha256_file(path: Path, progress: Callable[[int], None] | None = None, limit: int | None = None) -> str:
-    h = hashlib.sha256()
-    left = limit
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20 if left is None else min(8 << 20, left)):
-            h.update(chunk)
-            if left is not None:
-                left -= len(chunk)
-            if progress:
-                progress(len(chunk))
-    return h.hexdigest()
-
-
 def journal_path(output: Path) -> Path:
     return output.with_name(partial_name(output.name) + ".journal")
 
