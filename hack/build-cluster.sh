@@ -44,3 +44,18 @@ if [ ! -x "$dir/containerd" ]; then
   rm -rf "$dir"; mv "$dir.tmp" "$dir"   # atomic: an interrupted build never looks complete
 fi
 for cmd in containerd containerd-shim-runc-v2 ctr; do ln -sf "$dir/$cmd" "$bindir/$cmd"; done
+
+# kube-router's firewall alone enforces NetworkPolicies on the real nodes' pods (beside the bridge CNI), so the
+# policies the operator writes are tested as a policy-enforcing CNI applies them. Only dev clusters run it; it is
+# in no image. v2.1.0 is the version the Go module proxy serves here.
+KUBE_ROUTER_VERSION=v2.1.0
+key=$(printf '%s|%s' "$KUBE_ROUTER_VERSION" "$(go env GOVERSION GOARCH)" | sha256sum | cut -c1-16)
+dir="$cache/go-bin/kube-router-$key"
+if [ ! -x "$dir/kube-router" ]; then
+  echo "building kube-router $KUBE_ROUTER_VERSION (cache key $key); a cold build takes a few minutes" >&2
+  rm -rf "$dir.tmp"; mkdir -p "$dir.tmp"
+  GOFLAGS= CGO_ENABLED=0 GOBIN="$dir.tmp" go install -trimpath -ldflags "-s -w" \
+    "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION"
+  rm -rf "$dir"; mv "$dir.tmp" "$dir"
+fi
+ln -sf "$dir/kube-router" "$bindir/kube-router"

@@ -9,6 +9,7 @@ command -v openssl >/dev/null || need+=(openssl)
 [ -x /usr/sbin/runc ] || need+=(runc)
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
 command -v iptables >/dev/null || need+=(iptables)
+[ -x /usr/sbin/ipset ] || need+=(ipset)   # kube-router's NetworkPolicy firewall
 # images without a registry: podman builds the Dockerfile on a base that mmdebstrap makes from Debian's packages
 command -v podman >/dev/null || need+=(podman)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)

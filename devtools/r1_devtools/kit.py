@@ -19,6 +19,8 @@ from r1_operator.dev.processes import free_port
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 HUB_REPO = "unsloth/DeepSeek-R1-GGUF"
+RUNTIME_IMAGE = "docker.io/r1-operator/runtime:0.1.0"  # as `make images` tags it, imported by the real nodes
+MONITORING_NS = f"r1-monitoring-{os.getpid()}"  # the real tier operator's monitoring namespace
 
 
 @dataclass

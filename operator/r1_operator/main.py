@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--readiness", default="http://0.0.0.0:8081/readyz",
                    help="readiness endpoint: 200 once started and while the API server answers (empty: off)")
     p.add_argument("--metrics-port", type=int, default=8000, help="Prometheus /metrics port (0: off)")
-    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="debug logging of the operator and kopf")
+    p.add_argument("--debug", action="store_true", help="--verbose, and asyncio's debug logging")
     return p
 
 
@@ -51,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ready = readiness.Readiness()
     if args.readiness:
         readiness.serve(args.readiness, ready)
-    kopf.configure(verbose=args.verbose)
+    kopf.configure(debug=args.debug, verbose=args.verbose)
     if args.peering:
         from r1_operator.peering import watch_for_peering_object
 

@@ -193,26 +193,31 @@ class Reconciler:
         wanted: list[dict[str, Any]] = [
             mf.build_deployment(name, ns, uid, spec, plan, s, cache_ready=cache_obs.ready is not None),
             mf.build_service(name, ns, uid, s)]
-        unwanted: list[ch.Ref] = []
+        unwanted: list[tuple[ch.Ref, str]] = []
         monitor = ("monitoring.coreos.com/v1", "ServiceMonitor", ns, names.runtime_name(name))
         if self._has_crd(SERVICE_MONITOR_CRD):
             if spec.monitoring.service_monitor:
                 wanted.append(mf.build_service_monitor(name, ns, uid))
             else:
-                unwanted.append(monitor)
+                unwanted.append((monitor, "turned off in spec.monitoring"))
         if spec.monitoring.dashboard:
             wanted.append(mf.build_dashboard_configmap(name, ns, uid, dashboard_json(), s))
         else:
-            unwanted.append(("v1", "ConfigMap", ns, names.dashboard_name(name)))
+            unwanted.append((("v1", "ConfigMap", ns, names.dashboard_name(name)), "turned off in spec.monitoring"))
+        if spec.network.policy == "restricted":
+            wanted.extend(mf.build_network_policies(name, ns, uid, spec, plan, s))
+        else:
+            unwanted.extend((("networking.k8s.io/v1", "NetworkPolicy", ns, n), "spec.network.policy is none")
+                            for n in (names.runtime_name(name), names.fetch_policy_name(name)))
         results = []
         for obj in wanted:
             ref = ch.ref_of(obj)
             self._absent.discard(ref)
             live = self._read(ref)
             results.append(self._execute(ch.plan_owned(obj, live, self._applied.get(ref)), live))
-        for ref in unwanted:
+        for ref, why in unwanted:
             if ref not in self._absent:  # once seen absent, not read again on every reconcile
-                self._execute(ch.plan_absent(ref, live := self._read(ref), "turned off in spec.monitoring"), live)
+                self._execute(ch.plan_absent(ref, live := self._read(ref), why), live)
         self._write(body, desired, (cache_obs, observe.runtime(self.api, ns, name, results[0])))
 
     def _read(self, ref: ch.Ref) -> dict[str, Any] | None:

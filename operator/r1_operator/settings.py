@@ -19,6 +19,8 @@ class OperatorSettings:
     hub_endpoint: str = ""  # HF_ENDPOINT for cache Jobs; empty: huggingface.co
     default_storage_class: str = ""  # empty: the cluster's default StorageClass
     runtime_port: int = 8080
+    runtime_metrics_port: int = 9090  # /metrics alone, so a NetworkPolicy can open it without the API
+    monitoring_namespace: str = "monitoring"  # where Prometheus runs: its pods may scrape the metrics port
     shutdown_grace_s: int = 60  # runtime drain window after SIGTERM
     prestop_sleep_s: int = 5  # lets Service endpoints drop the pod before SIGTERM
     load_bytes_per_second: int = 100 * MB  # slowest expected model load, sizes the startup probe

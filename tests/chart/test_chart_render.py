@@ -72,7 +72,8 @@ def test_rbac_has_no_wildcards_and_writes_only_what_the_operator_creates(values)
             if set(rule["verbs"]) & {"create", "patch", "update", "delete"}:
                 writes.update(rule["resources"])
     assert writes <= {"r1deployments", "r1deployments/status", "persistentvolumeclaims", "jobs", "deployments",
-                      "services", "configmaps", "servicemonitors", "events", "kopfpeerings", "clusterkopfpeerings"}
+                      "services", "configmaps", "servicemonitors", "networkpolicies", "events", "kopfpeerings",
+                      "clusterkopfpeerings"}
     inventory = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("-inventory"))
     nodes = next(r for r in inventory["rules"] if "nodes" in r["resources"])
     assert set(nodes["verbs"]) == {"get", "list", "watch"}

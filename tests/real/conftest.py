@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from r1_devtools import devhub
-from r1_devtools.kit import HUB_REPO, Kube, OperatorProc, drop_namespace, make_namespace, ns_name, start_operator
+from r1_devtools.kit import (HUB_REPO, MONITORING_NS, RUNTIME_IMAGE, Kube, OperatorProc, drop_namespace, make_namespace,
+                             ns_name, start_operator)
 from r1_devtools.testmodel import write_test_model
 from r1_operator.dev import cluster as dev
 from r1_operator.dev import realnode
 
-RUNTIME_IMAGE = "docker.io/r1-operator/runtime:0.1.0"
 OPERATOR_IMAGE = "docker.io/r1-operator/operator:0.1.0"
 
 
@@ -56,8 +56,10 @@ def real_hub(tmp_path_factory) -> Iterator[tuple[str, devhub.Hub]]:
 @pytest.fixture(scope="session")
 def real_operator(real_kube, real_hub, tmp_path_factory) -> Iterator[OperatorProc]:
     log = tmp_path_factory.mktemp("real-operator") / "operator.log"
-    op = start_operator(real_kube.kubeconfig, log, "--standalone", "--namespace", "real-*",
-                        env={"R1_HUB_ENDPOINT": real_hub[0], "R1_RUNTIME_IMAGE": RUNTIME_IMAGE})
+    # At the most verbose level: tests/real/test_real_secrets.py reads the whole log for the secrets' values.
+    op = start_operator(real_kube.kubeconfig, log, "--standalone", "--namespace", "real-*", "--debug",
+                        env={"R1_HUB_ENDPOINT": real_hub[0], "R1_RUNTIME_IMAGE": RUNTIME_IMAGE,
+                             "R1_MONITORING_NAMESPACE": MONITORING_NS})
     yield op
     op.stop()
 

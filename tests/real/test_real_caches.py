@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 from openai import OpenAI
-from r1_devtools.kit import HUB_REPO
+from r1_devtools.kit import HUB_REPO, RUNTIME_IMAGE
 from r1_devtools.waiting import wait_for
 
 from r1_operator.builders import names
@@ -68,7 +68,7 @@ def test_rwo_caches_are_one_per_node_and_the_scheduler_keeps_them_there(real_kub
         "nodeSelector": {"kubernetes.io/hostname": "real-1"}, "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
         "volumes": [{"name": "cache", "persistentVolumeClaim": {"claimName": caches["real-0"]}}],
-        "containers": [{"name": "c", "image": "docker.io/r1-operator/runtime:0.1.0", "imagePullPolicy": "Never",
+        "containers": [{"name": "c", "image": RUNTIME_IMAGE, "imagePullPolicy": "Never",
                         "command": ["true"], "volumeMounts": [{"name": "cache", "mountPath": "/cache"}],
                         "resources": {"limits": {"memory": "32Mi"}},
                         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,

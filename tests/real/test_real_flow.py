@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 from openai import OpenAI
+from r1_devtools.kit import HUB_REPO
+from r1_devtools.testmodel import ModelShape, write_test_model
 from r1_devtools.waiting import wait_for
 
 from r1_operator.builders import names
@@ -137,6 +139,69 @@ def test_a_runtime_oomkilled_by_its_memory_limit_says_so_in_the_status(real_kube
     assert term["reason"] == "OOMKilled" and term["exitCode"] == 137  # the kernel's OOM killer, for real
 
 
+MMAP_LIMIT = 400 << 20
+MMAP_SHAPE = ModelShape(n_embd=2048, n_layer=4, n_dense=1, n_head=16, q_lora_rank=512, kv_lora_rank=256, n_ff=4096,
+                        n_ff_exp=1024, n_expert=16, n_expert_used=2)  # about 720 MB, 1.8 times the limit
+
+
+def _cgroup_memory(kube, ns: str, pod: str) -> dict[str, int]:
+    """The container's memory cgroup (v1 on these hosts) as the container sees it."""
+    code = ("import pathlib\nd = pathlib.Path('/sys/fs/cgroup/memory')\n"
+            "print('limit', (d / 'memory.limit_in_bytes').read_text().strip())\n"
+            "print('peak', (d / 'memory.max_usage_in_bytes').read_text().strip())\n"
+            "print('failcnt', (d / 'memory.failcnt').read_text().strip())\n"
+            "print((d / 'memory.stat').read_text())")
+    out = kube.run("exec", "-n", ns, pod, "-c", "runtime", "--", "python3", "-c", code).stdout
+    return {k: int(v) for k, v in (line.split() for line in out.splitlines() if line.strip())}
+
+
+def test_mapped_weights_serve_under_a_memory_limit_below_the_model_size(real_kube, real_ns, real_hub):
+    """The runtime maps the model: its pages are file cache, charged to the pod but reclaimable, so at the limit
+    the kernel drops and re-reads them rather than kill the runtime (the rule mmap mode's limit rests on). A model
+    of 1.8 times the limit serves; the cgroup is seen at its limit with the
+    model's pages charged to it (peak usage at the limit), and the container is never OOM-killed."""
+    kube, ns, hub = real_kube, real_ns, real_hub[1]
+    variant = "UD-IQ1_M"
+    merged = f"DeepSeek-R1-{variant}/DeepSeek-R1-{variant}.gguf"
+    if not (hub.root / HUB_REPO / merged.replace(".gguf", "-00001-of-00002.gguf")).exists():
+        write_test_model(hub.root / HUB_REPO / merged, MMAP_SHAPE, n_shards=2, seed=13)
+    model_bytes = sum(p.stat().st_size for p in (hub.root / HUB_REPO).glob(f"DeepSeek-R1-{variant}/*.gguf"))
+    assert model_bytes > 1.5 * MMAP_LIMIT
+    memory = f"{MMAP_LIMIT >> 20}Mi"
+    cache = names.cache_name(HUB_REPO, "main", variant, "real-0")
+    r1d = {**R1D, "metadata": {"name": "r1-mmap"},
+           "spec": {**R1D["spec"], "replicas": 0, "model": {"variant": variant},
+                    "resources": {"requests": {"memory": memory}, "limits": {"memory": memory}}}}
+    kube.apply(r1d, ns)
+    kube.wait_condition(ns, "r1-mmap", "Planned", timeout=60)
+    kube.run("wait", "--for=condition=Complete", f"job/{cache}", "-n", ns, "--timeout=180s")
+    # The fetch wrote the file, so its pages are charged to the fetch pod's cgroup: drop them (clean after the
+    # merge's fdatasync, and mapped by no one), so that the runtime's reads charge its own.
+    pvc = kube.json("get", "pvc", cache, "-n", ns)
+    path = Path(kube.json("get", "pv", pvc["spec"]["volumeName"])["spec"]["local"]["path"]) / merged
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    kube.run("patch", "r1d", "r1-mmap", "-n", ns, "--type=merge", "-p", '{"spec": {"replicas": 1}}')
+    kube.run("wait", "--for=condition=Ready", "r1d/r1-mmap", "-n", ns, "--timeout=240s")
+    client = OpenAI(base_url=kube.service_url(ns, "r1-mmap") + "/v1", api_key="unused", timeout=120)
+    for prompt in ("Hi", "Tell me about the sea", "Count to ten"):
+        out = client.chat.completions.create(model="r1-mmap", messages=[{"role": "user", "content": prompt}],
+                                             max_tokens=16, temperature=0)
+        assert out.usage.completion_tokens > 0
+    pods = kube.json("get", "pods", "-n", ns, "-l", names.selector_string(names.selector("r1-mmap")))["items"]
+    (pod,) = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    (cs,) = pod["status"]["containerStatuses"]
+    assert cs["restartCount"] == 0 and not cs.get("lastState", {}).get("terminated"), cs
+    cg = _cgroup_memory(kube, ns, pod["metadata"]["name"])
+    assert cg["limit"] == MMAP_LIMIT
+    print(f"runtime cgroup after serving a {model_bytes >> 20} MiB model under {memory}: {cg}")
+    assert cg["peak"] >= 0.95 * MMAP_LIMIT, cg  # it reached the limit, and reclaimed: no OOM kill above
+    assert cg["cache"] > 64 << 20 and cg["mapped_file"] > 64 << 20, cg  # the model's pages, charged to this cgroup
+
+
 def test_prometheus_scrapes_the_runtime_pod_with_the_podmonitor_labels(real_kube, real_ns, real_operator):
     """A real Prometheus scrapes the runtime pod on the real node by its pod IP, with the labels the chart's
     PodMonitor gives it, and every panel of the dashboard returns data."""
@@ -155,7 +220,7 @@ def test_prometheus_scrapes_the_runtime_pod_with_the_podmonitor_labels(real_kube
     for p in kube.json("get", "pods", "-n", ns, "-l", sel)["items"]:
         for c in p["spec"]["containers"]:
             for port in c.get("ports") or []:
-                if port.get("name") == "http":
+                if port.get("name") == "metrics":
                     targets.append({"targets": [f"{p['status']['podIP']}:{port['containerPort']}"], "labels": {
                         "namespace": ns, "pod": p["metadata"]["name"], "container": c["name"],
                         "service": p["metadata"]["labels"]["app.kubernetes.io/instance"]}})

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from r1_devtools.kit import Kube
+from r1_devtools.kit import RUNTIME_IMAGE, Kube
 from r1_devtools.waiting import wait_for
 
 from r1_operator.dev import cluster as dev
@@ -91,7 +91,7 @@ def _python_pod(name: str, node: str, code: str, labels: dict | None = None, res
     pod["spec"]["nodeSelector"]["kubernetes.io/hostname"] = node
     pod["spec"]["restartPolicy"] = restart
     (c,) = pod["spec"]["containers"]
-    c.update(name="py", image="docker.io/r1-operator/runtime:0.1.0", command=["python3", "-c", code])
+    c.update(name="py", image=RUNTIME_IMAGE, command=["python3", "-c", code])
     c["resources"] = {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}}
     return pod
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import subprocess
 
 import httpx
 import openai
 import pytest
-from r1_devtools.serving import running_server
+from r1_devtools.serving import R1_RUNTIME, running_server
 from r1_devtools.waiting import wait_for
 
 from r1_runtime.server.generation import CANARY_PROMPT
@@ -157,6 +158,34 @@ def test_api_key_protects_the_api_but_not_probes(smollm2):
         for path in ("/health", "/ready", "/metrics"):
             assert httpx.get(s.url + path).status_code == 200
         assert "sekret-key-1" not in s.log.read_text()
+
+
+def test_metrics_port_serves_the_same_counters_and_no_api(smollm2):
+    """--metrics-port: the exposition alone on its own port (the NetworkPolicy opens it to the monitoring namespace
+    only), the same registry as /metrics on the API port, and no API behind it."""
+    from r1_operator.dev.processes import free_port
+
+    mport = free_port()
+    with running_server(smollm2, "--metrics-port", str(mport), env={"R1_API_KEY": "sekret-key-2"}) as s:
+        s.openai(api_key="sekret-key-2").chat.completions.create(model="x", messages=PROMPT, max_tokens=4, **greedy())
+        alone = httpx.get(f"http://127.0.0.1:{mport}/metrics").text
+        on_api = httpx.get(s.url + "/metrics").text
+
+        def samples(text: str, prefix: str) -> list[str]:
+            return sorted(line for line in text.splitlines() if line.startswith(prefix))
+
+        for prefix in ("r1_requests_total{", "llamacpp:tokens_predicted_total "):
+            assert samples(alone, prefix) and samples(alone, prefix) == samples(on_api, prefix), prefix
+        assert sum(float(line.rsplit(" ", 1)[1]) for line in samples(alone, "r1_requests_total{")) == 1
+        assert float(samples(alone, "llamacpp:tokens_predicted_total ")[0].rsplit(" ", 1)[1]) >= 4
+        for path in ("/v1/models", "/health"):
+            assert httpx.get(f"http://127.0.0.1:{mport}{path}").status_code == 404
+        # what a Prometheus asks for (OpenMetrics first): the same names as on the API port, colons and all
+        om = httpx.get(f"http://127.0.0.1:{mport}/metrics", headers={"Accept": "application/openmetrics-text"})
+        assert om.headers["content-type"].startswith("text/plain; version=0.0.4") and "llamacpp:" in om.text
+    same = subprocess.run([R1_RUNTIME, "serve", "--model", str(smollm2), "--port", "8080", "--metrics-port", "8080"],
+                          capture_output=True, text=True, timeout=60)
+    assert same.returncode != 0 and "--metrics-port 8080 is --port" in same.stderr
 
 
 def test_request_timeout_is_504(smollm2):

@@ -221,3 +221,42 @@ def test_a_refused_child_degrades_with_the_api_message():
     assert _conds(res)["Degraded"] == ("True", "ApplyFailed")
     assert "range is full" in res.condition("Degraded")["message"]
     assert any(e.type == "Warning" and e.reason == "ApplyFailed" for e in res.events)
+
+
+def test_network_policies_open_the_api_to_the_namespace_and_allow_from_and_metrics_to_monitoring_only():
+    s, plan = _plan(network={"allowFrom": [{"namespaceSelector": {"matchLabels": {"team": "web"}}},
+                                           {"podSelector": {"matchExpressions": [{"key": "app", "operator": "Exists"}]}}]})
+    settings = OperatorSettings(monitoring_namespace="prom")
+    runtime, fetch = mf.build_network_policies("r1", "ns", "u", s, plan, settings)
+    dep = mf.build_deployment("r1", "ns", "u", s, plan, settings, cache_ready=True)
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert set(runtime["spec"]["podSelector"]["matchLabels"].items()) <= set(pod_labels.items())
+    assert runtime["spec"]["policyTypes"] == ["Ingress"]
+    api, metrics = runtime["spec"]["ingress"]
+    assert api["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert api["from"] == [{"podSelector": {}}, {"namespaceSelector": {"matchLabels": {"team": "web"}}},
+                           {"podSelector": {"matchExpressions": [{"key": "app", "operator": "Exists"}]}}]
+    assert metrics == {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "prom"}}}],
+                       "ports": [{"port": "metrics", "protocol": "TCP"}]}
+    # the named ports exist on the container, and the runtime listens on them
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"http": settings.runtime_port, "metrics": settings.runtime_metrics_port}
+    assert c["command"][c["command"].index("--metrics-port") + 1] == str(settings.runtime_metrics_port)
+    # the fetch Job's pods: selected, and nothing let in
+    job = mf.build_fetch_job("ns", s, plan, settings)
+    assert fetch["spec"]["podSelector"]["matchLabels"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    assert fetch["spec"]["policyTypes"] == ["Ingress"] and fetch["spec"]["ingress"] == []
+
+
+def test_fetch_memory_is_bounded_and_spec_cache_resources_overrides_it():
+    s, plan = _plan()
+    r = mf.build_fetch_job("ns", s, plan, S)["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert r["limits"]["memory"] == mf.FETCH_MEMORY_LIMIT
+    from r1_operator.api import contract
+    from r1_operator.planning.inventory import parse_quantity
+    assert parse_quantity(r["limits"]["memory"], "memory") >= 4 * contract.MERGE_WINDOW_BYTES
+    s, plan = _plan(cache={"resources": {"requests": {"memory": "3Gi"}}})
+    assert mf.fetch_resources(s)["limits"]["memory"] == "3Gi"  # raised with the request
+    s, plan = _plan(cache={"resources": {"limits": {"memory": "1Gi"}}})
+    assert mf.fetch_resources(s) == {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}

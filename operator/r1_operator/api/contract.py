@@ -201,6 +201,8 @@ SERVE_FLAGS = _flags(
          f"`r1-runtime fetch` (its {MANIFEST_FILE} names the model)", required=True),
     Flag("host", str, "0.0.0.0", "address to listen on"),
     Flag("port", int, 8080, "port to listen on", lo=1, hi=65535),
+    Flag("metrics_port", int, 0, "also serve /metrics alone on this port, so a NetworkPolicy can open it to the "
+         "monitoring namespace without opening the API (0: only on --port)", lo=0, hi=65535),
     Flag("alias", str, "", "model id reported by /v1/models (default: the file name)"),
     Flag("variant", str, "", "variant name for the info metric, e.g. UD-IQ1_S"),
     Flag("n_gpu_layers", int, 0, "llama.cpp's --n-gpu-layers: layers on GPU, the output head counting as one "

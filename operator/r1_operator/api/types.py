@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -87,6 +87,11 @@ class InferenceSpec(_Model):
     canary: bool = Field(True, description="Fail readiness when a fixed prompt's output loops.")
 
 
+class Resources(_Model):
+    requests: dict[str, str] = Field(default_factory=dict)
+    limits: dict[str, str] = Field(default_factory=dict)
+
+
 class CacheSpec(_Model):
     model_config = ConfigDict(populate_by_name=True, extra="forbid", json_schema_extra={
         "x-kubernetes-validations": [
@@ -98,6 +103,9 @@ class CacheSpec(_Model):
     access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = Field("ReadWriteOnce",
                                                                                        alias="accessMode")
     keep_shards: bool = Field(False, alias="keepShards")
+    resources: Resources | None = Field(None, description="The fetch Job's container, key by key over the default "
+                                        "(memory 512Mi, limit 2Gi). The first R1Deployment to create a shared cache "
+                                        "sets its Job.")
 
 
 class Toleration(_Model):
@@ -117,11 +125,6 @@ class SchedulingSpec(_Model):
                                    pattern=r"^([a-z0-9.-]+/)?[a-z0-9A-Z._-]+$")
 
 
-class Resources(_Model):
-    requests: dict[str, str] = Field(default_factory=dict)
-    limits: dict[str, str] = Field(default_factory=dict)
-
-
 class SecretRef(_Model):
     name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     key: str = Field(min_length=1, max_length=253)
@@ -130,6 +133,52 @@ class SecretRef(_Model):
 class MonitoringSpec(_Model):
     service_monitor: bool = Field(False, alias="serviceMonitor")
     dashboard: bool = False
+
+
+class LabelSelectorRequirement(_Model):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", json_schema_extra={
+        "x-kubernetes-validations": [
+            _cel("self.operator in ['Exists', 'DoesNotExist'] ? size(self.values) == 0 : size(self.values) > 0",
+                 "In and NotIn need values; Exists and DoesNotExist take none", ".values"),
+        ]})
+    key: str = Field(min_length=1, max_length=317)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[Annotated[str, Field(max_length=63)]] = Field(default_factory=list, max_length=64)
+
+
+class LabelSelector(_Model):
+    match_labels: dict[str, str] = Field(default_factory=dict, alias="matchLabels")
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, alias="matchExpressions",
+                                                              max_length=16)
+
+
+class IPBlock(_Model):
+    cidr: str = Field(min_length=1, max_length=49)
+    except_: list[str] = Field(default_factory=list, alias="except", max_length=32)
+
+
+class NetworkPeer(_Model):
+    """A NetworkPolicyPeer: pods (podSelector) in namespaces (namespaceSelector), or an ipBlock."""
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", json_schema_extra={
+        "x-kubernetes-validations": [
+            _cel("has(self.namespaceSelector) || has(self.podSelector) || has(self.ipBlock)",
+                 "give namespaceSelector, podSelector or ipBlock"),
+            _cel("!has(self.ipBlock) || (!has(self.namespaceSelector) && !has(self.podSelector))",
+                 "ipBlock cannot be combined with namespaceSelector or podSelector", ".ipBlock"),
+        ]})
+    namespace_selector: LabelSelector | None = Field(None, alias="namespaceSelector")
+    pod_selector: LabelSelector | None = Field(None, alias="podSelector")
+    ip_block: IPBlock | None = Field(None, alias="ipBlock")
+
+
+class NetworkSpec(_Model):
+    policy: Literal["restricted", "none"] = Field(
+        "restricted", description="restricted: a NetworkPolicy lets into the runtime's API port only the "
+        "R1Deployment's own namespace and allowFrom, into its metrics port only the operator's monitoring "
+        "namespace, and nothing into the fetch Job's pods. none: no NetworkPolicy (for a CNI that enforces none).")
+    allow_from: list[NetworkPeer] = Field(default_factory=list, alias="allowFrom", max_length=32,
+                                          description="Further clients of the API port (NetworkPolicyPeers), "
+                                          "e.g. an ingress controller's namespace.")
 
 
 class R1DeploymentSpec(_Model):
@@ -147,3 +196,4 @@ class R1DeploymentSpec(_Model):
     hf_token_secret_ref: SecretRef | None = Field(None, alias="hfTokenSecretRef")
     api_key_secret_ref: SecretRef | None = Field(None, alias="apiKeySecretRef")
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+    network: NetworkSpec = Field(default_factory=NetworkSpec)

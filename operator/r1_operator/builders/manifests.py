@@ -96,6 +96,32 @@ def _secret_env(env_name: str, ref) -> dict[str, Any]:
     return {"name": env_name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
 
 
+def _quantity_gib(n: int) -> str:
+    return f"{max(math.ceil(n / GiB), 1)}Gi"
+
+
+# The fetch's working set is bounded: hf_hub's 10 MiB download chunks, the merge's 8 MiB of buffers and one
+# window of dirty pages (contract.MERGE_WINDOW_BYTES) before each fdatasync, and Python (about 150 MiB).
+FETCH_MEMORY_REQUEST = "512Mi"
+FETCH_MEMORY_LIMIT = "2Gi"
+
+
+def fetch_resources(spec: R1DeploymentSpec) -> dict[str, Any]:
+    """The fetch container's CPU and memory, with a limit over its bounded buffers; spec.cache.resources overrides
+    key by key, and a memory request raised above the limit raises the limit with it."""
+    return _overridden({"cpu": "500m", "memory": FETCH_MEMORY_REQUEST}, {"memory": FETCH_MEMORY_LIMIT},
+                       spec.cache.resources)
+
+
+def _overridden(requests: dict[str, str], limits: dict[str, str], override) -> dict[str, Any]:
+    if override:
+        requests, limits = {**requests, **override.requests}, {**limits, **override.limits}
+        if "memory" not in override.limits and \
+                parse_quantity(requests["memory"], "memory") > parse_quantity(limits["memory"], "memory"):
+            limits["memory"] = requests["memory"]
+    return {"requests": requests, "limits": limits}
+
+
 def build_fetch_job(namespace: str, spec: R1DeploymentSpec, plan: dict[str, Any], s: OperatorSettings) -> dict[str, Any]:
     """The shared fetch Job, without owners, like the volume it fills."""
     name, key, _ = cache_ref(spec, plan)
@@ -108,7 +134,7 @@ def build_fetch_job(namespace: str, spec: R1DeploymentSpec, plan: dict[str, Any]
         "name": "fetch", "image": s.runtime_image, "imagePullPolicy": s.image_pull_policy,
         "command": fetch_command(spec, plan["variant"]), "env": env, "volumeMounts": _MOUNTS,
         "securityContext": _container_security(s),
-        "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+        "resources": fetch_resources(spec),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod = {"restartPolicy": "Never", "securityContext": _pod_security(s), "automountServiceAccountToken": False,
@@ -131,7 +157,8 @@ def runtime_command(name: str, spec: R1DeploymentSpec, plan: dict[str, Any], s: 
     """`r1-runtime serve` with every spec field the runtime takes, rendered by the contract (bounds checked)."""
     inf, smp = spec.inference, spec.inference.sampling
     values: dict[str, Any] = {
-        "model": CACHE_MOUNT, "host": "0.0.0.0", "port": s.runtime_port, "alias": name, "variant": plan["variant"],
+        "model": CACHE_MOUNT, "host": "0.0.0.0", "port": s.runtime_port, "metrics_port": s.runtime_metrics_port,
+        "alias": name, "variant": plan["variant"],
         "n_gpu_layers": plan["nGpuLayers"], "ctx_size": inf.ctx_size, "cache_type_k": inf.cache_type_k,
         "cache_type_v": inf.cache_type_v, "flash_attn": inf.flash_attention, "parallel": inf.parallel,
         "temperature": smp.temperature, "min_p": smp.min_p, "top_p": smp.top_p, "top_k": smp.top_k,
@@ -157,10 +184,6 @@ def _scheduling(pod: dict[str, Any], spec: R1DeploymentSpec, plan: dict[str, Any
         pod["affinity"] = sch.affinity
 
 
-def _quantity_gib(n: int) -> str:
-    return f"{max(math.ceil(n / GiB), 1)}Gi"
-
-
 RUNTIME_MEMORY_MARGIN = 2 * GiB  # the runtime process beyond the plan's buffers: Python, llama.cpp, the HTTP server
 
 
@@ -176,13 +199,7 @@ def runtime_resources(spec: R1DeploymentSpec, plan: dict[str, Any]) -> dict[str,
     limits: dict[str, str] = {"memory": memory}
     if plan.get("gpus"):
         requests[gpu] = limits[gpu] = str(plan["gpus"])
-    if spec.resources:
-        requests.update(spec.resources.requests)
-        limits.update(spec.resources.limits)
-        if "memory" not in spec.resources.limits and \
-                parse_quantity(requests["memory"], "memory") > parse_quantity(limits["memory"], "memory"):
-            limits["memory"] = requests["memory"]
-    return {"requests": requests, "limits": limits}
+    return _overridden(requests, limits, spec.resources)
 
 
 def startup_failure_threshold(plan: dict[str, Any], s: OperatorSettings) -> int:
@@ -202,7 +219,8 @@ def build_deployment(name: str, namespace: str, uid: str, spec: R1DeploymentSpec
     container = {
         "name": "runtime", "image": s.runtime_image, "imagePullPolicy": s.image_pull_policy,
         "command": runtime_command(name, spec, plan, s), "env": env,
-        "ports": [{"name": "http", "containerPort": s.runtime_port, "protocol": "TCP"}],
+        "ports": [{"name": "http", "containerPort": s.runtime_port, "protocol": "TCP"},
+                  {"name": "metrics", "containerPort": s.runtime_metrics_port, "protocol": "TCP"}],
         "volumeMounts": _MOUNTS, "resources": runtime_resources(spec, plan),
         "securityContext": _container_security(s),
         "startupProbe": {"httpGet": {**http, "path": "/ready"}, "periodSeconds": PROBE_PERIOD_S,
@@ -243,7 +261,9 @@ def build_service(name: str, namespace: str, uid: str, s: OperatorSettings) -> d
         "metadata": {"name": names.runtime_name(name), "namespace": namespace, "labels": names.labels(name, "runtime"),
                      "ownerReferences": [owner_reference(name, uid)]},
         "spec": {"selector": names.selector(name),
-                 "ports": [{"name": "http", "port": s.runtime_port, "targetPort": "http", "protocol": "TCP"}]},
+                 "ports": [{"name": "http", "port": s.runtime_port, "targetPort": "http", "protocol": "TCP"},
+                           {"name": "metrics", "port": s.runtime_metrics_port, "targetPort": "metrics",
+                            "protocol": "TCP"}]},
     }
 
 
@@ -257,8 +277,38 @@ def build_service_monitor(name: str, namespace: str, uid: str) -> dict[str, Any]
         "metadata": {"name": names.runtime_name(name), "namespace": namespace, "labels": names.labels(name, "runtime"),
                      "ownerReferences": [owner_reference(name, uid)]},
         "spec": {"selector": {"matchLabels": names.selector(name)},
-                 "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}]},
+                 "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}]},
     }
+
+
+def _namespace_peer(namespace: str) -> dict[str, Any]:
+    return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
+
+
+def build_network_policies(name: str, namespace: str, uid: str, spec: R1DeploymentSpec, plan: dict[str, Any],
+                           s: OperatorSettings) -> list[dict[str, Any]]:
+    """spec.network.policy restricted: into the runtime's API port only pods of its own namespace and
+    spec.network.allowFrom, into its metrics port only the monitoring namespace's pods; into the fetch Job's pods
+    nothing. (Most CNIs let the node itself, the kubelet's probes, through regardless.)"""
+    own = [{"podSelector": {}}]
+    allow = [p.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True) for p in spec.network.allow_from]
+    runtime = {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": names.runtime_name(name), "namespace": namespace, "labels": names.labels(name, "runtime"),
+                     "ownerReferences": [owner_reference(name, uid)]},
+        "spec": {"podSelector": {"matchLabels": names.selector(name)}, "policyTypes": ["Ingress"],
+                 "ingress": [{"from": own + allow, "ports": [{"port": "http", "protocol": "TCP"}]},
+                             {"from": [_namespace_peer(s.monitoring_namespace)],
+                              "ports": [{"port": "metrics", "protocol": "TCP"}]}]},
+    }
+    _, key, _ = cache_ref(spec, plan)
+    fetch = {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": names.fetch_policy_name(name), "namespace": namespace, "labels": names.labels(name, "cache"),
+                     "ownerReferences": [owner_reference(name, uid)]},
+        "spec": {"podSelector": {"matchLabels": names.cache_labels(key)}, "policyTypes": ["Ingress"], "ingress": []},
+    }
+    return [runtime, fetch]
 
 
 def build_dashboard_configmap(name: str, namespace: str, uid: str, dashboard_json: str,

@@ -47,6 +47,11 @@ def dashboard_name(name: str) -> str:
     return f"{runtime_name(name)}-dashboard"
 
 
+def fetch_policy_name(name: str) -> str:
+    """The NetworkPolicy that closes the fetch Job's pods of this R1Deployment's cache to all ingress."""
+    return f"{runtime_name(name)}-fetch"
+
+
 def labels(name: str, component: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "r1-runtime",

@@ -84,6 +84,28 @@ def _running(state: ClusterState) -> bool:
     return all(c in state.pids and alive(state.pids[c]) for c in (*COMPONENTS, *real))
 
 
+def _grant_network_policy(api: AdminApi) -> None:
+    """What the NetworkPolicy firewall reads (realnode.NETWORK_POLICY): pods, namespaces, nodes, policies, and the
+    Services and endpoints its informers start with."""
+    role = "r1-dev-network-policy"
+    for path, obj in (
+        ("clusterroles", {"metadata": {"name": role}, "rules": [
+            {"apiGroups": [""], "resources": ["pods", "namespaces", "nodes", "services", "endpoints"],
+             "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["get", "list", "watch"]}]}),
+        ("clusterrolebindings", {"metadata": {"name": role}, "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                          "name": realnode.NETWORK_POLICY_USER}]})):
+        code, body = api.request("POST", f"/apis/rbac.authorization.k8s.io/v1/{path}",
+                                 {"apiVersion": "rbac.authorization.k8s.io/v1",
+                                  "kind": "ClusterRole" if path == "clusterroles" else "ClusterRoleBinding", **obj})
+        if code not in (200, 201, 409):
+            raise ClusterError(f"granting the NetworkPolicy firewall its {path} failed: HTTP {code}: "
+                               f"{body.get('message')}")
+
+
 def up(name: str = "dev", nodes: list[NodeShape] | None = None, timeout: float = 90.0, real_nodes: int = 0,
        real_gpus: int = 0) -> ClusterState:
     """Start the cluster (or return the running one of this name) and create its nodes."""
@@ -110,6 +132,7 @@ def up(name: str = "dev", nodes: list[NodeShape] | None = None, timeout: float =
                for i in range(real_nodes)]
     if real_nodes:
         clients.append((realnode.KUBE_PROXY, "system:kube-proxy", None))
+        clients.append((realnode.NETWORK_POLICY, realnode.NETWORK_POLICY_USER, None))
     write_pki(pki, host_ip=ip, clients=tuple(clients))
     shm = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(tempfile.gettempdir())
     etcd_dir = tempfile.mkdtemp(prefix=f"r1-dev-{name}-etcd-", dir=shm)
@@ -215,6 +238,7 @@ def _start(state: ClusterState, binary: Path, kwok: Path, pki: Path, shapes: lis
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}]})
         if code not in (200, 201, 409):
             raise ClusterError(f"binding system:node for the real nodes failed: HTTP {code}: {body.get('message')}")
+        _grant_network_policy(api)
         realnode.start(state, pki, lambda user: kubeconfig(state.server, pki, user), real_nodes, real_gpus,
                        lambda what, check: _wait(what, state, check, timeout))
         state.nodes.extend(state.real_nodes)

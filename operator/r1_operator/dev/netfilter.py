@@ -7,6 +7,9 @@ Three things add chains:
 - kubelet: `KUBE-FIREWALL`, `KUBE-KUBELET-CANARY`, `KUBE-IPTABLES-HINT` and their jumps;
 - kube-proxy: its `KUBE-*` service chains (`kube-proxy --cleanup` removes them; this module removes what is left).
 
+- kube-router's NetworkPolicy firewall: `KUBE-ROUTER-*`, `KUBE-NWPLCY-*` and `KUBE-POD-FW-*` chains, and ipsets
+  `KUBE-SRC-*`, `KUBE-DST-*` and `TMP-*` (removed once no chain refers to them).
+
 The `KUBE-*` chains are shared by every kubelet on the host, so they go only when the host's last real node does.
 The dev cluster assumes the host is not itself a Kubernetes node.
 """
@@ -73,6 +76,16 @@ def _plan(table: Table, networks: set[str], kube: bool) -> tuple[list[str], set[
     return lines, doomed
 
 
+_IPSET = re.compile(r"^(KUBE-SRC-|KUBE-DST-|TMP-)[A-Z2-7]{16}$")  # kube-router's: prefix + 16 base32 characters
+
+
+def _ipsets() -> list[str]:
+    if not shutil.which("ipset"):
+        return []
+    out = subprocess.run(["ipset", "list", "-n"], capture_output=True, text=True, timeout=30)
+    return [n for n in out.stdout.split() if _IPSET.match(n)]
+
+
 def leftovers(networks: set[str], kube: bool) -> list[str]:
     """What of these networks (and with kube, of kubelet and kube-proxy) is still in the host's tables."""
     out = []
@@ -81,7 +94,7 @@ def leftovers(networks: set[str], kube: bool) -> list[str]:
             lines, doomed = _plan(t, networks, kube)
             out += [f"{tool} {t.name} chain {c}" for c in sorted(doomed)]
             out += [f"{tool} {t.name} rule {line[3:]}" for line in lines]
-    return out
+    return out + ([f"ipset {n}" for n in _ipsets()] if kube else [])
 
 
 def remove(networks: set[str], kube: bool) -> list[str]:
@@ -99,4 +112,8 @@ def remove(networks: set[str], kube: bool) -> list[str]:
                                capture_output=True, text=True, timeout=30)
             if r.returncode:
                 errors.append(f"{tool}-restore: {r.stderr.strip()}")
+    for name in _ipsets() if kube else []:  # after the chains whose rules match them
+        r = subprocess.run(["ipset", "destroy", name], capture_output=True, text=True, timeout=30)
+        if r.returncode:
+            errors.append(f"ipset destroy {name}: {r.stderr.strip()}")
     return errors

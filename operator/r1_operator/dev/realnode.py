@@ -9,10 +9,14 @@ here. Its CPU and memory are the host's.
 
 One kube-proxy (iptables mode) serves the host, so a ClusterIP Service is reachable from the host and from pods:
 the first dev cluster with real nodes on the host runs it, and a second one running at the same time routes no
-Services (it says so; reach its pods with `kubectl port-forward`).
+Services (it says so; reach its pods with `kubectl port-forward`). Beside it the same cluster runs kube-router's
+firewall alone (`NETWORK_POLICY`: no routing, no service proxy, no CNI of its own), which enforces NetworkPolicies
+on the real nodes' pods with iptables and ipsets, as a policy-enforcing CNI would. The host's own traffic to a pod
+(kubelet's probes, a test asking a ClusterIP from the host) is always let in, as on most CNIs.
 
-Teardown (`stop`) leaves nothing behind: containers, shims, kube-proxy, kubelet, containerd, mounts, the bridge, the
-cgroups, the iptables chains (module `netfilter`) and the sysctls kubelet and kube-proxy changed.
+Teardown (`stop`) leaves nothing behind: containers, shims, kube-proxy, kube-router, kubelet, containerd, mounts,
+the bridge, the cgroups, the iptables chains and ipsets (module `netfilter`) and the sysctls kubelet and
+kube-proxy changed.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ SYSCTLS = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops", "net/
            "net/netfilter/nf_conntrack_tcp_timeout_close_wait")
 POD_CIDR, SERVICE_CIDR = "10.246.0.0/16", "10.96.0.0/16"  # a node's pods get 10.246.<slot>.0/24
 KUBE_PROXY = "kube-proxy"
+NETWORK_POLICY = "network-policy"  # kube-router --run-firewall only; its client is NETWORK_POLICY_USER
+NETWORK_POLICY_USER = "r1-dev:network-policy"
 HOST_SYSCTLS = Path("/run/r1-dev/host-sysctls.json")  # host-wide: several dev clusters may run real nodes at once
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -333,6 +339,19 @@ def start(state, pki: Path, kubeconfig_for, count: int, gpus: int, timeout_wait)
         (root / "kubeconfig").write_text(kubeconfig_for(KUBE_PROXY))  # user system:kube-proxy (node-proxier role)
         (root / "config.json").write_text(_kube_proxy_config(root, node_name(0)))
         spawn(state, KUBE_PROXY, [str(binary), KUBE_PROXY, f"--config={root / 'config.json'}", "--v=1"])
+        root = Path(state.root) / NETWORK_POLICY
+        root.mkdir(exist_ok=True)
+        (root / "kubeconfig").write_text(kubeconfig_for(NETWORK_POLICY))
+        spawn(state, NETWORK_POLICY, _network_policy_command(root))
+
+
+def _network_policy_command(root: Path) -> list[str]:
+    """kube-router as a NetworkPolicy firewall only. Every real node's pods have the host's address as hostIP, so
+    one instance (named after real-0) treats them all as its own."""
+    return [str(find_binary("kube-router")), "--run-firewall=true", "--run-router=false", "--run-service-proxy=false",
+            "--run-loadbalancer=false", "--enable-cni=false", "--enable-ipv6=false", "--enable-pod-egress=false",
+            f"--kubeconfig={root / 'kubeconfig'}", f"--hostname-override={node_name(0)}", "--health-port=0",
+            "--metrics-port=0", f"--service-cluster-ip-range={SERVICE_CIDR}", "--iptables-sync-period=15s", "--v=1"]
 
 
 def stop(state, grace: float = 10.0) -> list[str]:
@@ -348,7 +367,8 @@ def stop(state, grace: float = 10.0) -> list[str]:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    comps = [KUBE_PROXY, *(f"{kind}-{name}" for kind in ("kubelet", "containerd") for name in state.real_nodes)]
+    comps = [NETWORK_POLICY, KUBE_PROXY,
+             *(f"{kind}-{name}" for kind in ("kubelet", "containerd") for name in state.real_nodes)]
     for comp in comps:
         pid = state.pids.get(comp)
         if pid and stop_group(pid, grace):
@@ -361,7 +381,7 @@ def stop(state, grace: float = 10.0) -> list[str]:
     last = not _other_slots_in_use(state)  # kubelet's and kube-proxy's chains and sysctls are the host's
     if last and KUBE_PROXY in state.pids:
         subprocess.run([str(find_binary("r1-cluster")), KUBE_PROXY, "--cleanup"], capture_output=True, timeout=60)
-    errors = netfilter.remove(_networks(state), kube=last)
+    errors = netfilter.remove(_networks(state), kube=last)  # kube-router's chains are KUBE-*, then its ipsets
     if errors:
         raise ClusterError("removing the real nodes' iptables rules failed: " + "; ".join(errors))
     if last:
@@ -414,7 +434,7 @@ def leftovers(state) -> list[str]:
     for name in state.real_nodes:
         slot = state.host.get("slots", {})[name]
         root = Path(state.root) / "nodes" / name
-        out += [f"process {c} ({state.pids[c]})" for c in (f"kubelet-{name}", f"containerd-{name}", KUBE_PROXY)
+        out += [f"process {c} ({state.pids[c]})" for c in (f"kubelet-{name}", f"containerd-{name}")
                 if c in state.pids and alive(state.pids[c])]
         out += [f"shim {pid}" for pid in _shims(root / "containerd.sock")]
         out += [f"cgroup {ctrl.name}/{cgroup_name(slot)}" for ctrl in CGROUP_ROOT.iterdir()
@@ -423,4 +443,6 @@ def leftovers(state) -> list[str]:
             out.append(f"bridge {bridge_name(slot)}")
         mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
         out += [f"mount {m}" for m in mounts if m.startswith(str(root))]
+    out += [f"process {c} ({state.pids[c]})" for c in (KUBE_PROXY, NETWORK_POLICY)
+            if c in state.pids and alive(state.pids[c])]
     return out + netfilter.leftovers(_networks(state), kube=not _other_slots_in_use(state))

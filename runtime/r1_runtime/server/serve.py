@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import threading
 
 from r1_operator.api import contract
 
@@ -66,6 +67,8 @@ def settings_from_args(args: argparse.Namespace):
         split = [float(x) for x in args.tensor_split.split(",")] if args.tensor_split else None
     except ValueError:
         raise ValueError(f"--tensor-split {args.tensor_split!r}: expected comma-separated numbers, e.g. 1,1") from None
+    if args.metrics_port and args.metrics_port == args.port:
+        raise ValueError(f"--metrics-port {args.metrics_port} is --port; give another port, or 0 for none")
     if split is not None and (any(x < 0 for x in split) or not any(split)):
         raise ValueError(f"--tensor-split {args.tensor_split!r}: proportions must be >= 0 and not all 0")
     eng = EngineSettings(model=args.model, n_gpu_layers=args.n_gpu_layers, tensor_split=split, ctx_size=args.ctx_size,
@@ -77,6 +80,31 @@ def settings_from_args(args: argparse.Namespace):
                          temperature=args.temperature, min_p=args.min_p, top_p=args.top_p, top_k=args.top_k,
                          stop_on_loop=args.stop_on_loop, canary=args.canary, canary_seed=args.canary_seed,
                          canary_tokens=args.canary_tokens, reasoning_format=args.reasoning_format)
+
+
+def serve_metrics(host: str, port: int, render) -> None:
+    """GET /metrics alone on its own port, in a daemon thread: the same text exposition (format 0.0.4) as /metrics
+    on the API port, whatever the scraper asks for, so the series names (`llamacpp:*`) are the same on both."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            if self.path.split("?")[0] != "/metrics":
+                self.send_error(404, "only /metrics is served on this port")
+                return
+            body = render()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):  # scrapes are not logged
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
                             timeout_graceful_shutdown=args.shutdown_grace, lifespan="off",
                             loop="uvloop", http="httptools")
     server = Server(config)
+    if args.metrics_port:
+        serve_metrics(args.host, args.metrics_port, rt.metrics.render)
+        print(f"r1-runtime serve: /metrics also on {args.host}:{args.metrics_port}", flush=True)
     rt.start_loading()
     print(f"r1-runtime serve: listening on {args.host}:{args.port}, loading {args.model}", flush=True)
     server.run()
