@@ -239,11 +239,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "HEAD":
             return None
         key = f"{repo}/{rel}"
-        with self.hub.lock:
-            corrupt = self.hub.corrupt.get(key, 0) > 0
+        with self.hub.lock:  # a fault flips the middle byte: it counts only for a request whose range holds it
+            corrupt = self.hub.corrupt.get(key, 0) > 0 and start <= size // 2 <= end
             if corrupt:
                 self.hub.corrupt[key] -= 1
-            record = {"file": key, "start": start, "bytes": 0, "corrupted": corrupt}
+            record = {"file": key, "start": start, "end": end, "bytes": 0, "corrupted": corrupt}
             self.hub.requests.append(record)
         self._send_body(file, key, start, end, size, corrupt, record)
         return None

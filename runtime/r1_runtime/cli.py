@@ -52,7 +52,8 @@ def _fetch(args: argparse.Namespace) -> int:
 
     try:
         snap = fetch(args.repo, args.variant, args.dest, revision=args.revision or None, merge=args.merge,
-                     keep_shards=args.keep_shards, interval=args.progress_interval, timeout=args.timeout)
+                     keep_shards=args.keep_shards, interval=args.progress_interval, timeout=args.timeout,
+                     connections=args.connections)
         code = Exit.OK
     except CacheError as exc:
         snap, code = {"phase": exc.phase, "error": str(exc)}, exc.exit_code

@@ -20,7 +20,7 @@ from r1_devtools.waiting import wait_for
 
 from r1_devtools import devhub
 from r1_operator.api.contract import PROGRESS_FILE, cache_peak_bytes
-from r1_runtime.cache.download import partial_path
+from r1_runtime.cache.download import RANGE_ENV, partial_path, written_bytes, written_spans
 from r1_devtools.testmodel import write_test_model
 
 REPO_ID = "unsloth/DeepSeek-R1-GGUF"
@@ -109,38 +109,41 @@ def test_real_huggingface_hub_client_downloads_from_the_test_hub(hub, tmp_path, 
 
 
 def test_killed_fetch_resumes_without_serving_bytes_again(hub, hub_root, tmp_path):
+    """Three connections fetch 256 KiB ranges of the three shards at once; a SIGKILL lands mid-way. The rerun
+    asks for no byte the volume already holds (range granularity): the only bytes the hub serves twice are those
+    in flight at the kill."""
     endpoint, state = hub
-    state.throttle_bps = 1_000_000  # ~1.5 s per shard, so the kill lands mid-file
+    state.throttle_bps = 1_000_000  # per connection: ~1.5 s per shard, so the kill lands mid-file
     dest = tmp_path / "cache"
     names = shard_names(hub_root)
     sizes = {n: (hub_root / REPO_ID / f"DeepSeek-R1-{VARIANT}" / n).stat().st_size for n in names}
     key = {n: f"{REPO_ID}/DeepSeek-R1-{VARIANT}/{n}" for n in names}
-    part = partial_path(dest / f"DeepSeek-R1-{VARIANT}" / names[1])
+    finals = {n: dest / f"DeepSeek-R1-{VARIANT}" / n for n in names}
+    env = {RANGE_ENV: str(256 << 10)}
 
-    proc = run_fetch(endpoint, dest, "--keep-shards", wait=False)
-    wait_for(lambda: part.is_file() and part.stat().st_size > 300_000, 30, "shard 2 half-downloaded")
+    proc = run_fetch(endpoint, dest, "--keep-shards", "--connections", "3", env=env, wait=False)
+    wait_for(lambda: written_bytes(finals[names[1]], sizes[names[1]]) > 300_000, 30, "shard 2 partly written")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    on_disk = part.stat().st_size
-    assert 0 < on_disk < sizes[names[1]]
-    assert not (dest / f"DeepSeek-R1-{VARIANT}" / names[1]).exists()  # nothing that looks complete
+    had = {n: [(0, sizes[n])] if finals[n].is_file() else written_spans(finals[n], sizes[n]) for n in names}
+    assert 0 < sum(b - a for a, b in had[names[1]]) < sizes[names[1]]
+    assert not finals[names[1]].exists()  # nothing that looks complete
+    killed_at = len(state.stats()["requests"])  # the killed process makes no request after this one
 
     state.throttle_bps = 0
-    r = run_fetch(endpoint, dest, "--keep-shards")
+    r = run_fetch(endpoint, dest, "--keep-shards", "--connections", "3", env=env)
     assert r.returncode == 0, r.stderr
     stats = state.stats()
-    # shard 1 was complete: never requested again
-    assert stats["served"][key[names[0]]] == sizes[names[0]]
-    # shard 2: the second request starts exactly where the partial file ended
-    resumed = [q for q in stats["requests"] if q["file"] == key[names[1]]]
-    assert [q["start"] for q in resumed] == [0, on_disk]
-    assert resumed[1]["bytes"] == sizes[names[1]] - on_disk
-    # the only bytes served twice are those in flight at the kill (socket buffers and one read chunk)
-    in_flight = resumed[0]["bytes"] - on_disk
-    assert 0 <= in_flight <= 2 << 20
-    assert stats["served"][key[names[1]]] == sizes[names[1]] + in_flight
-    assert (dest / f"DeepSeek-R1-{VARIANT}" / names[1]).read_bytes() == (
-        hub_root / REPO_ID / f"DeepSeek-R1-{VARIANT}" / names[1]).read_bytes()
+    for q in stats["requests"][killed_at:]:  # no request of the rerun overlaps what was written before the kill
+        n = q["file"].rsplit("/", 1)[1]
+        assert all(q["end"] < a or q["start"] >= b for a, b in had[n]), (q, had[n])
+    for n in names:
+        assert finals[n].read_bytes() == (hub_root / REPO_ID / f"DeepSeek-R1-{VARIANT}" / n).read_bytes()
+        rerun = sum(q["bytes"] for q in stats["requests"][killed_at:] if q["file"] == key[n])
+        assert rerun == sizes[n] - sum(b - a for a, b in had[n])  # exactly what was missing
+        in_flight = stats["served"][key[n]] - sizes[n]
+        assert 0 <= in_flight <= 3 * (2 << 20)  # socket buffers and one read chunk per connection, lost at the kill
+    assert not list(dest.rglob("*.partial*"))  # partials and journals gone once verified
 
 
 @pytest.mark.parametrize("corrupt_times, expect_rc", [(1, 0), (2, 4)])

@@ -21,6 +21,7 @@ from r1_devtools.testmodel import ModelShape, write_test_model
 from r1_devtools.waiting import wait_for
 
 from r1_operator.builders import names
+from r1_runtime.cache.download import written_bytes, written_spans
 from r1_operator.dev import realnode
 from r1_operator.dev.processes import free_port
 
@@ -247,15 +248,16 @@ def test_prometheus_scrapes_the_runtime_pod_with_the_podmonitor_labels(real_kube
 
 def test_a_fetch_container_killed_mid_download_resumes_without_fetching_a_byte_twice(real_kube, real_ns, real_hub,
                                                                                      real_cluster):
-    """The fetch container is killed (SIGKILL) while shard 2 downloads; the Job's next pod resumes it from the
-    volume's partial file: the hub serves each byte once, but for those in flight at the kill."""
+    """The fetch container is killed (SIGKILL) while its connections download the three shards; the Job's next
+    pod resumes from the volume's partial files and their journals: it asks for no byte already written, and
+    the hub serves each byte once, but for those in flight at the kill."""
     kube, ns = real_kube, real_ns
     hub = real_hub[1]
-    root = hub.root / "unsloth/DeepSeek-R1-GGUF"
-    shards = sorted(p.relative_to(root.parent.parent).as_posix() for p in root.rglob("*-of-*.gguf"))
+    root = hub.root / HUB_REPO / "DeepSeek-R1-UD-IQ1_S"
+    shards = sorted(p.relative_to(hub.root).as_posix() for p in root.glob("*-of-*.gguf"))
     sizes = {k: (hub.root / k).stat().st_size for k in shards}
     first = len(hub.stats()["requests"])
-    hub.throttle_bps = 100_000  # about 15 s per shard: the kill lands mid-file even on a loaded machine
+    hub.throttle_bps = 100_000  # per connection, about 15 s per shard: the kill lands mid-file on a loaded machine
     try:
         kube.apply(R1D, ns)
         kube.wait_condition(ns, "r1-real", "Planned", timeout=60)
@@ -265,24 +267,28 @@ def test_a_fetch_container_killed_mid_download_resumes_without_fetching_a_byte_t
             name = pvc["spec"].get("volumeName")
             return Path(kube.json("get", "pv", name)["spec"]["local"]["path"]) if name else None
 
-        part = wait_for(volume, 60, "the cache volume") / Path(shards[1]).parent.name / f".{Path(shards[1]).name}.partial"
-        wait_for(lambda: part.is_file() and part.stat().st_size > 0, 120, "shard 2 partly written to the volume",
-                 interval=0.05)
+        vol = wait_for(volume, 60, "the cache volume")
+        finals = {k: vol / Path(k).parent.name / Path(k).name for k in shards}
+        wait_for(lambda: written_bytes(finals[shards[1]], sizes[shards[1]]) > 0, 120,
+                 "shard 2 partly written to the volume", interval=0.05)
         # SIGKILL the fetch process inside the container (the container dies with it; the Job starts a new pod)
         slot = real_cluster.host["slots"]["real-0"]
         fetch = [pid for pid in realnode.cgroup_pids(realnode.cgroup_name(slot))
                  if b"fetch" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
         assert len(fetch) == 1, fetch
         os.kill(fetch[0], signal.SIGKILL)
+        wait_for(lambda: not Path(f"/proc/{fetch[0]}").exists(), 10, "the fetch process gone")
+        killed_at = len(hub.stats()["requests"])  # the killed process asks for nothing after this
+        had = {k: [(0, sizes[k])] if finals[k].is_file() else written_spans(finals[k], sizes[k]) for k in shards}
     finally:
         hub.throttle_bps = 0
+    assert 0 < sum(b - a for a, b in had[shards[1]]) < sizes[shards[1]]
     kube.run("wait", "--for=condition=Complete", f"job/{CACHE}", "-n", ns, "--timeout=180s")
     kube.wait_condition(ns, "r1-real", "CacheReady", timeout=60)
-    reqs = [q for q in hub.stats()["requests"][first:] if q["file"] in sizes]
-    assert sum(q["bytes"] for q in reqs if q["file"] == shards[0]) == sizes[shards[0]]  # done before: never again
-    second = [q for q in reqs if q["file"] == shards[1]]
-    assert len(second) == 2 and second[0]["start"] == 0 and second[1]["start"] > 0  # resumed with a Range
-    assert second[1]["bytes"] == sizes[shards[1]] - second[1]["start"]
-    in_flight = second[0]["bytes"] - second[1]["start"]
-    assert 0 <= in_flight <= 2 << 20  # socket buffers and one read chunk, lost with the process
-    assert sum(q["bytes"] for q in reqs if q["file"] == shards[2]) == sizes[shards[2]]
+    stats = hub.stats()
+    for k in shards:
+        rerun = [q for q in stats["requests"][killed_at:] if q["file"] == k]
+        assert all(q["end"] < a or q["start"] >= b for q in rerun for a, b in had[k]), (rerun, had[k])
+        assert sum(q["bytes"] for q in rerun) == sizes[k] - sum(b - a for a, b in had[k])  # exactly what was missing
+        in_flight = sum(q["bytes"] for q in stats["requests"][first:] if q["file"] == k) - sizes[k]
+        assert 0 <= in_flight <= 2 << 20  # socket buffers and one read chunk per connection, lost with the process

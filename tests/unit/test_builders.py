@@ -141,6 +141,11 @@ def test_fetch_job_fails_fast_on_permanent_errors_and_keeps_secrets_as_reference
     env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}}
     assert env["HF_ENDPOINT"]["value"] == "http://mirror:8080"
+    cmd = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert cmd[cmd.index("--connections") + 1] == "8"  # the default; spec.cache.connections sets it
+    s, plan = _plan(cache={"connections": 2})
+    cmd = mf.build_fetch_job("ns", s, plan, S)["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert cmd[cmd.index("--connections") + 1] == "2"
     assert job["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/hostname"] == plan["node"]
 
 

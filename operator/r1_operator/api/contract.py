@@ -76,6 +76,7 @@ def parse_split(name: str) -> SplitName | None:
 # records it in its journal and then frees the window's source bytes (punching holes in the shard) while it
 # copies the next. The merged copy and the remaining shards therefore never hold more than the set plus two
 # windows.
+FETCH_SEGMENT_BYTES = 64 << 20  # a download's byte ranges: one connection fetches one at a time
 MERGE_WINDOW_BYTES = 256 << 20
 MERGE_SLACK_BYTES = 2 * MERGE_WINDOW_BYTES
 
@@ -245,6 +246,8 @@ FETCH_FLAGS = _flags(
     Flag("merge", bool, False, "merge a split set into one GGUF after verifying it"),
     Flag("keep_shards", bool, False, "with --merge, keep the shards: the volume holds two copies of the set "
          "(default: the merge consumes them as it copies)"),
+    Flag("connections", int, 8, "HTTP connections at once: large files are fetched as byte ranges of "
+         f"{FETCH_SEGMENT_BYTES >> 20} MiB, several files at once (1: one connection, the baseline)", lo=1, hi=64),
     Flag("progress_interval", float, 5.0, "seconds between progress lines", lo=0, lo_open=True),
     Flag("timeout", float, 60.0, "HTTP read timeout in seconds", lo=0, lo_open=True),
     Flag("termination_log", str, "/dev/termination-log",

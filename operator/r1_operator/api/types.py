@@ -6,7 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from r1_operator.api.contract import CACHE_TYPES, MIN_TOKENS_PER_SEQUENCE, SERVE_FLAGS, UNQUANTIZED_CACHE_TYPES, \
+from r1_operator.api.contract import CACHE_TYPES, FETCH_FLAGS, MIN_TOKENS_PER_SEQUENCE, SERVE_FLAGS, \
+    UNQUANTIZED_CACHE_TYPES, \
     Flag
 
 GROUP = "r1.inference.dev"
@@ -103,6 +104,9 @@ class CacheSpec(_Model):
     access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"] = Field("ReadWriteOnce",
                                                                                        alias="accessMode")
     keep_shards: bool = Field(False, alias="keepShards")
+    connections: int = Field(FETCH_FLAGS["connections"].default, ge=FETCH_FLAGS["connections"].lo,
+                             le=FETCH_FLAGS["connections"].hi, description="HTTP connections the fetch uses at once "
+                             "(byte ranges of large files, several files at once); 1 for a mirror that allows one.")
     resources: Resources | None = Field(None, description="The fetch Job's container, key by key over the default "
                                         "(memory 512Mi, limit 2Gi). The first R1Deployment to create a shared cache "
                                         "sets its Job.")

@@ -89,7 +89,7 @@ def fetch_command(spec: R1DeploymentSpec, variant: str) -> list[str]:
     m = spec.model
     return ["r1-runtime", "fetch", *contract.render(contract.FETCH_FLAGS, {
         "repo": m.repo, "variant": variant, "dest": CACHE_MOUNT, "revision": m.revision, "merge": True,
-        "keep_shards": spec.cache.keep_shards, "progress_interval": 10.0})]
+        "keep_shards": spec.cache.keep_shards, "connections": spec.cache.connections, "progress_interval": 10.0})]
 
 
 def _secret_env(env_name: str, ref) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from r1_operator.api.contract import LOCK_FILE, MANIFEST_FILE, Exit, SplitName, cache_peak_bytes, parse_split
 from r1_runtime.cache import merge as merging
-from r1_runtime.cache.download import Downloader, FetchError, Listing, RemoteFile, list_variant, partial_path
+from r1_runtime.cache.download import Downloader, FetchError, Listing, RemoteFile, list_variant, written_bytes
 from r1_runtime.cache.files import CacheError, write_json_atomic
 from r1_runtime.cache.progress import Progress, gib
 
@@ -63,9 +63,7 @@ def space_needed(dest: Path, listing: Listing, merge: bool, keep_shards: bool = 
         if final.is_file() and final.stat().st_size == f.size:
             have += f.size
             continue
-        part = partial_path(final)
-        got = part.stat().st_size if part.is_file() else 0
-        have += got if got <= f.size else 0
+        have += written_bytes(final, f.size)
     out = merged_path(dest, listing) if merge else None
     if out is not None:  # an interrupted merge: its committed bytes are freed from the shards when it resumes
         have += merging.committed_bytes(out)
@@ -82,7 +80,7 @@ def _merge_room(merge_to: Path | None, keep_shards: bool) -> str:
 
 def fetch(repo: str, variant: str, dest: str | os.PathLike[str], *, revision: str | None = None,
           merge: bool = False, keep_shards: bool = False, endpoint: str | None = None,
-          interval: float = 5.0, timeout: float = 60.0, stream=sys.stderr) -> dict:
+          interval: float = 5.0, timeout: float = 60.0, connections: int = 8, stream=sys.stderr) -> dict:
     """Fetch the variant's files into dest (and merge a split set); return the final progress snapshot."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -94,7 +92,8 @@ def fetch(repo: str, variant: str, dest: str | os.PathLike[str], *, revision: st
             raise FetchError(f"{dest}: another fetch holds {LOCK_FILE}; wait for it to finish", Exit.RETRY) from None
         progress = Progress(dest, 0, interval, stream)
         try:
-            return _fetch_locked(repo, variant, dest, revision, merge, keep_shards, endpoint, timeout, progress)
+            return _fetch_locked(repo, variant, dest, revision, merge, keep_shards, endpoint, timeout, connections,
+                                 progress)
         except CacheError as exc:
             progress.phase = exc.phase
             progress.emit(force=True, error=str(exc))
@@ -103,7 +102,8 @@ def fetch(repo: str, variant: str, dest: str | os.PathLike[str], *, revision: st
             progress.close()
 
 
-def _fetch_locked(repo, variant, dest: Path, revision, merge, keep_shards, endpoint, timeout, progress: Progress) -> dict:
+def _fetch_locked(repo, variant, dest: Path, revision, merge, keep_shards, endpoint, timeout, connections,
+                  progress: Progress) -> dict:
     progress.set_phase("listing", repo)
     listing = list_variant(repo, variant, revision, endpoint)
     total = sum(f.size for f in listing.files)
@@ -121,13 +121,14 @@ def _fetch_locked(repo, variant, dest: Path, revision, merge, keep_shards, endpo
             f"here{_merge_room(merge_to, keep_shards)}), {gib(free)} free. Grow the cache volume "
             f"(spec.cache.size) or free space, then run again", Exit.NO_SPACE, "no-space")
     progress.set_phase("downloading", done=0, total=total)
-    downloader = Downloader(listing, endpoint, progress, timeout)
+    todo = []
     for f in listing.files:
         final = dest / f.path
         if final.is_file() and final.stat().st_size == f.size:
             progress.add(f.size)
-            continue
-        downloader.fetch(f, final)
+        else:
+            todo.append((f, final))
+    Downloader(listing, endpoint, progress, timeout, connections).fetch_all(todo)
     first = shard1(listing)
     model = dest / (first.path if first else listing.files[0].path)
     if merge_to is not None:

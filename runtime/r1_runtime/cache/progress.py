@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +29,8 @@ class Progress:
         self._last_line = 0.0
         self._last_write = 0.0
         self._printed_phase = ""
+        self._lock = threading.RLock()  # the fetch's connections report from their threads
+        self._conns: dict[int, tuple[str, collections.deque]] = {}  # connection -> (file, its rate window)
         self._bar = None
         if hasattr(stream, "isatty") and stream.isatty():
             from tqdm import tqdm
@@ -35,11 +38,20 @@ class Progress:
             self._bar = tqdm(total=total, unit="B", unit_scale=True, file=stream)
 
     def rate(self) -> float:
-        now = time.monotonic()
-        while len(self._window) > 1 and now - self._window[0][0] > 10.0:
-            self._window.popleft()
-        t0, b0 = self._window[0]
-        return (self.done - b0) / (now - t0) if now > t0 else 0.0
+        return _rate(self._window, self.done)
+
+    def connection(self, conn: int, file: str | None) -> None:
+        """Connection `conn` now fetches `file` (None: it is idle)."""
+        with self._lock:
+            if file is None:
+                self._conns.pop(conn, None)
+            else:
+                self._conns[conn] = (file, collections.deque([(time.monotonic(), 0)]))
+
+    def connections(self) -> list[dict]:
+        with self._lock:
+            return [{"connection": c, "file": f, "bytesPerSecond": round(_rate(w, w[-1][1]))}
+                    for c, (f, w) in sorted(self._conns.items())]
 
     def snapshot(self, **extra) -> dict:
         rate = self.rate()
@@ -54,10 +66,15 @@ class Progress:
             "etaSeconds": round(left / rate) if rate > 0 and left > 0 else None,
             "elapsedSeconds": round(time.monotonic() - self.started, 1),
             "updatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "connections": self.connections(),
             **extra,
         }
 
     def set_phase(self, phase: str, file: str = "", done: int | None = None, total: int | None = None) -> None:
+        with self._lock:
+            self._set_phase(phase, file, done, total)
+
+    def _set_phase(self, phase: str, file: str, done: int | None, total: int | None) -> None:
         self.phase, self.file = phase, file
         if total is not None:
             self.total = total
@@ -71,16 +88,25 @@ class Progress:
                 self._bar.refresh()
         self.emit(force=True)
 
-    def add(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        self._window.append((now, self.done))
-        if self._bar is not None:
-            self._bar.update(n)
-        if now - self._last_write >= 1.0 or (self._bar is None and now - self._last_line >= self.interval):
-            self.emit()  # the snapshot is built only when it is written or printed
+    def add(self, n: int, conn: int | None = None) -> None:
+        """n more bytes done (by connection `conn`, when one fetched them)."""
+        with self._lock:
+            self.done += n
+            now = time.monotonic()
+            self._window.append((now, self.done))
+            if conn is not None and conn in self._conns:
+                w = self._conns[conn][1]
+                w.append((now, w[-1][1] + n))
+            if self._bar is not None:
+                self._bar.update(n)
+            if now - self._last_write >= 1.0 or (self._bar is None and now - self._last_line >= self.interval):
+                self.emit()  # the snapshot is built only when it is written or printed
 
     def emit(self, force: bool = False, **extra) -> dict:
+        with self._lock:
+            return self._emit(force, **extra)
+
+    def _emit(self, force: bool = False, **extra) -> dict:
         now = time.monotonic()
         snap = self.snapshot(**extra)
         if force or now - self._last_write >= 1.0:
@@ -88,10 +114,14 @@ class Progress:
             self._last_write = now
         if self._bar is None and (now - self._last_line >= self.interval or (force and self.phase != self._printed_phase)):
             rate = snap["bytesPerSecond"] / (1 << 20)
+            conns = snap["connections"]
+            each = (f" over {len(conns)} connections (" + " ".join(f"{c['bytesPerSecond'] / (1 << 20):.1f}"
+                                                             for c in conns) + " MiB/s)") if conns else ""
             # The JSON tail is for machines: the operator reads it from the pod's log for the CACHE column.
             machine = json.dumps({k: snap[k] for k in PROGRESS_KEYS})
             print(f"r1-runtime fetch: {snap['phase']} {snap['file']} {gib(self.done)}/{gib(self.total)} "
-                  f"({snap['percent']}%) {rate:.1f} MiB/s {PROGRESS_MARK}{machine}", file=self.stream, flush=True)
+                  f"({snap['percent']}%) {rate:.1f} MiB/s{each} {PROGRESS_MARK}{machine}", file=self.stream,
+                  flush=True)
             self._last_line = now
             self._printed_phase = self.phase
         return snap
@@ -103,3 +133,12 @@ class Progress:
 
 def gib(n: int) -> str:
     return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
+
+
+def _rate(window: collections.deque, now_bytes: int) -> float:
+    """Bytes per second over the last 10 s of (time, bytes) samples."""
+    now = time.monotonic()
+    while len(window) > 1 and now - window[0][0] > 10.0:
+        window.popleft()
+    t0, b0 = window[0]
+    return (now_bytes - b0) / (now - t0) if now > t0 else 0.0
