@@ -28,7 +28,12 @@ class Kube:
     kubeconfig: str
 
     def run(self, *args: str, input: str | None = None, check: bool = True, as_user: str | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess:
+            timeout: float | None = None) -> subprocess.CompletedProcess:
+        """kubectl with this kubeconfig. Its own time limit is `timeout`, else 30 s beyond a `--timeout=Ns` among the
+        arguments (kubectl wait's), else 120 s, so a wait fails with kubectl's message and the state it saw."""
+        if timeout is None:
+            asked = [float(a[len("--timeout="):-1]) for a in args if re.fullmatch(r"--timeout=\d+(\.\d+)?s", a)]
+            timeout = asked[0] + 30 if asked else 120
         cmd = [str(BIN / "kubectl"), *args] + ([f"--as={as_user}"] if as_user else [])
         res = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout,
                              env={**os.environ, "KUBECONFIG": self.kubeconfig})

@@ -7,7 +7,8 @@ The bytes are fetched here rather than by ``hf_hub_download``: huggingface_hub 2
 writes each download to a process-unique temporary file and deletes it on failure, so a
 killed download always restarts from zero, over one connection.
 
-Here `connections` threads fetch byte ranges (`FETCH_SEGMENT_BYTES`, 64 MiB) with
+Here `connections` threads fetch byte ranges (`FETCH_SEGMENT_BYTES`, 64 MiB, or shorter for a file that
+would otherwise give each connection fewer than four: `range_bytes`) with
 ``Range: bytes=A-B``, the files' ranges in order, so large files use every connection and
 small ones go several at once. Each file is written in place into ``.NAME.partial`` (sparse,
 its final size); a journal beside it (``.NAME.partial.ranges``) records each span after it is
@@ -42,12 +43,17 @@ from r1_runtime.cache.progress import Progress
 RETRIES = 5  # failures in a row of one range before the fetch gives up (a rerun resumes)
 CHUNK = 1 << 20  # read from the socket, written and journaled at a time
 HASH_BUF = 8 << 20
-RANGE_ENV = "R1_FETCH_RANGE_BYTES"  # the range size, FETCH_SEGMENT_BYTES unless set (tests use small ones)
+RANGE_ENV = "R1_FETCH_RANGE_BYTES"  # a fixed range size instead (tests use small ones)
+MIN_RANGE = 4 << 20
 
 
-def range_bytes() -> int:
+def range_bytes(size: int, connections: int) -> int:
+    """A file's range size: FETCH_SEGMENT_BYTES, smaller for a file too small to give every connection four ranges
+    (at least MIN_RANGE), so the last ranges in flight, when some connections already idle, are short."""
     raw = os.environ.get(RANGE_ENV)
-    return int(raw) if raw else FETCH_SEGMENT_BYTES
+    if raw:
+        return int(raw)
+    return max(MIN_RANGE, min(FETCH_SEGMENT_BYTES, -(-size // (4 * connections))))
 
 
 class FetchError(CacheError):
@@ -185,9 +191,9 @@ class _File:
         with self.lock:
             return self.spans[0][1] if self.spans and self.spans[0][0] == 0 else 0
 
-    def missing(self) -> list[tuple[int, int]]:
+    def missing(self, connections: int = 8) -> list[tuple[int, int]]:
         """What no span covers, cut into ranges of at most range_bytes()."""
-        out, pos, step = [], 0, range_bytes()
+        out, pos, step = [], 0, range_bytes(self.remote.size, connections)
         with self.lock:
             edges = [*self.spans, (self.remote.size, self.remote.size)]
         for a, b in edges:
@@ -237,7 +243,7 @@ class Downloader:
             done = sum(b - a for a, b in job.spans)
             if done:
                 self.progress.add(done)
-            for a, b in job.missing():
+            for a, b in job.missing(self.connections):
                 self._ranges.put((job, a, b))
         workers = [threading.Thread(target=self._work, args=(i,), name=f"fetch-{i}", daemon=True)
                    for i in range(self.connections)]
@@ -304,7 +310,7 @@ class Downloader:
                   "deleted it, fetching it again", file=sys.stderr, flush=True)
             job.attempt = 2
             job.open()
-            for a, b in job.missing():
+            for a, b in job.missing(self.connections):
                 self._ranges.put((job, a, b))
 
     # ------------------------------------------------------------ the connections
