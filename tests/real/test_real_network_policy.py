@@ -26,6 +26,7 @@ NAME = "r1-net"
 R1D = {
     "apiVersion": "r1.inference.dev/v1alpha1", "kind": "R1Deployment", "metadata": {"name": NAME},
     "spec": {"model": {"variant": "UD-IQ1_S"}, "inference": {"ctxSize": 1024, "parallel": 1, "canary": False},
+             "resources": {"requests": {"cpu": "250m"}},  # beside the client pods on the host's CPUs
              "scheduling": {"nodeSelector": {realnode.REAL_LABEL: "true", "kubernetes.io/hostname": "real-0"}}},
 }
 RESTRICTED = {"allowPrivilegeEscalation": False, "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},

@@ -68,7 +68,13 @@ def test_a_restricted_pod_runs_in_a_real_container(real_cluster):
     kubectl(state, "create", "namespace", "locked")
     kubectl(state, "label", "namespace", "locked", "pod-security.kubernetes.io/enforce=restricted")
     kubectl(state, "apply", "-n", "locked", "-f", "-", input=json.dumps(RESTRICTED_POD))
+    try:
+        _sandbox_runs(state)
+    finally:  # its CPU request would stay on real-0 for the tests after this one
+        kubectl(state, "delete", "namespace", "locked", "--wait=true", "--timeout=60s")
 
+
+def _sandbox_runs(state) -> None:
     def running():
         pod = json.loads(kubectl(state, "get", "pod", "sandbox", "-n", "locked", "-o", "json").stdout)
         return pod if pod["status"].get("phase") == "Running" else None

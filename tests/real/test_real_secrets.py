@@ -38,6 +38,7 @@ def test_hf_token_and_api_key_appear_nowhere(real_kube, real_ns, real_hub, real_
     r1d = {"apiVersion": "r1.inference.dev/v1alpha1", "kind": "R1Deployment", "metadata": {"name": NAME},
            "spec": {"model": {"variant": "UD-IQ1_S"}, "inference": {"ctxSize": 1024, "parallel": 1, "canary": False},
                     "hfTokenSecretRef": {"name": "hf", "key": "token"}, "apiKeySecretRef": {"name": "api", "key": "key"},
+                    "resources": {"requests": {"cpu": "250m"}},  # the host's 2 CPUs are shared with other tests' pods
                     "scheduling": {"nodeSelector": {realnode.REAL_LABEL: "true", "kubernetes.io/hostname": "real-0"}}}}
     hub.token = token  # the fetch must present it
     try:
