@@ -83,3 +83,19 @@ def test_a_cpu_build_reports_its_layers_from_their_assignments():
     log += "load_tensors:   CPU_Mapped model buffer size =    92.10 MiB\n"
     r = parse_load_report(log)
     assert (r.offloaded, r.layers) == (0, 31) and r.by_device == {"CPU_Mapped": {"weights": round(92.10 * (1 << 20))}}
+
+
+def test_the_operator_names_a_load_out_of_memory_in_the_status():
+    import json
+
+    from r1_operator.k8s.observe import _load_out_of_memory
+
+    msg = {"reason": "OutOfMemory", "what": "KV cache", "device": "CUDA0", "planDevice": "gpu0",
+           "requestedBytes": 9216 << 20, "plannedBytes": 8192 << 20, "line": "..."}
+    pod = {"metadata": {"name": "r1-abc"}}
+    cs = {"name": "runtime", "restartCount": 2,
+          "lastState": {"terminated": {"exitCode": 5, "reason": "Error", "message": json.dumps(msg)}}}
+    said = _load_out_of_memory(pod, cs)
+    assert "the KV cache on CUDA0 could not be allocated (9216.0 MiB asked, the plan predicted 8192.0 MiB there" in said
+    assert "2 restarts" in said and "spec.inference.ctxSize" in said
+    assert _load_out_of_memory(pod, {"name": "runtime", "lastState": {"terminated": {"exitCode": 1}}}) == ""
