@@ -12,6 +12,7 @@ from r1_devtools.models import smollm2_path
 from r1_devtools.testmodel import PRESETS, ModelShape, write_test_model
 from r1_operator.api.contract import CACHE_TYPES
 from r1_operator.modelinfo.describe import describe_local
+from r1_operator.planning.layout import device_layout
 from r1_operator.planning.memory import RuntimeSettings, compute_buffer_bytes, kv_cache_bytes
 from r1_runtime.llamalog import captured_log, parse_buffers
 
@@ -45,7 +46,9 @@ def measure(path: Path, s: RuntimeSettings) -> dict:
                     n_gpu_layers=0, verbose=True)
         llm.close()
     got = parse_buffers("".join(lines))
-    predicted = {"weights": facts.tensor_bytes, "kv_cache": kv_cache_bytes(facts, s), "compute": compute_buffer_bytes(facts, s)}
+    # what the planner lays out on the CPU at --n-gpu-layers 0 (a tied output head counted once), not the file's sum
+    cpu = device_layout(facts, s, 0, 0)[-1]
+    predicted = {"weights": cpu.weights, "kv_cache": kv_cache_bytes(facts, s), "compute": compute_buffer_bytes(facts, s)}
     actual = {"weights": got.weights, "kv_cache": got.kv_cache, "compute": got.compute}
     return {
         "settings": {"ctx_size": s.ctx_size, "cache_type_k": s.cache_type_k, "cache_type_v": s.cache_type_v,

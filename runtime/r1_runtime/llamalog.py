@@ -37,10 +37,11 @@ def _install() -> None:
 
     @llama_cpp.llama_log_callback
     def cb(level, text, user_data):  # noqa: ARG001 - ctypes signature
+        line = text.decode("utf-8", "replace")
         if _lines is not None:
-            _lines.append(text.decode("utf-8", "replace"))
-        elif level >= _echo_level:
-            sys.stderr.write(text.decode("utf-8", "replace"))
+            _lines.append(line)
+        if level >= _echo_level:  # warnings and errors reach stderr, captured or not
+            sys.stderr.write(line)
 
     _callback = cb  # keep a reference: ctypes would free it
     llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
@@ -90,3 +91,88 @@ def parse_buffers(log: str) -> Buffers:
     if not by_device:
         raise ValueError("no buffer sizes found in the llama.cpp log")
     return Buffers(total("weights"), total("kv_cache"), total("compute"), by_device)
+
+
+# ---------------------------------------------------------------- what a load got, and why one failed
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What llama.cpp reported after loading: layers offloaded and bytes per device and kind."""
+
+    offloaded: int | None  # "offloaded N/M layers to GPU" (None: the line was not logged)
+    layers: int | None
+    by_device: dict[str, dict[str, int]]  # e.g. {"CPU": {"weights": .., "kv_cache": .., "compute": ..}, "CUDA0": {..}}
+
+    def as_dict(self) -> dict:
+        return {"offloadedLayers": self.offloaded, "layers": self.layers, "devices": self.by_device}
+
+
+def parse_load_report(log: str) -> LoadReport:
+    try:
+        by_device = parse_buffers(log).by_device
+    except ValueError:
+        by_device = {}
+    if m := re.search(r"offloaded (\d+)/(\d+) layers to GPU", log):
+        return LoadReport(int(m.group(1)), int(m.group(2)), by_device)
+    # a build without GPU backends logs no summary, but each layer's device (the output layer is the last)
+    assigned = re.findall(r"layer\s+\d+ assigned to device (\S+?),", log)
+    if assigned:
+        return LoadReport(sum(d != "CPU" for d in assigned), len(assigned), by_device)
+    return LoadReport(None, None, by_device)
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """An allocation llama.cpp could not make while loading."""
+
+    what: str  # model weights | KV cache | compute buffer
+    device: str  # as llama.cpp names it: CPU, CUDA0, ...
+    bytes: int | None  # what it asked for, when the log says
+    line: str  # the log line that said so
+
+    def plan_device(self) -> str:
+        """The plan's name for the device: cpu, gpu0, gpu1, ..."""
+        m = re.fullmatch(r"(?:CUDA|ROCm|Vulkan|SYCL|Metal)(\d*)", self.device)
+        return f"gpu{m.group(1) or 0}" if m else "cpu"
+
+
+_WHAT = {"weights": "model weights", "kv_cache": "KV cache", "compute": "compute buffer"}
+# What failed: the line llama.cpp logs after the allocator gave up, and the kind it means.
+_STAGES = (
+    (re.compile(r"unable to allocate (\S+) buffer"), "weights"),
+    (re.compile(r"failed to allocate buffer for kv cache"), "kv_cache"),
+    (re.compile(r"failed to allocate compute (?:pp |tg )?buffers|ggml_gallocr_reserve_n: failed to allocate|"
+                r"failed to allocate output buffer"), "compute"),
+)
+# The allocator's own line: device and bytes.
+_ALLOCS = (
+    re.compile(r"allocating ([\d.]+) MiB on device (\d+): cudaMalloc failed: out of memory"),  # CUDA, MiB, device no
+    re.compile(r"failed to allocate (\S+) buffer of size (\d+)"),  # gallocr/alloc_tensor_range: buffer name, bytes
+    re.compile(r"ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate buffer of size (\d+)"),  # CPU
+)
+
+
+def classify_load_failure(log: str) -> LoadFailure | None:
+    """The first allocation a load could not make (what, device, bytes), from llama.cpp's log; None if the log
+    shows no allocation failure (a corrupt file, a bad setting)."""
+    lines = log.splitlines()
+    device, size, seen = None, None, None
+    for i, line in enumerate(lines):
+        if device is None:
+            if m := _ALLOCS[0].search(line):
+                size, device, seen = int(float(m.group(1)) * MiB), f"CUDA{m.group(2)}", line
+            elif m := _ALLOCS[1].search(line):
+                device, size, seen = m.group(1), int(m.group(2)), line
+            elif m := _ALLOCS[2].search(line):
+                device, size, seen = "CPU", int(m.group(1)), line
+        for pattern, kind in _STAGES:
+            if m := pattern.search(line):
+                if kind == "weights" and m.group(1) and device is None:
+                    device = m.group(1)
+                if kind == "compute" and device is None and (g := re.search(r"allocate (\S+) buffer of size (\d+)",
+                                                                             line)):
+                    device, size = g.group(1), int(g.group(2))
+                return LoadFailure(_WHAT[kind], device or "CPU", size, (seen or line).strip())
+    if device is not None:  # an allocator failure without llama.cpp's summary line: name the device anyway
+        return LoadFailure("a buffer", device, size, seen.strip())
+    return None

@@ -190,7 +190,7 @@ def test_operator_metrics_and_liveness(kube, e2e_ns, operator):
     text = httpx.get(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).text
     assert f'r1_operator_deployment_ready{{namespace="{e2e_ns}",r1deployment="r1-cpu"}} 1.0' in text
     assert 'r1_operator_reconciles_total{kind="reconcile",result="ok"}' in text
-    assert f'r1_operator_plan_info{{gpu_layers="0/62",mode="hybrid",namespace="{e2e_ns}",node="cpu-only",' \
+    assert f'r1_operator_plan_info{{gpu_layers="0/62",mode="cpu",namespace="{e2e_ns}",node="cpu-only",' \
            f'r1deployment="r1-cpu",variant="UD-IQ1_S"}} 1.0' in text
 
 

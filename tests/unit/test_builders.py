@@ -90,6 +90,12 @@ def test_runtime_renders_the_plan_and_requests_its_gpus_on_its_node():
     window = c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"]
     assert window * S.load_bytes_per_second >= catalog_for(s.model.repo).get("UD-IQ1_S").size_bytes
     assert pod["terminationGracePeriodSeconds"] > S.shutdown_grace_s + S.prestop_sleep_s
+    # the plan's bytes per device go with it, for the runtime to report a failed allocation against
+    import json
+    planned = json.loads(cmd[cmd.index("--planned-memory") + 1])
+    assert set(planned) == {d["device"] for d in plan["memory"]} == {"gpu0", "gpu1", "cpu"}
+    assert planned["gpu0"] == {"weights": plan["memory"][0]["weights"], "kv_cache": plan["memory"][0]["kvCache"],
+                               "compute": plan["memory"][0]["compute"]}
 
 
 def test_runtime_memory_is_bounded_by_the_plan_and_mmap_leaves_the_weights_out():

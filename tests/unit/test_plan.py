@@ -33,7 +33,7 @@ def dev_nodes(shapes=None):
         ("gpu-24g", "UD-IQ1_S", "mmap", 7),  # 64 GiB RAM: nothing fits in GPU + RAM, smallest variant memory-mapped
         ("gpu-80g", "UD-Q2_K_XL", "hybrid", 19),
         ("gpu-2x80g", "UD-Q2_K_XL", "hybrid", 37),
-        ("cpu-only", "UD-Q2_K_XL", "hybrid", 0),
+        ("cpu-only", "UD-Q2_K_XL", "cpu", 0),
     ],
 )
 def test_auto_plan_per_dev_node(node, variant, mode, blocks):
@@ -116,7 +116,7 @@ def test_plan_memory_never_exceeds_what_it_claims_fits():
         p = plan_node(CAT, node, PlanRequest())
         for d in p.memory[:-1]:
             assert d.total <= node.gpu_memory_bytes - GiB
-        if p.mode in ("gpu", "hybrid"):
+        if p.mode in ("gpu", "hybrid", "cpu"):
             assert p.memory[-1].total <= node.ram_bytes - 8 * GiB
 
 
@@ -146,3 +146,21 @@ def test_small_disk_is_warned_about():
     p = plan_node(CAT, hypothetical(1, 80, 512, disk_gb=100), PlanRequest())
     assert any("model cache needs" in w and "100.0 GiB" in w for w in p.warnings)
     assert p.disk_bytes > 200 * GiB
+
+
+def test_a_tied_output_head_is_counted_once_on_the_cpu_and_again_on_a_gpu(tmp_path):
+    """SmolLM2 has no output.weight: llama.cpp's head reads token_embd on the CPU, and copies it to a GPU that holds
+    the output layer. A plan without GPUs is mode cpu."""
+    from r1_devtools.models import smollm2_path
+
+    from r1_operator.modelinfo.describe import describe_local
+    from r1_operator.planning.layout import device_layout
+    from r1_operator.planning.memory import RuntimeSettings
+
+    m = describe_local(smollm2_path())
+    assert m.tied_output_bytes > 0 and m.tied_output_bytes == m.input_bytes
+    s = RuntimeSettings()
+    (cpu,) = device_layout(m, s, 0, 0)
+    assert cpu.weights == m.tensor_bytes  # every tensor once
+    gpu, cpu = device_layout(m, s, 1, 1)  # only the output layer on the GPU: token_embd stays, a copy goes
+    assert gpu.weights == m.output_bytes and cpu.weights + gpu.weights == m.tensor_bytes + m.tied_output_bytes

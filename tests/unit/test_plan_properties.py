@@ -67,7 +67,7 @@ def test_plans_are_bounded_and_honest(req, gpus, gb, ram):
     if p.fits and req.offload == "estimate":
         for d in p.memory[:-1]:  # never a GPU over what the plan claims fits
             assert d.total <= node.gpu_memory_bytes - req.gpu_headroom_bytes
-    if p.mode in ("gpu", "hybrid"):
+    if p.mode in ("gpu", "hybrid", "cpu"):
         assert p.memory[-1].total <= node.ram_bytes - req.ram_reserve_bytes
 
 

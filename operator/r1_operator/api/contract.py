@@ -24,6 +24,7 @@ class Exit(IntEnum):
     BAD_INPUT = 2  # repo, revision, variant, token or file unusable: fix the spec
     NO_SPACE = 3  # the volume is too small: grow spec.cache.size
     VERIFY_FAILED = 4  # sha256 mismatch twice: the mirror or the storage corrupts data
+    OUT_OF_MEMORY = 5  # serve: llama.cpp could not allocate a buffer while loading; the termination message says which
 
 
 PERMANENT_EXITS = (Exit.BAD_INPUT, Exit.NO_SPACE, Exit.VERIFY_FAILED)  # retrying cannot fix these
@@ -232,6 +233,10 @@ SERVE_FLAGS = _flags(
     Flag("request_timeout", float, 600.0, "seconds per request", _LIMITS, lo=0, lo_open=True),
     Flag("shutdown_grace", float, 60.0, "seconds to finish in-flight requests on SIGTERM", _LIMITS, lo=0),
     Flag("api_key_env", str, "R1_API_KEY", "env var holding the bearer API key (unset: no key)", _LIMITS),
+    Flag("planned_memory", str, "", "the plan's bytes per device as JSON, e.g. {\"cpu\": {\"weights\": N, "
+         "\"kv_cache\": N, \"compute\": N}, \"gpu0\": {...}}: a failed allocation is reported against it", _PLACE),
+    Flag("termination_log", str, "/dev/termination-log",
+         "write a short JSON of a failed load here if the file exists (Kubernetes termination message)", _LIMITS),
     Flag("stop_on_loop", bool, False, "stop looping generations (finish_reason 'repetition')", _LOOPS),
     Flag("canary", bool, False, "at start-up, fail readiness if a fixed prompt's output loops", _LOOPS),
     Flag("canary_seed", int, SAMPLING_DEFAULTS["seed"], "seed of the canary prompt", _LOOPS, lo=0, hi=2**32 - 1),

@@ -49,7 +49,7 @@ _STATUS = {
                 "nGpuLayers": {"type": "integer", "description": "llama.cpp --n-gpu-layers: layers on GPU, the "
                                "output head counting as one (offloaded first)."},
                 "gpuLayers": {"type": "string", "description": "nGpuLayers/(nLayers+1), as llama.cpp logs it."},
-                "mode": {"type": "string", "description": "gpu, hybrid, mmap or none."},
+                "mode": {"type": "string", "description": "gpu, hybrid (GPU and CPU), cpu, mmap or none."},
                 "node": {"type": "string"},
                 "gpus": {"type": "integer"},
                 "gpuProduct": {"type": "string"},

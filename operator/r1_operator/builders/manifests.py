@@ -7,6 +7,7 @@ the runtime's parser; tests/e2e runs exactly what they render.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -166,9 +167,17 @@ def runtime_command(name: str, spec: R1DeploymentSpec, plan: dict[str, Any], s: 
     }
     if inf.threads:  # 0: the runtime counts the CPUs its container may use
         values["threads"] = inf.threads
+    if plan.get("memory"):  # a failed allocation is reported against these (the termination message)
+        values["planned_memory"] = planned_memory(plan)
     if plan.get("tensorSplit"):
         values["tensor_split"] = ",".join(str(x) for x in plan["tensorSplit"])
     return ["r1-runtime", "serve", *contract.render(contract.SERVE_FLAGS, values)]
+
+
+def planned_memory(plan: dict[str, Any]) -> str:
+    """The plan's bytes per device and kind, as `--planned-memory` takes them."""
+    return json.dumps({d["device"]: {"weights": d["weights"], "kv_cache": d["kvCache"], "compute": d["compute"]}
+                       for d in plan["memory"]}, separators=(",", ":"), sort_keys=True)
 
 
 def _scheduling(pod: dict[str, Any], spec: R1DeploymentSpec, plan: dict[str, Any], pin: bool) -> None:

@@ -34,6 +34,7 @@ class RuntimeObservation:
     up_to_date: bool = False  # the Deployment controller has seen the latest template
     failing: str = ""  # a Deployment condition or pod state that will not heal by waiting
     waiting: str = ""  # why pods are not ready yet (e.g. Unschedulable: ...)
+    failing_reason: str = "RuntimeFailing"  # the Degraded reason for `failing` (OutOfMemory: a load ran out)
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def build_status(d: Desired, cache: CacheObservation, rt: RuntimeObservation, ol
     if d.apply_error:
         degraded.insert(0, ("ApplyFailed", d.apply_error))
     if rt.failing and cached:
-        degraded.append(("RuntimeFailing", rt.failing))
+        degraded.append((rt.failing_reason, rt.failing))
     conds["Degraded"] = (_Cond("True", degraded[0][0], degraded[0][1]) if degraded
                          else _Cond("False", "AsExpected", "no failure observed"))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from r1_operator.api.contract import PROGRESS_MARK
+from r1_operator.api.contract import PROGRESS_MARK, Exit
 from r1_operator.builders import names
 from r1_operator.builders.status import CacheObservation, RuntimeObservation
 from r1_operator.k8s import apply as k
@@ -96,12 +96,29 @@ def _oom_killed(pod: dict[str, Any], cs: dict[str, Any]) -> str:
             "spec.inference.ctxSize or parallel")
 
 
+def _load_out_of_memory(pod: dict[str, Any], cs: dict[str, Any]) -> str:
+    """What a runtime's load could not allocate (its exit OUT_OF_MEMORY and termination message), or ""."""
+    term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
+    if term.get("exitCode") != Exit.OUT_OF_MEMORY:
+        return ""
+    try:
+        m = json.loads(term.get("message") or "{}")
+    except ValueError:
+        m = {}
+    mib = lambda n: f"{n / (1 << 20):.1f} MiB" if isinstance(n, int) else "an unknown size"  # noqa: E731
+    planned = f", the plan predicted {mib(m['plannedBytes'])} there" if m.get("plannedBytes") else ""
+    return (f"pod {pod['metadata']['name']}: the runtime ran out of memory loading the model: the "
+            f"{m.get('what', 'a buffer')} on {m.get('device', 'a device')} could not be allocated "
+            f"({mib(m.get('requestedBytes'))} asked{planned}; {cs.get('restartCount', 0)} restarts); lower "
+            "spec.inference.ctxSize or parallel, or pin a smaller spec.model.variant")
+
+
 def runtime(api, namespace: str, name: str, dep: dict[str, Any] | None) -> RuntimeObservation:
     """The runtime as its live Deployment shows it, plus why its pods wait when they are not ready."""
     if dep is None:
         return RuntimeObservation()
     st, meta = dep.get("status") or {}, dep["metadata"]
-    failing = ""
+    failing, failing_reason = "", "RuntimeFailing"
     for c in st.get("conditions") or []:
         if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
             failing = f"Deployment {meta['name']}: {c.get('message', 'progress deadline exceeded')}"
@@ -119,11 +136,14 @@ def runtime(api, namespace: str, name: str, dep: dict[str, Any] | None) -> Runti
             for cs in pst.get("containerStatuses") or []:
                 reason = ((cs.get("state") or {}).get("waiting") or {}).get("reason", "")
                 oom = _oom_killed(pod, cs)
-                if oom:
+                load_oom = _load_out_of_memory(pod, cs)
+                if load_oom:
+                    failing, failing_reason = load_oom, "OutOfMemory"
+                elif oom:
                     failing = oom
                 elif reason in _STUCK:
                     failing = f"pod {pod['metadata']['name']}: container {cs['name']} {reason}"
     return RuntimeObservation(
         exists=True, replicas=replicas, ready_replicas=ready, updated_replicas=int(st.get("updatedReplicas") or 0),
         up_to_date=int(st.get("observedGeneration") or 0) >= int(meta.get("generation") or 0),
-        failing=failing, waiting=waiting)
+        failing=failing, waiting=waiting, failing_reason=failing_reason)

@@ -90,7 +90,7 @@ def _device_layout(m: ModelFacts, s: RuntimeSettings, arg: int, n_gpus: int) -> 
         w = (pre.range(a, a + blocks) if blocks else 0) + (m.output_bytes if output else 0)
         devices.append(DeviceMemory(f"gpu{g}", w, kv_layer * blocks, compute if blocks or output else 0, blocks))
     cpu_blocks = min(n + 1 - arg, n)
-    cpu_w = m.input_bytes + pre.range(0, cpu_blocks) + (m.output_bytes if arg == 0 else 0)
+    cpu_w = m.input_bytes + pre.range(0, cpu_blocks) + (m.output_bytes - m.tied_output_bytes if arg == 0 else 0)
     devices.append(DeviceMemory("cpu", cpu_w, kv_layer * cpu_blocks, compute, cpu_blocks))
     return tuple(devices)
 

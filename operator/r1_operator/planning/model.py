@@ -51,6 +51,9 @@ class ModelFacts:
     tensor_bytes: int
     file_bytes: int
     n_shards: int = 1
+    # Tied embeddings (no output.weight): the part of output_bytes that is token_embd again. llama.cpp loads
+    # that copy only on a GPU that holds the output layer; on the CPU the head reads token_embd itself.
+    tied_output_bytes: int = 0
 
 
 def _kv_int(kv: dict[str, Any], key: str, default: int | None = None) -> int:
@@ -97,9 +100,8 @@ def facts_from_gguf(kv: dict[str, Any], tensors: list[TensorInfo], file_bytes: i
         else:
             output_bytes += t.nbytes
             has_output |= t.name == "output.weight"
-    if not has_output:
-        # Tied embeddings: llama.cpp duplicates token_embd as the output head on the output device.
-        output_bytes += token_embd
+    tied = 0 if has_output else token_embd
+    output_bytes += tied  # on a GPU, llama.cpp duplicates token_embd there as the output head
     return ModelFacts(
         name=name or str(kv.get("general.name", "model")),
         arch=arch,
@@ -123,4 +125,5 @@ def facts_from_gguf(kv: dict[str, Any], tensors: list[TensorInfo], file_bytes: i
         tensor_bytes=sum(t.nbytes for t in tensors),
         file_bytes=file_bytes,
         n_shards=n_shards,
+        tied_output_bytes=tied,
     )

@@ -118,7 +118,7 @@ def _plan_node(catalog: Catalog, node: NodeCapacity, req: PlanRequest) -> Plan:
         node=node.name if e.tier != TIER_NONE else None,
         gpus=e.gpus,
         gpu_product=node.gpu_product,
-        mode=MODES[e.tier],
+        mode="cpu" if e.tier == TIER_HYBRID and e.arg == 0 else MODES[e.tier],  # nothing offloaded: no GPU used
         fits=e.tier != TIER_NONE,
         memory=e.memory,
         model_bytes=v.size_bytes,

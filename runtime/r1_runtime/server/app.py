@@ -69,8 +69,9 @@ def create_app(rt: Runtime) -> FastAPI:
     @app.get("/ready")
     async def ready():
         st = rt.state
-        if st.phase == "ready":
-            return {"status": "ready", "model": rt.model_id}
+        if st.phase == "ready":  # with what llama.cpp allocated at load, per device and kind
+            report = rt.engine.report
+            return {"status": "ready", "model": rt.model_id, "load": report.as_dict() if report else None}
         return JSONResponse({"status": st.phase, "reason": st.reason}, status_code=503)
 
     @app.get("/metrics")

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import llama_cpp as L
 
 from r1_operator.api.contract import CACHE_TYPES, SAMPLING_DEFAULTS, SERVE_FLAGS
+from r1_runtime.llamalog import LoadFailure, captured_log, classify_load_failure, parse_load_report
 from r1_runtime.server.textproc import LoopDetector
 
 
@@ -98,6 +99,16 @@ class _Slot:
     loop_reported: bool = False
 
 
+class LoadOutOfMemory(RuntimeError):
+    """llama.cpp could not allocate a buffer while loading (`failure` says which, where and how much)."""
+
+    def __init__(self, failure: LoadFailure, detail: str):
+        self.failure = failure
+        size = f" of {failure.bytes / (1 << 20):.1f} MiB" if failure.bytes else ""
+        super().__init__(f"out of memory loading the model: the {failure.what} on {failure.device} could not be "
+                         f"allocated (a request{size}: {failure.line!r}); {detail}")
+
+
 class Engine:
     def __init__(self, s: EngineSettings, metrics=None, log: Callable[[str], None] = print):
         self.s = s
@@ -110,11 +121,28 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.slots = [_Slot(i) for i in range(s.parallel)]
         self.load_seconds = 0.0
+        self.load_log = ""
+        self.report = None
         self.after_step: Callable[[], None] = lambda: None  # called after each step's events are emitted
         self._piece_buf = ctypes.create_string_buffer(256)
 
     # ---- loading -------------------------------------------------------------------------
     def load(self) -> None:
+        """Load the model and create the context, reading llama.cpp's log as it goes: `self.report` says what it
+        allocated where; a failed allocation raises LoadOutOfMemory naming it."""
+        with captured_log() as lines:
+            try:
+                self._load()
+            except RuntimeError as exc:
+                failure = classify_load_failure("".join(lines))
+                if failure is not None:
+                    raise LoadOutOfMemory(failure, str(exc)) from None
+                raise
+            finally:
+                self.load_log = "".join(lines)
+        self.report = parse_load_report(self.load_log)
+
+    def _load(self) -> None:
         started = time.monotonic()
         L.llama_backend_init()
         mp = L.llama_model_default_params()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import threading
@@ -12,9 +13,9 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
-from r1_operator.api.contract import SAMPLING_DEFAULTS, SERVE_FLAGS
+from r1_operator.api.contract import SAMPLING_DEFAULTS, SERVE_FLAGS, Exit
 from r1_runtime import __version__
-from r1_runtime.server.engine import Engine, EngineSettings, Job, Sampling
+from r1_runtime.server.engine import Engine, EngineSettings, Job, LoadOutOfMemory, Sampling
 from r1_runtime.server.metrics import Metrics
 from r1_runtime.server.prompt import Prompter
 from r1_runtime.server.schemas import CommonRequest
@@ -42,6 +43,8 @@ class ServeSettings:
     canary_seed: int = SAMPLING_DEFAULTS["seed"]
     canary_tokens: int = SERVE_FLAGS["canary_tokens"].default
     reasoning_format: str = SERVE_FLAGS["reasoning_format"].default  # auto | deepseek | none
+    planned_memory: dict = field(default_factory=dict)  # the plan's bytes per device and kind (--planned-memory)
+    termination_log: str = SERVE_FLAGS["termination_log"].default
 
 
 @dataclass
@@ -76,6 +79,9 @@ class Runtime:
     def _load(self) -> None:
         try:
             self.load_model()
+        except LoadOutOfMemory as exc:  # the operator re-plans from this: say it and exit with its own code
+            self.out_of_memory(exc)
+            return
         except Exception as exc:  # noqa: BLE001 - reported through /ready and the log
             self.state.phase, self.state.reason = "failed", str(exc)
             print(f"r1-runtime serve: model load failed: {exc}", flush=True)
@@ -84,6 +90,7 @@ class Runtime:
         e.start()
         print(f"r1-runtime serve: loaded {self.s.engine.model} in {e.load_seconds:.1f}s "
               f"(ctx {self.s.engine.ctx_size}, {e.n_ctx_slot} per slot x {self.s.engine.parallel})", flush=True)
+        print(f"r1-runtime serve: llama.cpp {describe_report(e.report)}", flush=True)
         self.state.phase = "warming"
         try:
             self._warm_up()
@@ -93,11 +100,29 @@ class Runtime:
         self.state.phase = "ready"
         self.metrics.ready.set(1)
 
+    def out_of_memory(self, exc: LoadOutOfMemory) -> None:
+        """Print the classified failure, write it as the termination message, and exit OUT_OF_MEMORY."""
+        f = exc.failure
+        planned = (self.s.planned_memory.get(f.plan_device()) or {}).get(KIND_OF[f.what])
+        message = {"reason": "OutOfMemory", "what": f.what, "device": f.device, "planDevice": f.plan_device(),
+                   "requestedBytes": f.bytes, "plannedBytes": planned, "line": f.line[:300]}
+        said = f"; the plan predicted {planned / (1 << 20):.1f} MiB of {f.what} on {f.plan_device()}" if planned else ""
+        print(f"r1-runtime serve: {exc}{said}", flush=True)
+        if os.path.exists(self.s.termination_log):
+            try:
+                with open(self.s.termination_log, "w") as out:
+                    out.write(json.dumps(message))
+            except OSError:
+                pass
+        self.state.phase, self.state.reason = "failed", str(exc)
+        os._exit(Exit.OUT_OF_MEMORY)
+
     def load_model(self) -> None:
         """Load the model and read what prompts need from it (template, BOS/EOS text); starts no thread."""
         self.engine.load()
         e = self.engine
         self.metrics.load_seconds.set(e.load_seconds)
+        self.metrics.loaded(e.report)
         self.metrics.slots.set(self.s.engine.parallel)
         self.prompt = Prompter.from_engine(e, self.s.reasoning_format)
         self.metrics.info.info({
@@ -258,3 +283,15 @@ async def _cancel_on_disconnect(request: Request, job: Job) -> None:
             job.cancel()
             return
         await asyncio.sleep(1.0)
+
+
+KIND_OF = {"model weights": "weights", "KV cache": "kv_cache", "compute buffer": "compute"}
+
+
+def describe_report(report) -> str:
+    """One line of what llama.cpp allocated: layers offloaded, then MiB per device and kind."""
+    layers = (f"offloaded {report.offloaded}/{report.layers} layers to GPU" if report.offloaded is not None
+              else "offloaded no layers to GPU")
+    devices = "; ".join(f"{d}: " + ", ".join(f"{k} {n / (1 << 20):.1f} MiB" for k, n in kinds.items())
+                        for d, kinds in report.by_device.items())
+    return f"{layers}; {devices}" if devices else layers

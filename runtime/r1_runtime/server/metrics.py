@@ -57,6 +57,10 @@ class Metrics:
         self.ready = Gauge("r1_ready", "1 when the model is loaded, warmed up and the canary passed.", registry=r)
         self.slots = Gauge("r1_slots", "Parallel sequence slots.", registry=r)
         self.info = Info("r1_runtime", "Model and runtime settings.", registry=r)
+        self.buffer_bytes = Gauge("r1_llamacpp_buffer_bytes", "Bytes llama.cpp allocated at load, by device and kind "
+                                  "(weights, kv_cache, compute).", ["device", "kind"], registry=r)
+        self.offloaded_layers = Gauge("r1_llamacpp_offloaded_layers", "Layers llama.cpp offloaded to GPUs at load "
+                                      "(the output layer counts as one).", registry=r)
         for e in ENDPOINTS:  # pre-create the bounded label sets so dashboards see zeros, not gaps
             self.ttft.labels(e)
             self.e2e.labels(e)
@@ -64,6 +68,13 @@ class Metrics:
                 self.requests.labels(e, o)
         for a in ("counted", "stopped", "canary"):
             self.degenerate.labels(a)
+
+    def loaded(self, report) -> None:
+        """What llama.cpp reported at load (llamalog.LoadReport)."""
+        for device, kinds in report.by_device.items():
+            for kind, n in kinds.items():
+                self.buffer_bytes.labels(device, kind).set(n)
+        self.offloaded_layers.set(report.offloaded or 0)
 
     def finished(self, n_prompt: int, t_prompt: float, n_gen: int, t_gen: float) -> None:
         self.prompt_tokens.inc(n_prompt)

@@ -67,6 +67,13 @@ def settings_from_args(args: argparse.Namespace):
         split = [float(x) for x in args.tensor_split.split(",")] if args.tensor_split else None
     except ValueError:
         raise ValueError(f"--tensor-split {args.tensor_split!r}: expected comma-separated numbers, e.g. 1,1") from None
+    try:
+        planned = json.loads(args.planned_memory) if args.planned_memory else {}
+    except ValueError:
+        planned = None
+    if not isinstance(planned, dict):
+        raise ValueError(f"--planned-memory {args.planned_memory!r}: expected a JSON object of devices, e.g. "
+                         '{"cpu": {"weights": 1000, "kv_cache": 10, "compute": 5}}')
     if args.metrics_port and args.metrics_port == args.port:
         raise ValueError(f"--metrics-port {args.metrics_port} is --port; give another port, or 0 for none")
     if split is not None and (any(x < 0 for x in split) or not any(split)):
@@ -79,7 +86,8 @@ def settings_from_args(args: argparse.Namespace):
                          max_tokens_cap=args.max_tokens_cap, request_timeout=args.request_timeout,
                          temperature=args.temperature, min_p=args.min_p, top_p=args.top_p, top_k=args.top_k,
                          stop_on_loop=args.stop_on_loop, canary=args.canary, canary_seed=args.canary_seed,
-                         canary_tokens=args.canary_tokens, reasoning_format=args.reasoning_format)
+                         canary_tokens=args.canary_tokens, reasoning_format=args.reasoning_format,
+                         planned_memory=planned, termination_log=args.termination_log)
 
 
 def serve_metrics(host: str, port: int, render) -> None:
