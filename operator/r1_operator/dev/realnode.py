@@ -204,6 +204,9 @@ def _kubelet_config(root: Path, slot: int, pki: Path) -> str:
         "registerNode": True, "serializeImagePulls": False, "imageGCHighThresholdPercent": 100,
         "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
         "resolvConf": "", "maxPods": 20,
+        # Each node's own: a kubelet's container GC deletes the log directories of pods it does not know, so
+        # with the default /var/log/pods the other nodes' kubelets would delete this node's pod logs.
+        "podLogsDir": str(root / "pod-logs"),
     }, indent=2)
 
 
