@@ -188,6 +188,51 @@ def test_metrics_port_serves_the_same_counters_and_no_api(smollm2):
     assert same.returncode != 0 and "--metrics-port 8080 is --port" in same.stderr
 
 
+def test_bad_input_gets_a_clear_4xx_or_a_normal_answer_never_a_500_or_a_hang(smol_server):
+    u, t = smol_server.url, 20  # every request is bounded: a hang fails the test
+    for stream in (False, True):  # an empty prompt starts from BOS (it used to spin the engine loop forever)
+        r = httpx.post(u + "/v1/completions", json={"prompt": "", "max_tokens": 3, "stream": stream}, timeout=t)
+        assert r.status_code == 200 and ("[DONE]" in r.text if stream else r.json()["usage"]["completion_tokens"] >= 1)
+    surrogate = '{"prompt": "a\\ud800b", "content": "a\\ud800b", "messages": [{"role": "user", "content": "a\\ud800"}]}'
+    for path in ("/v1/completions", "/tokenize", "/apply-template", "/v1/chat/completions"):
+        r = httpx.post(u + path, content=surrogate, headers={"Content-Type": "application/json"}, timeout=t)
+        assert r.status_code == 400 and "lone surrogate" in r.json()["error"]["message"], (path, r.text)
+    r = httpx.post(u + "/v1/completions", content=b'{"prompt": "a\xff\xfe", "max_tokens": 2}',
+                   headers={"Content-Type": "application/json"}, timeout=t)
+    assert r.status_code == 400 and "UTF-8" in r.json()["error"]["message"]
+    r = httpx.post(u + "/v1/completions", json={"prompt": "a\u0000b", "max_tokens": 2}, timeout=t)
+    assert r.status_code == 200
+    for method, path, status in (("GET", "/v1/nothing", 404), ("GET", "/v1/chat/completions", 405)):
+        r = httpx.request(method, u + path, timeout=t)
+        assert r.status_code == status and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    # the README's curl example: -d without a Content-Type header (curl sends form-urlencoded)
+    r = httpx.post(u + "/v1/chat/completions", content='{"messages":[{"role":"user","content":"Hi"}],"max_tokens":2}',
+                   headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=t)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["role"] == "assistant"
+    model_id = smol_server.openai().models.list().data[0].id
+    assert smol_server.openai().models.retrieve(model_id).id == model_id
+    r = httpx.get(u + "/v1/models/no-such-model", timeout=t)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    out = smol_server.openai().chat.completions.create(model="x", messages=PROMPT, max_tokens=2, top_p=0)
+    assert out.usage.completion_tokens >= 1  # top_p 0 is accepted, as by OpenAI
+    assert httpx.get(u + "/health", timeout=t).status_code == 200
+
+
+def test_the_queue_bound_holds_when_many_clients_arrive_at_once(smollm2):
+    """16 clients at once, 4 slots and --max-queue 4: 4 run, 4 wait, and 8 get 429 with Retry-After (before, every
+    request arriving before the engine's next step saw free slots and was queued)."""
+    with running_server(smollm2, "--parallel", "4", "--max-queue", "4", "--ctx-size", "4096") as s:
+        def one(_):
+            return httpx.post(s.v1 + "/chat/completions", json={"messages": PROMPT, "max_tokens": 200,
+                                                               "temperature": 0}, timeout=120)
+        with cf.ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(one, range(16)))
+    ok = [r for r in answers if r.status_code == 200]
+    busy = [r for r in answers if r.status_code == 429]
+    assert len(ok) + len(busy) == 16 and len(ok) <= 8 and len(busy) >= 8, [r.status_code for r in answers]
+    assert all(r.headers.get("Retry-After") and r.json()["error"]["code"] == "queue_full" for r in busy)
+
+
 def test_request_timeout_is_504(smollm2):
     with running_server(smollm2, "--request-timeout", "0.5") as s:
         with pytest.raises(openai.InternalServerError) as exc:

@@ -10,6 +10,7 @@ import uuid
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from r1_runtime import __version__
 from r1_runtime.server.engine import PromptTooLong, QueueFull
@@ -24,6 +25,22 @@ def _usage(d: dict) -> dict:
 
 
 OPEN_PATHS = frozenset(("/health", "/ready", "/metrics"))
+
+
+class JSONBodies:
+    """A POST body without a JSON Content-Type is read as JSON: `curl -d '{...}'` sends
+    application/x-www-form-urlencoded, and llama-server accepts it too."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            ctype = dict(scope["headers"]).get(b"content-type", b"")
+            if not ctype or ctype.split(b";")[0].strip() in (b"application/x-www-form-urlencoded", b"text/plain"):
+                scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        return await self.app(scope, receive, send)
 
 
 class BearerAuth:
@@ -59,8 +76,28 @@ def create_app(rt: Runtime) -> FastAPI:
         rt.metrics.requests.labels(_endpoint(request), "invalid").inc()
         return err(400, f"{where}: {first.get('msg', 'invalid value')}", param=where or None)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        """404, 405 and an unreadable body (invalid UTF-8, broken JSON) in OpenAI's error shape."""
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code == 404:
+            detail = f"{request.method} {request.url.path}: no such endpoint"
+        elif exc.status_code == 405:
+            detail = f"{request.method} {request.url.path}: method not allowed"
+        elif exc.status_code == 400:
+            detail = f"the request body could not be read ({detail}); send a JSON object in UTF-8"
+        return err(exc.status_code, detail, code=code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(UnicodeError)
+    async def _not_unicode(request: Request, exc: UnicodeError):
+        rt.metrics.requests.labels(_endpoint(request), "invalid").inc()
+        return err(400, "the request holds text that is not valid Unicode (a lone surrogate such as \\ud800, or "
+                   f"bytes that are not UTF-8): {exc.reason}; send valid UTF-8 text", code="invalid_text")
+
     if rt.api_key:
         app.add_middleware(BearerAuth, key=rt.api_key)
+    app.add_middleware(JSONBodies)
 
     @app.get("/health")
     async def health():
@@ -78,10 +115,19 @@ def create_app(rt: Runtime) -> FastAPI:
     async def metrics():
         return PlainTextResponse(rt.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    def model_card() -> dict:
+        return {"id": rt.model_id, "object": "model", "created": 0, "owned_by": "r1-operator"}
+
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": rt.model_id, "object": "model", "created": 0,
-                                            "owned_by": "r1-operator"}]}
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str):
+        if model_id != rt.model_id:
+            return err(404, f"model {model_id!r} does not exist; this server serves {rt.model_id!r}", param="model",
+                       code="model_not_found")
+        return model_card()
 
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest):
@@ -104,6 +150,8 @@ def create_app(rt: Runtime) -> FastAPI:
         messages = [{"role": m.role, "content": message_text(m.content)} for m in body.messages]
         try:
             prompt = rt.prompt.render_chat(messages)
+        except UnicodeError:
+            raise  # the app's handler: not valid Unicode
         except Exception as exc:  # noqa: BLE001 - template errors are the caller's messages
             return _invalid_request(rt, "chat", f"messages: the chat template rejected them: {exc}", "messages")
         return await _respond(rt, "chat", body, prompt, body.max_completion_tokens or body.max_tokens, request)

@@ -217,12 +217,17 @@ class Engine:
 
     # ---- queue -----------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
+        if not job.prompt:  # nothing to decode: no logits would ever come to sample from
+            raise ValueError("prompt: it is empty after tokenizing and this model has no BOS token to start from; "
+                             "give some text")
         if len(job.prompt) >= self.n_ctx_slot:
             raise PromptTooLong(f"the prompt has {len(job.prompt)} tokens but each sequence holds at most "
                                 f"{self.n_ctx_slot - 1} (ctx-size {self.s.ctx_size} / parallel {self.s.parallel}); "
                                 "shorten the prompt")
         with self._cv:
-            if len(self._queue) >= self.s.max_queue and not any(sl.job is None for sl in self.slots):
+            # queued jobs first take the free slots (the engine thread admits them at its next step); beyond those,
+            # max_queue may wait
+            if len(self._queue) >= self.s.max_queue + sum(sl.job is None for sl in self.slots):
                 raise QueueFull()
             self._queue.append(job)
             self._gauges()

@@ -51,6 +51,8 @@ class Prompter:
         tokens = e.tokenize(text, add_special=e.add_bos and not has_bos_text, parse_special=True)
         while e.bos >= 0 and len(tokens) >= 2 and tokens[0] == e.bos and tokens[1] == e.bos:
             tokens.pop(0)
+        if not tokens and e.bos >= 0:  # an empty prompt: generate from the start of a text, as from nothing
+            tokens = [e.bos]
         return tokens
 
     def ends_in_think(self, tokens: list[int]) -> bool:
