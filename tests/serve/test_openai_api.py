@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import subprocess
+import time
 
 import httpx
 import openai
@@ -231,6 +232,36 @@ def test_the_queue_bound_holds_when_many_clients_arrive_at_once(smollm2):
     busy = [r for r in answers if r.status_code == 429]
     assert len(ok) + len(busy) == 16 and len(ok) <= 8 and len(busy) >= 8, [r.status_code for r in answers]
     assert all(r.headers.get("Retry-After") and r.json()["error"]["code"] == "queue_full" for r in busy)
+
+
+def test_size_limits_come_before_any_work_and_health_answers_while_a_big_chat_is_templated(smollm2):
+    """--max-request-bytes and --max-messages answer 413 / 400 naming the setting; a chat of 16,000 messages (under
+    both) is templated and tokenized beside the event loop, so /health keeps answering (it was blocked 14 s)."""
+    with running_server(smollm2, "--max-request-bytes", str(4 << 20), "--max-messages", "20000",
+                        "--ctx-size", "4096") as s:
+        many = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"message {i}"} for i in range(16000)]
+        huge = [{"role": "user", "content": "x"}] * 150000  # 13.5 MB as JSON: refused by its size
+        r = httpx.post(s.v1 + "/chat/completions", json={"messages": huge, "max_tokens": 1}, timeout=30)
+        assert r.status_code == 413 and "--max-request-bytes" in r.json()["error"]["message"]
+        r = httpx.post(s.v1 + "/chat/completions", content=iter([json.dumps({"messages": huge}).encode()]),
+                       headers={"Content-Type": "application/json"}, timeout=30)  # chunked: no Content-Length
+        assert r.status_code == 413
+        latencies: list[float] = []
+        with cf.ThreadPoolExecutor(1) as pool:
+            big = pool.submit(httpx.post, s.v1 + "/chat/completions", json={"messages": many, "max_tokens": 1},
+                              timeout=120)
+            while not big.done():
+                t = time.perf_counter()
+                assert httpx.get(s.url + "/health", timeout=10).status_code == 200
+                latencies.append(time.perf_counter() - t)
+                time.sleep(0.02)
+        assert big.result().status_code == 400  # 16,000 messages are far beyond the 4,096-token context
+        assert "context" in big.result().json()["error"]["message"] or "tokens" in big.result().json()["error"]["message"]
+        assert len(latencies) >= 5 and max(latencies) < 0.25, (len(latencies), max(latencies))
+    with running_server(smollm2, "--max-messages", "10") as s:
+        r = httpx.post(s.v1 + "/chat/completions", json={"messages": many[:11], "max_tokens": 1}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_messages"
+        assert "--max-messages" in r.json()["error"]["message"]
 
 
 def test_request_timeout_is_504(smollm2):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
@@ -28,19 +29,50 @@ OPEN_PATHS = frozenset(("/health", "/ready", "/metrics"))
 
 
 class JSONBodies:
-    """A POST body without a JSON Content-Type is read as JSON: `curl -d '{...}'` sends
-    application/x-www-form-urlencoded, and llama-server accepts it too."""
+    """POST bodies: one larger than `limit` bytes gets 413 before anything parses it (by its Content-Length, or
+    as it arrives); one without a JSON Content-Type is read as JSON (`curl -d '{...}'` sends
+    application/x-www-form-urlencoded, and llama-server accepts it too)."""
 
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    def _too_large(self):
+        return err(413, f"the request body is larger than {self.limit} bytes (--max-request-bytes); send less",
+                   code="request_too_large")
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "POST":
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        given = dict(scope["headers"])
+        if int(given.get(b"content-length", b"0") or 0) > self.limit:
+            return await self._too_large()(scope, receive, send)
+        ctype = given.get(b"content-type", b"")
+        if not ctype or ctype.split(b";")[0].strip() in (b"application/x-www-form-urlencoded", b"text/plain"):
             headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-            ctype = dict(scope["headers"]).get(b"content-type", b"")
-            if not ctype or ctype.split(b";")[0].strip() in (b"application/x-www-form-urlencoded", b"text/plain"):
-                scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
-        return await self.app(scope, receive, send)
+            scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+        if b"content-length" in given:
+            return await self.app(scope, receive, send)
+        # a chunked body: read it here, up to the limit, then hand it on
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, receive, send)
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await self._too_large()(scope, receive, send)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await self.app(scope, replay, send)
 
 
 class BearerAuth:
@@ -97,7 +129,7 @@ def create_app(rt: Runtime) -> FastAPI:
 
     if rt.api_key:
         app.add_middleware(BearerAuth, key=rt.api_key)
-    app.add_middleware(JSONBodies)
+    app.add_middleware(JSONBodies, limit=rt.s.max_request_bytes)
 
     @app.get("/health")
     async def health():
@@ -134,22 +166,28 @@ def create_app(rt: Runtime) -> FastAPI:
         if (resp := _not_ready(rt)) is not None:
             return resp
         if body.as_prompt:
-            return {"tokens": rt.prompt.tokenize_prompt(body.content)}
-        return {"tokens": rt.engine.tokenize(body.content, body.add_special, body.parse_special)}
+            return {"tokens": await asyncio.to_thread(rt.prompt.tokenize_prompt, body.content)}
+        return {"tokens": await asyncio.to_thread(rt.engine.tokenize, body.content, body.add_special,
+                                                  body.parse_special)}
 
     @app.post("/apply-template")
     async def apply_template(body: TemplateRequest):
         if (resp := _not_ready(rt)) is not None:
             return resp
-        return {"prompt": rt.prompt.render_text([{"role": m.role, "content": message_text(m.content)} for m in body.messages])}
+        if (resp := _too_many(rt, "chat", body.messages)) is not None:
+            return resp
+        messages = [{"role": m.role, "content": message_text(m.content)} for m in body.messages]
+        return {"prompt": await asyncio.to_thread(rt.prompt.render_text, messages)}
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):
         if (resp := _not_ready(rt)) is not None:
             return resp
+        if (resp := _too_many(rt, "chat", body.messages)) is not None:
+            return resp
         messages = [{"role": m.role, "content": message_text(m.content)} for m in body.messages]
-        try:
-            prompt = rt.prompt.render_chat(messages)
+        try:  # templating and tokenizing run beside the event loop: /health answers meanwhile
+            prompt = await asyncio.to_thread(rt.prompt.render_chat, messages)
         except UnicodeError:
             raise  # the app's handler: not valid Unicode
         except Exception as exc:  # noqa: BLE001 - template errors are the caller's messages
@@ -163,7 +201,8 @@ def create_app(rt: Runtime) -> FastAPI:
         text = body.prompt if isinstance(body.prompt, str) else "".join(body.prompt[:1])
         if isinstance(body.prompt, list) and len(body.prompt) != 1:
             return _invalid_request(rt, "completions", "prompt: give one prompt per request", "prompt")
-        return await _respond(rt, "completions", body, rt.prompt.tokenize_prompt(text), body.max_tokens, request)
+        prompt = await asyncio.to_thread(rt.prompt.tokenize_prompt, text)
+        return await _respond(rt, "completions", body, prompt, body.max_tokens, request)
 
     return app
 
@@ -175,6 +214,13 @@ def _endpoint(request: Request) -> str:
 def _invalid_request(rt: Runtime, endpoint: str, message: str, param: str, code: str | None = None) -> JSONResponse:
     rt.metrics.requests.labels(endpoint, "invalid").inc()
     return err(400, message, param=param, code=code)
+
+
+def _too_many(rt: Runtime, endpoint: str, messages: list) -> JSONResponse | None:
+    if len(messages) <= rt.s.max_messages:
+        return None
+    return _invalid_request(rt, endpoint, f"messages: {len(messages)} messages, more than the {rt.s.max_messages} "
+                            "this server takes (--max-messages); send fewer", "messages", code="too_many_messages")
 
 
 def _not_ready(rt: Runtime) -> JSONResponse | None:

@@ -33,6 +33,8 @@ class ServeSettings:
     variant: str = ""
     api_key_env: str = SERVE_FLAGS["api_key_env"].default
     max_tokens_cap: int = SERVE_FLAGS["max_tokens_cap"].default
+    max_request_bytes: int = SERVE_FLAGS["max_request_bytes"].default
+    max_messages: int = SERVE_FLAGS["max_messages"].default
     request_timeout: float = SERVE_FLAGS["request_timeout"].default
     temperature: float = SAMPLING_DEFAULTS["temperature"]
     min_p: float = SAMPLING_DEFAULTS["min_p"]

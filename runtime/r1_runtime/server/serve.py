@@ -84,6 +84,7 @@ def settings_from_args(args: argparse.Namespace):
                          seed=args.seed, max_queue=args.max_queue, use_mmap=not args.no_mmap)
     return ServeSettings(engine=eng, alias=args.alias or "", variant=args.variant, api_key_env=args.api_key_env,
                          max_tokens_cap=args.max_tokens_cap, request_timeout=args.request_timeout,
+                         max_request_bytes=args.max_request_bytes, max_messages=args.max_messages,
                          temperature=args.temperature, min_p=args.min_p, top_p=args.top_p, top_k=args.top_k,
                          stop_on_loop=args.stop_on_loop, canary=args.canary, canary_seed=args.canary_seed,
                          canary_tokens=args.canary_tokens, reasoning_format=args.reasoning_format,
