@@ -74,7 +74,8 @@ def main() -> int:
         kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds" / f))
     kubectl("wait", "--for=condition=Established", "crd/r1deployments.r1.inference.dev", "--timeout=30s")
     log = home / "operator.log"
-    env = {**os.environ, "R1_HUB_ENDPOINT": endpoint, "R1_RUNTIME_IMAGE": "docker.io/r1-operator/runtime:0.1.0"}
+    env = {**os.environ, "R1_HUB_ENDPOINT": endpoint, "R1_RUNTIME_IMAGE": "docker.io/r1-operator/runtime:0.1.0",
+           "R1_DEV_SIMULATED_GPUS": "true"}  # the dev cluster's GPUs are simulated: no layer really offloads
     op = subprocess.Popen([str(BIN / "r1-operator"), "--standalone", "--metrics-port", str(free_port()),
                            "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
                            "--readiness", f"http://127.0.0.1:{free_port()}/readyz"],

@@ -126,7 +126,8 @@ class Reconciler:
         return Desired(generation=int(meta.get("generation") or 1), replicas=spec.replicas if spec else 0, plan=plan,
                        plan_error=error,
                        endpoint=mf.endpoint(meta["name"], meta["namespace"], self.settings),
-                       selector=names.selector_string(names.selector(meta["name"])))
+                       selector=names.selector_string(names.selector(meta["name"])),
+                       simulated_gpus=self.settings.dev_simulated_gpus)
 
     def _reconcile(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]

@@ -33,6 +33,9 @@ class OperatorSettings:
     peering_lifetime: int = 30  # seconds without a heartbeat before another replica takes over
     kubeconfig: str = ""  # empty: in-cluster credentials, else the default kubeconfig
     pod_name: str = "r1-operator"  # reporting instance of Events (POD_NAME)
+    # DEV CLUSTERS ONLY: the nodes' GPUs are simulated (an extended resource), so a runtime that offloads fewer
+    # layers than planned is expected (Ready reason ReadySimulatedGPUs) rather than Degraded (OffloadMismatch).
+    dev_simulated_gpus: bool = False
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
@@ -44,6 +47,11 @@ class OperatorSettings:
             if raw is None:
                 continue
             kind = type(getattr(cls, f.name))
+            if kind is bool:
+                if raw.lower() not in ("1", "true", "yes", "0", "false", "no", ""):
+                    raise ValueError(f"R1_{f.name.upper()}={raw!r}: expected true or false")
+                values[f.name] = raw.lower() in ("1", "true", "yes")
+                continue
             try:
                 values[f.name] = kind(raw)
             except ValueError:

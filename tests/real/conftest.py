@@ -59,7 +59,7 @@ def real_operator(real_kube, real_hub, tmp_path_factory) -> Iterator[OperatorPro
     # At the most verbose level: tests/real/test_real_secrets.py reads the whole log for the secrets' values.
     op = start_operator(real_kube.kubeconfig, log, "--standalone", "--namespace", "real-*", "--debug",
                         env={"R1_HUB_ENDPOINT": real_hub[0], "R1_RUNTIME_IMAGE": RUNTIME_IMAGE,
-                             "R1_MONITORING_NAMESPACE": MONITORING_NS})
+                             "R1_MONITORING_NAMESPACE": MONITORING_NS, "R1_DEV_SIMULATED_GPUS": "true"})
     yield op
     op.stop()
 

@@ -76,6 +76,12 @@ def test_fetch_and_serve_in_real_containers_answer_through_the_service(real_kube
                      "import os\ntry:\n open('/written', 'w')\nexcept OSError as e:\n print(os.getuid(), e.errno)").stdout
     assert ident.split() == ["65532", "30"]  # EROFS: the root filesystem is read-only
     assert _ask(kube, ns) == "r1-real"
+    # what llama.cpp really did, read from the runtime's startup line: the CPU build offloads nothing, which
+    # this dev cluster's operator expects (R1_DEV_SIMULATED_GPUS), so Ready says so rather than Degraded
+    r1d = wait_for(lambda: (r := kube.r1d(ns, "r1-real")).get("status", {}).get("runtime") and r, 60, "the offload")
+    assert r1d["status"]["runtime"]["offloadedLayers"] == 0 and plan["nGpuLayers"] > 0
+    assert kube.condition(ns, "r1-real", "Ready")["reason"] == "ReadySimulatedGPUs"
+    assert kube.condition(ns, "r1-real", "Degraded")["status"] == "False"
 
     # a deleted runtime pod comes back and serves again
     kube.run("delete", "pod", "-n", ns, pod["metadata"]["name"], "--wait=false")

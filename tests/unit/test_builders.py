@@ -205,6 +205,34 @@ def test_status_through_the_stages(desired, cache, runtime, want):
     assert {k: got[k] for k in want} == want
 
 
+def test_fewer_layers_offloaded_than_planned_is_never_plain_ready():
+    from dataclasses import replace
+
+    assert PLAN["nGpuLayers"] > 0
+    served = RuntimeObservation(exists=True, replicas=1, ready_replicas=1, updated_replicas=1, up_to_date=True,
+                                offloaded_layers=0)
+    res = build_status(_desired(PLAN), _CACHED, served, None, "t0")
+    got = _conds(res)
+    assert got["Ready"] == ("True", "ReadyOffloadMismatch") and got["Degraded"] == ("True", "OffloadMismatch")
+    assert f"offloaded 0 layers to GPU where the plan has {PLAN['nGpuLayers']}" in res.condition("Degraded")["message"]
+    assert res.status["runtime"] == {"offloadedLayers": 0}
+    assert "OffloadMismatch" in {e.reason for e in res.events}
+    # on a dev cluster whose GPUs are simulated (R1_DEV_SIMULATED_GPUS) the same is expected, and said
+    got = _conds(build_status(replace(_desired(PLAN), simulated_gpus=True), _CACHED, served, None, "t0"))
+    assert got["Ready"] == ("True", "ReadySimulatedGPUs") and got["Degraded"] == ("False", "AsExpected")
+    # all layers offloaded: plain Ready
+    full = replace(served, offloaded_layers=PLAN["nGpuLayers"])
+    assert _conds(build_status(_desired(PLAN), _CACHED, full, None, "t0"))["Ready"] == ("True", "RuntimeReady")
+
+
+def test_a_dev_only_boolean_setting_parses_true_and_false_and_refuses_the_rest():
+    assert OperatorSettings.from_env({"R1_DEV_SIMULATED_GPUS": "true"}).dev_simulated_gpus is True
+    assert OperatorSettings.from_env({"R1_DEV_SIMULATED_GPUS": "0"}).dev_simulated_gpus is False
+    assert OperatorSettings.from_env({}).dev_simulated_gpus is False
+    with pytest.raises(ValueError, match="R1_DEV_SIMULATED_GPUS='maybe': expected true or false"):
+        OperatorSettings.from_env({"R1_DEV_SIMULATED_GPUS": "maybe"})
+
+
 def test_downloading_shows_percent_for_kubectl_get():
     _, plan = _plan()
     res = build_status(_desired(plan), CacheObservation(pvc="c", job_active=1, progress={"bytesDone": 50, "bytesTotal": 200}),

@@ -63,3 +63,17 @@ def test_printer_columns_and_subresources():
         "Variant", "GPU-Layers", "Cache", "Ready", "Age"]
     assert v["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
     assert yaml.safe_load(CRD_FILE.read_text())["spec"]["names"]["shortNames"] == ["r1d"]
+
+
+def test_every_status_field_the_operator_writes_is_in_the_schema():
+    """The API server prunes what a structural schema does not declare: a status key missing here is silently
+    dropped (status.runtime was, until it was declared)."""
+    from r1_operator.builders.status import CacheObservation, Desired, RuntimeObservation, build_status
+
+    props = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    served = RuntimeObservation(exists=True, replicas=1, ready_replicas=1, updated_replicas=1, up_to_date=True,
+                                offloaded_layers=0)
+    plan = {"variant": "UD-IQ1_S", "nGpuLayers": 3, "gpuLayers": "3/62", "fits": True, "reasons": ["planned"]}
+    status = build_status(Desired(generation=1, replicas=1, plan=plan, endpoint="http://x/v1", selector="a=b"),
+                          CacheObservation(pvc="c", ready={"bytesTotal": 1}), served, None, "t0").status
+    assert set(status) <= set(props), set(status) - set(props)

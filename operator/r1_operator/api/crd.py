@@ -86,6 +86,11 @@ _STATUS = {
             },
         },
         "endpoint": {"type": "string"},
+        "runtime": {
+            "type": "object", "description": "What the ready runtime pods' llama.cpp reported at load.",
+            "properties": {"offloadedLayers": {"type": "integer", "description": "Layers offloaded to GPUs "
+                                               "(the output layer counts as one); the fewest of the ready pods."}},
+        },
         "replicas": {"type": "integer"},
         "readyReplicas": {"type": "integer"},
         "selector": {"type": "string"},

@@ -35,6 +35,7 @@ class RuntimeObservation:
     failing: str = ""  # a Deployment condition or pod state that will not heal by waiting
     waiting: str = ""  # why pods are not ready yet (e.g. Unschedulable: ...)
     failing_reason: str = "RuntimeFailing"  # the Degraded reason for `failing` (OutOfMemory: a load ran out)
+    offloaded_layers: int | None = None  # what the ready runtimes' llama.cpp reported offloading (fewest of them)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Desired:
     apply_error: str = ""  # the API server refused a child (the operator retries)
     endpoint: str = ""
     selector: str = ""
+    simulated_gpus: bool = False  # dev clusters only (R1_DEV_SIMULATED_GPUS): an offload shortfall is expected
 
 
 @dataclass
@@ -138,6 +140,10 @@ def build_status(d: Desired, cache: CacheObservation, rt: RuntimeObservation, ol
         conds["Ready"] = _Cond("False", "ScaledToZero", "spec.replicas is 0")
     elif rt.up_to_date and rt.updated_replicas >= d.replicas and rt.ready_replicas >= d.replicas:
         conds["Ready"] = _Cond("True", "RuntimeReady", f"{rt.ready_replicas}/{d.replicas} runtime pods ready at {d.endpoint}")
+        short = offload_shortfall(plan, rt)
+        if short:  # serving, but not as planned: never plain Ready
+            conds["Ready"] = _Cond("True", "ReadySimulatedGPUs" if d.simulated_gpus else "ReadyOffloadMismatch",
+                                   f"{conds['Ready'].message}; {short}")
     else:
         why = f": {rt.waiting}" if rt.waiting else ""
         conds["Ready"] = _Cond("False", "RuntimeStarting", f"{rt.ready_replicas}/{d.replicas} runtime pods ready{why}")
@@ -148,6 +154,9 @@ def build_status(d: Desired, cache: CacheObservation, rt: RuntimeObservation, ol
         degraded.insert(0, ("ApplyFailed", d.apply_error))
     if rt.failing and cached:
         degraded.append((rt.failing_reason, rt.failing))
+    if conds["Ready"].reason == "ReadyOffloadMismatch":
+        degraded.append(("OffloadMismatch", offload_shortfall(plan, rt) + ": a CPU-only runtime image on a GPU "
+                         "node, or no GPU driver in the pod; the model runs slower than planned"))
     conds["Degraded"] = (_Cond("True", degraded[0][0], degraded[0][1]) if degraded
                          else _Cond("False", "AsExpected", "no failure observed"))
 
@@ -159,6 +168,8 @@ def build_status(d: Desired, cache: CacheObservation, rt: RuntimeObservation, ol
 
     if planned and cached:
         status["endpoint"] = d.endpoint
+    if rt.offloaded_layers is not None:
+        status["runtime"] = {"offloadedLayers": rt.offloaded_layers}
     prev = {c["type"]: c for c in (old or {}).get("conditions") or []}
     out, events = [], []
     for type_ in CONDITIONS:
@@ -180,3 +191,12 @@ def _event(type_: str, c: _Cond) -> Event:
     quiet = type_ == "Progressing" or (type_ == "Degraded" and c.status == "False")
     return Event("Warning" if bad else "Normal", c.reason if not quiet else f"{type_}{c.status}",
                  f"{type_}={c.status}: {c.message}"[:1024])
+
+
+def offload_shortfall(plan: dict[str, Any] | None, rt: RuntimeObservation) -> str:
+    """"" when the runtimes offloaded what the plan said, else a sentence with both figures."""
+    want = (plan or {}).get("nGpuLayers")
+    if rt.offloaded_layers is None or not want or rt.offloaded_layers >= want:
+        return ""
+    return (f"llama.cpp offloaded {rt.offloaded_layers} layers to GPU where the plan has {want} "
+            f"({(plan or {}).get('gpuLayers', '')})")

@@ -252,6 +252,7 @@ def _start(state: ClusterState, binary: Path, kwok: Path, pki: Path, shapes: lis
                                          content_type="application/merge-patch+json")
                 if code != 200:
                     raise ClusterError(f"advertising simulated GPUs on {n} failed: HTTP {code}: {body.get('message')}")
+        realnode.start_network_policy(state, lambda user: kubeconfig(state.server, pki, user))
         if real_gpus:  # kubelet copies capacity into allocatable at its next status update (up to 10 s)
             for n in state.real_nodes:
                 _wait(f"real node {n} to show its simulated GPUs as allocatable", state,

@@ -342,10 +342,17 @@ def start(state, pki: Path, kubeconfig_for, count: int, gpus: int, timeout_wait)
         (root / "kubeconfig").write_text(kubeconfig_for(KUBE_PROXY))  # user system:kube-proxy (node-proxier role)
         (root / "config.json").write_text(_kube_proxy_config(root, node_name(0)))
         spawn(state, KUBE_PROXY, [str(binary), KUBE_PROXY, f"--config={root / 'config.json'}", "--v=1"])
-        root = Path(state.root) / NETWORK_POLICY
-        root.mkdir(exist_ok=True)
-        (root / "kubeconfig").write_text(kubeconfig_for(NETWORK_POLICY))
-        spawn(state, NETWORK_POLICY, _network_policy_command(root))
+
+
+def start_network_policy(state, kubeconfig_for) -> None:
+    """kube-router's firewall, by the cluster that runs the host's kube-proxy, once real-0 is registered
+    (kube-router exits when its node object does not exist yet)."""
+    if KUBE_PROXY not in state.pids:
+        return
+    root = Path(state.root) / NETWORK_POLICY
+    root.mkdir(exist_ok=True)
+    (root / "kubeconfig").write_text(kubeconfig_for(NETWORK_POLICY))
+    spawn(state, NETWORK_POLICY, _network_policy_command(root))
 
 
 def _network_policy_command(root: Path) -> list[str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 from typing import Any
 
 from r1_operator.api.contract import PROGRESS_MARK, Exit
@@ -113,6 +115,59 @@ def _load_out_of_memory(pod: dict[str, Any], cs: dict[str, Any]) -> str:
             "spec.inference.ctxSize or parallel, or pin a smaller spec.model.variant")
 
 
+# What ready runtime pods' llama.cpp offloaded, from their startup line. Read once per pod; a pod whose log does not
+# have the line yet is asked again after RECHECK_S, and one whose log cannot be read (kwok: no kubelet) never.
+RECHECK_S = 60.0
+_OFFLOADED: dict[str, tuple[int | None, float]] = {}  # pod uid -> (layers or None, when to ask again)
+_BY_DEPLOYMENT: dict[tuple, tuple[int | None, float]] = {}  # (uid, generation, ready, updated) -> the same, fewest
+_OFFLOAD_LINE = re.compile(r"r1-runtime serve: llama.cpp offloaded (\d+)/(\d+) layers to GPU")
+
+
+def _remember(memo: dict, key, value: int | None, again: float) -> int | None:
+    if len(memo) > 4096:
+        memo.clear()
+    memo[key] = (value, again)
+    return value
+
+
+def _offloaded(api, namespace: str, pod: dict[str, Any]) -> int | None:
+    uid, now = pod["metadata"].get("uid", ""), time.monotonic()
+    hit = _OFFLOADED.get(uid)
+    if hit is not None and (hit[0] is not None or now < hit[1]):
+        return hit[0]
+    path = f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}/log"
+    try:
+        args = api.param_serialize("GET", path, query_params=[("container", "runtime"), ("limitBytes", "65536")],
+                                   auth_settings=["BearerToken"])
+        resp = api.call_api(*args, _request_timeout=3)
+        text = resp.read().decode(errors="replace") if resp.status == 200 else ""
+    except Exception:  # noqa: BLE001 - no reachable kubelet: nothing known, and not asked again
+        return _remember(_OFFLOADED, uid, None, float("inf"))
+    m = _OFFLOAD_LINE.search(text)
+    return _remember(_OFFLOADED, uid, int(m.group(1)) if m else None, now + RECHECK_S)
+
+
+def _ready_offload(api, namespace: str, name: str, dep: dict[str, Any]) -> int | None:
+    """The fewest layers any ready pod of the Deployment offloaded; the pods are listed only when its ready pods
+    changed (or, while unknown, every RECHECK_S)."""
+    meta, st = dep["metadata"], dep.get("status") or {}
+    if not int(st.get("readyReplicas") or 0):
+        return None
+    key, now = (meta.get("uid", ""), meta.get("generation"), st.get("readyReplicas"), st.get("updatedReplicas")), \
+        time.monotonic()
+    hit = _BY_DEPLOYMENT.get(key)
+    if hit is not None and (hit[0] is not None or now < hit[1]):
+        return hit[0]
+    fewest = None
+    for pod in _pods(api, namespace, names.selector_string(names.selector(name))):
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        if statuses and all(cs.get("ready") for cs in statuses):
+            got = _offloaded(api, namespace, pod)
+            if got is not None:
+                fewest = got if fewest is None else min(fewest, got)
+    return _remember(_BY_DEPLOYMENT, key, fewest, now + RECHECK_S)
+
+
 def runtime(api, namespace: str, name: str, dep: dict[str, Any] | None) -> RuntimeObservation:
     """The runtime as its live Deployment shows it, plus why its pods wait when they are not ready."""
     if dep is None:
@@ -127,6 +182,7 @@ def runtime(api, namespace: str, name: str, dep: dict[str, Any] | None) -> Runti
     ready = int(st.get("readyReplicas") or 0)
     replicas = int((dep.get("spec") or {}).get("replicas") or 0)
     waiting = ""
+    offloaded = _ready_offload(api, namespace, name, dep)
     if ready < replicas:
         for pod in _pods(api, namespace, names.selector_string(names.selector(name))):
             pst = pod.get("status") or {}
@@ -146,4 +202,4 @@ def runtime(api, namespace: str, name: str, dep: dict[str, Any] | None) -> Runti
     return RuntimeObservation(
         exists=True, replicas=replicas, ready_replicas=ready, updated_replicas=int(st.get("updatedReplicas") or 0),
         up_to_date=int(st.get("observedGeneration") or 0) >= int(meta.get("generation") or 0),
-        failing=failing, waiting=waiting, failing_reason=failing_reason)
+        failing=failing, waiting=waiting, failing_reason=failing_reason, offloaded_layers=offloaded)
