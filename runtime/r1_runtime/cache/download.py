@@ -265,9 +265,6 @@ class Downloader:
         if self._error is not None:
             raise self._error
 
-    def fetch(self, f: RemoteFile, final: Path) -> None:
-        self.fetch_all([(f, final)])
-
     # ------------------------------------------------------------ the hashing thread (the caller's)
 
     def _verify(self, job: _File) -> None:
