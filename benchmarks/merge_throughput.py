@@ -8,7 +8,8 @@ Writes a ~2.5 GB split set (5 shards) with the miniature R1 writer, then alterna
 - the same with `--keep-shards` (no shard bytes freed, two copies on disk);
 - `cat` of the same shards into one file, then `sync` of that file (the baseline: one sequential copy, no
   hash, no header work).
-Each round starts from a fresh copy of the set (not timed). Results: benchmarks/results/merge_throughput.*
+Each command starts from a fresh copy of the set (not timed) once the kernel has written back its dirty pages, and
+each command goes first in a third of the rounds, so none always meets the disk in the same state. Results: benchmarks/results/merge_throughput.*
 
     .venv/bin/python benchmarks/merge_throughput.py [WORKDIR]
 """
@@ -31,7 +32,7 @@ from r1_devtools.testmodel import ModelShape, shard_names
 SHAPE = ModelShape(n_embd=2048, n_layer=12, n_dense=1, n_head=16, q_lora_rank=512, kv_lora_rank=256, n_ff=4096,
                    n_ff_exp=1024, n_expert=16, n_expert_used=2)
 N_SHARDS = 5
-ROUNDS = 5  # this machine is noisy: every round's ratio is kept, and the median is the headline
+ROUNDS = 6  # this machine is noisy: every round's ratio is kept, and the median is the headline
 WRITE = """
 import sys
 from pathlib import Path
@@ -46,6 +47,16 @@ R1_RUNTIME = str(Path(sys.executable).with_name("r1-runtime"))
 def _used(path: Path) -> int:
     st = os.statvfs(path)
     return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def _settle(limit: int = 16 << 20, timeout: float = 60.0) -> None:
+    """Wait until the kernel's dirty and writeback pages are below limit, so each command starts on an idle disk."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        if sum(int(meminfo[k].split()[0]) << 10 for k in ("Dirty", "Writeback")) < limit:
+            return
+        time.sleep(0.1)
 
 
 def _timed(cmd: list[str], watch: Path) -> tuple[float, int, int]:
@@ -77,23 +88,22 @@ def main(work: Path) -> None:
     subprocess.run([sys.executable, "-c", WRITE, str(src / "Big.gguf"), str(Path(__file__).parent)], check=True)
     shards = shard_names(src / "Big.gguf", N_SHARDS)
     total = sum(p.stat().st_size for p in shards)
-    merges, keeps, cats = [], [], []
+    merge_cmd = [R1_RUNTIME, "merge", "{first}", "{out}"]
+    keep_cmd = [R1_RUNTIME, "merge", "--keep-shards", "{first}", "{out}"]
+    cat_cmd = ["bash", "-c", " ".join(["cat", *(f"{{run}}/{p.name}" for p in shards), "> {out} && sync {out}"])]
+    times: dict[str, list] = {"merge": [], "keep": [], "cat": []}
+    cmds = {"merge": merge_cmd, "keep": keep_cmd, "cat": cat_cmd}
     for i in range(ROUNDS):
-        run = work / f"round-{i}"
-        shutil.copytree(src, run)
-        subprocess.run(["sync", "-f", str(run)], check=True)
-        merges.append(_timed([R1_RUNTIME, "merge", str(run / shards[0].name), str(run / "Big.gguf")], run))
-        shutil.rmtree(run)
-        shutil.copytree(src, run)
-        subprocess.run(["sync", "-f", str(run)], check=True)
-        keeps.append(_timed([R1_RUNTIME, "merge", "--keep-shards", str(run / shards[0].name), str(run / "Big.gguf")],
-                            run))
-        shutil.rmtree(run)
-        shutil.copytree(src, run)
-        subprocess.run(["sync", "-f", str(run)], check=True)
-        cat = f"cat {' '.join(str(run / p.name) for p in shards)} > {run / 'cat.gguf'} && sync {run / 'cat.gguf'}"
-        cats.append(_timed(["bash", "-c", cat], run))
-        shutil.rmtree(run)
+        names = list(cmds)
+        for name in names[i % 3:] + names[:i % 3]:  # each command leads a third of the rounds
+            run = work / f"round-{i}"
+            shutil.copytree(src, run)
+            subprocess.run(["sync", "-f", str(run)], check=True)
+            _settle()
+            fill = {"first": str(run / shards[0].name), "out": str(run / "Big.gguf"), "run": str(run)}
+            times[name].append(_timed([a.format(**fill) for a in cmds[name]], run))
+            shutil.rmtree(run)
+    merges, keeps, cats = times["merge"], times["keep"], times["cat"]
     merge_s = statistics.median(m[0] for m in merges)
     cat_s = statistics.median(c[0] for c in cats)
     keep_s = statistics.median(k[0] for k in keeps)
@@ -121,7 +131,8 @@ def main(work: Path) -> None:
         "same run\n\n"
         "The merge's wall time is the whole command (start-up, header checks, copy with the sha256 on the way, verify,\n"
         "rename, marker); it consumes the shards as it copies. Peak disk is the most the filesystem held beyond the\n"
-        f"set during the command (the merged copy less the shard bytes already freed). Medians of {ROUNDS} alternating rounds;\n"
+        f"set during the command (the merged copy less the shard bytes already freed). Medians of {ROUNDS} rounds, the order\n"
+        "rotating each round; this disk is noisy (per-round ratios below), so compare the medians.\n"
         f"merge vs cat per round: {', '.join(f'{x}×' for x in r['merge_vs_cat_per_round'])}.\n\n"
         "| merge s | --keep-shards s | cat+sync s | merge vs cat | --keep-shards vs cat | peak RSS | "
         "peak disk beyond the set | goals |\n|---|---|---|---|---|---|---|---|\n"

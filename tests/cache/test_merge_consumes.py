@@ -7,6 +7,7 @@ result is byte-identical to the unsplit model, with no shard, journal or partial
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import subprocess
@@ -22,7 +23,7 @@ BIN = Path(sys.executable).parent
 WINDOW = 256 << 10  # small, so a ~5 MB set takes many commits
 
 CHILD = """
-import os, signal, sys
+import errno, os, signal, sys
 from pathlib import Path
 from r1_runtime.cache import merge as m
 
@@ -39,7 +40,12 @@ def kill_at(owner, name, when=lambda *a, **k: True):
         return real(*a, **k)
     setattr(owner, name, wrapper)
 
-if point == "write":      # mid-window: some merged bytes written, not yet committed
+if point == "write":      # mid-window: some merged bytes copied in the kernel, not yet committed
+    kill_at(m.os, "copy_file_range")
+elif point == "buffered": # the same where the filesystem cannot copy in the kernel (pread, hash, pwrite)
+    def no_kernel_copy(*a, **k):
+        raise OSError(errno.EXDEV, "cross-device")
+    m.os.copy_file_range = no_kernel_copy
     kill_at(m.os, "pwrite")
 elif point == "punch":    # a window committed in the journal, its shard bytes not yet freed
     kill_at(m, "punch_hole")
@@ -66,7 +72,8 @@ def _split(d: Path) -> list[Path]:
     return write_test_model(d / "M.gguf", n_shards=3, seed=9)
 
 
-@pytest.mark.parametrize("point,nth", [("write", 1), ("write", 9), ("write", 15), ("punch", 1), ("punch", 6),
+@pytest.mark.parametrize("point,nth", [("write", 1), ("write", 9), ("write", 15), ("buffered", 1),
+                                       ("buffered", 9), ("punch", 1), ("punch", 6),
                                        ("commit", 3), ("rename", 1), ("marker", 1), ("cleanup", 2)])
 def test_a_merge_killed_at_any_point_finishes_byte_identical_on_a_rerun(tmp_path, whole, point, nth):
     shards = _split(tmp_path)
@@ -121,3 +128,19 @@ def test_keep_shards_keeps_two_copies(tmp_path, whole):
     assert "two copies" in res.stderr
     assert all(p.read_bytes() == b for p, b in before.items())  # nothing punched
     assert (tmp_path / "M.gguf").read_bytes() == whole.read_bytes()
+
+
+def test_where_the_kernel_cannot_copy_the_merge_goes_through_buffers_with_the_same_bytes_and_hash(
+        tmp_path, whole, monkeypatch):
+    shards = _split(tmp_path)
+    calls = []
+
+    def cross_device(*args, **kwargs):
+        calls.append(args)
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(merging.os, "copy_file_range", cross_device)
+    info = merging.merge(shards[0], tmp_path / "M.gguf", keep_shards=False, window=WINDOW)
+    assert len(calls) == 1  # tried once, then buffered for the rest of the merge
+    assert (tmp_path / "M.gguf").read_bytes() == whole.read_bytes()
+    assert info["sha256"] == hashlib.sha256(whole.read_bytes()).hexdigest()

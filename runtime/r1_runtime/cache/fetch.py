@@ -65,8 +65,8 @@ def space_needed(dest: Path, listing: Listing, merge: bool, keep_shards: bool = 
             continue
         have += written_bytes(final, f.size)
     out = merged_path(dest, listing) if merge else None
-    if out is not None:  # an interrupted merge: its committed bytes are freed from the shards when it resumes
-        have += merging.committed_bytes(out)
+    if out is not None:  # an interrupted merge: its bytes come back as it resumes (merge.resumable_bytes)
+        have += merging.resumable_bytes(out)
     peak = cache_peak_bytes(sum(f.size for f in listing.files), sum(f.size for f, _ in _split_files(listing)),
                             merge=merge and shard1(listing) is not None, keep_shards=keep_shards)
     return peak - have, have

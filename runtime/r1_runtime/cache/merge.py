@@ -1,9 +1,10 @@
 """One-pass, resumable merge of a GGUF split set into one file, consuming the shards as it goes.
 
 The merged header is shard 1's key-values copied byte for byte (minus the `split.*` keys), then the
-tensor table of all shards with offsets into one data section. The data is copied through a few
-fixed buffers and hashed on the way (sha256 in a second thread), so the merged file's hash costs no
-extra read and memory stays constant whatever the model size.
+tensor table of all shards with offsets into one data section. The data is copied in the
+kernel (copy_file_range, as `cat` does) and hashed on the way from the page cache (sha256 in a second
+thread), so the merged file's hash costs no extra read from disk and memory stays constant whatever the
+model size.
 
 The copy advances a window (`contract.MERGE_WINDOW_BYTES`) at a time: copy, fdatasync, record the
 merged bytes done in a journal, then punch holes over the window's source bytes in the shards
@@ -25,9 +26,11 @@ import ctypes
 import errno
 import hashlib
 import json
+import mmap
 import os
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,8 +42,8 @@ from r1_operator.api.contract import MERGE_WINDOW_BYTES, MERGED_MARKER_SUFFIX, E
 from r1_runtime.cache.files import CacheError, fsync_dir, write_json_atomic
 
 SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
-COPY_BUF = 1 << 20  # larger buffers fall out of the CPU cache between the read, the hash and the write
-BUFFERS = 8  # in flight between the copying thread and the hashing one: the merge's working memory is 8 MiB
+CHUNK = 8 << 20  # one kernel copy, then one hash over the same bytes in the page cache
+IN_FLIGHT = 4  # chunks copied but not yet hashed: bounds what the hash lags and the process maps (32 MiB)
 PUNCH_ALIGN = 1 << 16  # a multiple of any filesystem block: punching restarts from the last one's edge block
 
 
@@ -154,12 +157,14 @@ def journal_path(output: Path) -> Path:
     return output.with_name(partial_name(output.name) + ".journal")
 
 
-def committed_bytes(output: Path) -> int:
-    """Merged bytes an interrupted merge of output has made durable (0 when none is under way)."""
+def resumable_bytes(output: Path) -> int:
+    """Bytes an interrupted merge of output holds on the volume that count toward its peak (0 when none is under
+    way): its committed bytes are freed from the shards when it resumes, and what it wrote past the last commit is
+    truncated, so all the partial file's allocated bytes come back."""
     try:
         journal = json.loads(journal_path(output).read_text())
-        tmp = output.with_name(partial_name(output.name))
-        return min(int(journal["done"]), tmp.stat().st_size) if tmp.is_file() else 0
+        st = output.with_name(partial_name(output.name)).stat()
+        return min(st.st_blocks * 512, int(journal["bytes"]))
     except (OSError, ValueError, KeyError):
         return 0
 
@@ -186,56 +191,85 @@ def punch_hole(fd: int, offset: int, length: int) -> bool:
 # ---------------------------------------------------------------- the copy
 
 class _HashingWriter:
-    """Writes the merged file at increasing offsets and hashes every byte in order, the hash running in a
-    second thread (hashlib releases the GIL) over the same buffers the writes use (BUFFERS of COPY_BUF bytes)."""
+    """Writes the merged file at increasing offsets and hashes every byte in order.
+
+    A copy runs in the kernel (copy_file_range, CHUNK bytes a call: no pass through this process's memory,
+    like `cat`), and a second thread hashes each chunk from the merged file's page cache through a short-lived
+    read-only mapping (hashlib releases the GIL), at most IN_FLIGHT chunks behind. Where the filesystem cannot
+    copy in the kernel, chunks go through a buffer instead (pread, hash, pwrite)."""
 
     def __init__(self, fd: int, pos: int, digest):
         self.fd, self.pos, self.digest = fd, pos, digest
-        self.bufs = [bytearray(COPY_BUF) for _ in range(BUFFERS)]
-        self.pending: list[Future | None] = [None] * BUFFERS
-        self.turn = 0
+        self.pending: deque[Future] = deque()
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="sha256")
+        self.in_kernel = True
+        self.bufs: list[bytearray] = []  # only where the kernel cannot copy
+        self.turn = 0
 
-    def _slot(self) -> int:
-        slot = self.turn % BUFFERS
+    def _queue(self, task, *args) -> None:
+        while len(self.pending) >= IN_FLIGHT:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(task, *args))
+
+    def _hash_written(self, pos: int, n: int) -> None:
+        base = pos - pos % mmap.ALLOCATIONGRANULARITY
+        with mmap.mmap(self.fd, pos + n - base, prot=mmap.PROT_READ, offset=base) as mm:
+            view = memoryview(mm)
+            try:
+                self.digest.update(view[pos - base:])
+            finally:
+                view.release()
+
+    def _copy_in_kernel(self, src_fd: int, offset: int, k: int) -> int:
+        try:
+            return os.copy_file_range(src_fd, self.fd, k, offset, self.pos)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            self.in_kernel = False
+            self.bufs = [bytearray(CHUNK) for _ in range(IN_FLIGHT)]
+            return 0
+
+    def _copy_buffered(self, src_fd: int, offset: int, k: int) -> int:
+        buf = self.bufs[self.turn % IN_FLIGHT]
         self.turn += 1
-        if self.pending[slot] is not None:
-            self.pending[slot].result()
-        return slot
+        while len(self.pending) >= IN_FLIGHT - 1:  # the oldest hash may still be reading this buffer
+            self.pending.popleft().result()
+        got = os.preadv(src_fd, [memoryview(buf)[:k]], offset)
+        if got > 0:
+            self._pwrite(memoryview(buf)[:got])
+            self.pending.append(self.pool.submit(self.digest.update, memoryview(buf)[:got]))
+        return got
 
-    def _emit(self, slot: int, n: int) -> None:
-        mv = memoryview(self.bufs[slot])[:n]
-        self.pending[slot] = self.pool.submit(self.digest.update, mv)
+    def _pwrite(self, data) -> None:
         done = 0
-        while done < n:
-            done += os.pwrite(self.fd, mv[done:], self.pos + done)
-        self.pos += n
+        while done < len(data):
+            done += os.pwrite(self.fd, data[done:], self.pos + done)
 
     def copy(self, src_fd: int, offset: int, n: int, progress: Callable[[int], None] | None) -> None:
         while n > 0:
-            slot = self._slot()
-            k = min(COPY_BUF, n)
-            got = os.preadv(src_fd, [memoryview(self.bufs[slot])[:k]], offset)
+            k = min(CHUNK, n)
+            got = self._copy_in_kernel(src_fd, offset, k) if self.in_kernel else 0
+            if got > 0:
+                self._queue(self._hash_written, self.pos, got)
+            elif not self.in_kernel:
+                got = self._copy_buffered(src_fd, offset, k)
             if got <= 0:
                 raise MergeError(f"unexpected end of a shard at byte {offset} ({n} bytes short); fetch it again")
-            self._emit(slot, got)
+            self.pos += got
             offset += got
             n -= got
             if progress:
                 progress(got)
 
     def write(self, data: bytes) -> None:
-        for i in range(0, len(data), COPY_BUF):
-            part = data[i:i + COPY_BUF]
-            slot = self._slot()
-            self.bufs[slot][:len(part)] = part
-            self._emit(slot, len(part))
+        self._pwrite(data)
+        self._queue(self.digest.update, data)
+        self.pos += len(data)
 
     def drain(self) -> None:
-        for i, f in enumerate(self.pending):
-            if f is not None:
-                f.result()
-                self.pending[i] = None
+        while self.pending:
+            self.pending.popleft().result()
 
     def close(self) -> None:
         self.drain()
@@ -365,7 +399,7 @@ def _copy_all(shard_dir: Path, tmp: Path, journal: dict, window: int,
         progress(done - journal["header_bytes"])
     fds = {s["file"]: os.open(shard_dir / s["file"], os.O_RDWR if consume else os.O_RDONLY)
            for s in journal["shards"] if (shard_dir / s["file"]).exists()}
-    out = os.open(tmp, os.O_WRONLY)
+    out = os.open(tmp, os.O_RDWR)  # read back by the hash, from the page cache
     punch = {"ok": True}
     # A window's commit (fdatasync, journal, freeing its shard bytes) runs in a thread of its own while the next
     # window is copied; a commit waits for the previous one, so the shards hold at most two windows already
@@ -432,7 +466,7 @@ def _copy_all(shard_dir: Path, tmp: Path, journal: dict, window: int,
 def _hash_prefix(path: Path, n: int):
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while n > 0 and (chunk := f.read(min(COPY_BUF, n))):
+        while n > 0 and (chunk := f.read(min(CHUNK, n))):
             digest.update(chunk)
             n -= len(chunk)
     return digest
