@@ -14,7 +14,7 @@ from typing import Any
 from r1_operator.api import contract
 from r1_operator.api.types import GROUP, KIND, VERSION, R1DeploymentSpec
 from r1_operator.builders import names
-from r1_operator.planning.decide import placement_plans, plan_hash
+from r1_operator.planning.decide import plan_hash
 from r1_operator.planning.inventory import parse_quantity
 from r1_operator.settings import OperatorSettings
 
@@ -219,12 +219,8 @@ def startup_failure_threshold(plan: dict[str, Any], s: OperatorSettings) -> int:
 
 def build_deployment(name: str, namespace: str, uid: str, spec: R1DeploymentSpec, plan: dict[str, Any],
                      s: OperatorSettings, cache_ready: bool) -> dict[str, Any]:
-    """The runtime of one placement (decide.placement_plans; a plain plan is placement 0 with spec.replicas),
-    pinned to its node with its own offload; 0 replicas until its cache holds the verified model (a pod could
-    only crash-loop before)."""
+    """The runtime; 0 replicas until the cache holds the verified model (a pod could only crash-loop before)."""
     cache_pvc = cache_ref(spec, plan)[0]
-    placement = int(plan.get("id", 0))
-    replicas = min(int(plan.get("replicas", spec.replicas)), spec.replicas) if cache_ready else 0
     env = [{"name": "HOME", "value": "/tmp"}]
     if spec.api_key_secret_ref:
         env.append(_secret_env("R1_API_KEY", spec.api_key_secret_ref))
@@ -250,17 +246,17 @@ def build_deployment(name: str, namespace: str, uid: str, spec: R1DeploymentSpec
         "containers": [container], "volumes": _volumes(cache_pvc),
     }
     _scheduling(pod, spec, plan, pin=True)
-    labels = {**names.labels(name, "runtime"), names.LABEL_PLACEMENT: str(placement)}
+    labels = names.labels(name, "runtime")
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": names.placement_name(name, placement), "namespace": namespace, "labels": labels,
+        "metadata": {"name": names.runtime_name(name), "namespace": namespace, "labels": labels,
                      "ownerReferences": [owner_reference(name, uid)]},
         "spec": {
-            "replicas": replicas,
+            "replicas": spec.replicas if cache_ready else 0,
             "progressDeadlineSeconds": startup_failure_threshold(plan, s) * PROBE_PERIOD_S + 600,
             # The plan holds exactly the GPUs and RAM one pod needs: a surge pod could never schedule.
             "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": names.placement_selector(name, placement)},
+            "selector": {"matchLabels": names.selector(name)},
             "template": {"metadata": {"labels": labels,
                                       "annotations": {names.ANN_PLAN_HASH: plan_hash(plan)}},
                          "spec": pod},
@@ -314,13 +310,12 @@ def build_network_policies(name: str, namespace: str, uid: str, spec: R1Deployme
                              {"from": [_namespace_peer(s.monitoring_namespace)],
                               "ports": [{"port": "metrics", "protocol": "TCP"}]}]},
     }
-    keys = sorted({cache_ref(spec, p)[1] for p in placement_plans(plan)})
+    _, key, _ = cache_ref(spec, plan)
     fetch = {
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": {"name": names.fetch_policy_name(name), "namespace": namespace, "labels": names.labels(name, "cache"),
                      "ownerReferences": [owner_reference(name, uid)]},
-        "spec": {"podSelector": {"matchExpressions": [{"key": names.LABEL_CACHE, "operator": "In", "values": keys}]},
-                 "policyTypes": ["Ingress"], "ingress": []},
+        "spec": {"podSelector": {"matchLabels": names.cache_labels(key)}, "policyTypes": ["Ingress"], "ingress": []},
     }
     return [runtime, fetch]
 
