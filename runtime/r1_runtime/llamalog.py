@@ -125,10 +125,15 @@ def parse_load_report(log: str) -> LoadReport:
 class LoadFailure:
     """An allocation llama.cpp could not make while loading."""
 
-    what: str  # model weights | KV cache | compute buffer
+    kind: str  # weights | kv_cache | compute, as the plan's memory names them ("" when the log does not say)
     device: str  # as llama.cpp names it: CPU, CUDA0, ...
     bytes: int | None  # what it asked for, when the log says
     line: str  # the log line that said so
+
+    @property
+    def what(self) -> str:
+        """The kind in words: model weights, KV cache, compute buffer (or a buffer)."""
+        return _WHAT.get(self.kind, "a buffer")
 
     def plan_device(self) -> str:
         """The plan's name for the device: cpu, gpu0, gpu1, ..."""
@@ -172,7 +177,7 @@ def classify_load_failure(log: str) -> LoadFailure | None:
                 if kind == "compute" and device is None and (g := re.search(r"allocate (\S+) buffer of size (\d+)",
                                                                              line)):
                     device, size = g.group(1), int(g.group(2))
-                return LoadFailure(_WHAT[kind], device or "CPU", size, (seen or line).strip())
+                return LoadFailure(kind, device or "CPU", size, (seen or line).strip())
     if device is not None:  # an allocator failure without llama.cpp's summary line: name the device anyway
-        return LoadFailure("a buffer", device, size, seen.strip())
+        return LoadFailure("", device, size, seen.strip())
     return None

@@ -257,7 +257,8 @@ def test_size_limits_come_before_any_work_and_health_answers_while_a_big_chat_is
                 time.sleep(0.02)
         assert big.result().status_code == 400  # 16,000 messages are far beyond the 4,096-token context
         assert "context" in big.result().json()["error"]["message"] or "tokens" in big.result().json()["error"]["message"]
-        assert len(latencies) >= 5 and max(latencies) < 0.25, (len(latencies), max(latencies))
+        # blocked, /health waited for the whole templating (14 s); a loaded CI machine may still take a moment
+        assert len(latencies) >= 5 and max(latencies) < 2.0, (len(latencies), max(latencies))
     with running_server(smollm2, "--max-messages", "10") as s:
         r = httpx.post(s.v1 + "/chat/completions", json={"messages": many[:11], "max_tokens": 1}, timeout=30)
         assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_messages"

@@ -31,6 +31,9 @@ ggml_gallocr_reserve_n: failed to allocate CUDA0 buffer of size 3481339904
 graph_reserve: failed to allocate compute buffers
 llama_init_from_model: failed to initialize the context: failed to allocate compute pp buffers
 """, ("compute buffer", "CUDA0", int(3320.06 * (1 << 20)), "gpu0")),
+    # an allocator failure without llama.cpp's summary: the device and bytes, and no kind to compare with the plan
+    "cuda-malloc-alone": ("""ggml_backend_cuda_buffer_type_alloc_buffer: allocating 100.00 MiB on device 1: cudaMalloc failed: out of memory
+""", ("a buffer", "CUDA1", 100 * (1 << 20), "gpu1")),
     "gallocr-alone": ("""ggml_gallocr_reserve_n: failed to allocate CUDA0 buffer of size 3481339904
 """, ("compute buffer", "CUDA0", 3481339904, "gpu0")),
     "cpu-kv": ("""llama_context: n_ctx_seq (163840) > n_ctx_train (8192) -- possible training context overflow
@@ -51,6 +54,7 @@ def test_the_failed_allocation_is_named_with_its_device_and_bytes(name):
     log, (what, device, size, plan_device) = CASES[name]
     f = classify_load_failure(log)
     assert (f.what, f.device, f.bytes, f.plan_device()) == (what, device, size, plan_device)
+    assert f.kind in ("weights", "kv_cache", "compute") if what != "a buffer" else f.kind == ""
 
 
 @pytest.mark.parametrize("log", [

@@ -101,8 +101,9 @@ def _quantity_gib(n: int) -> str:
     return f"{max(math.ceil(n / GiB), 1)}Gi"
 
 
-# The fetch's working set is bounded: hf_hub's 10 MiB download chunks, the merge's 8 MiB of buffers and one
-# window of dirty pages (contract.MERGE_WINDOW_BYTES) before each fdatasync, and Python (about 150 MiB).
+# The fetch's working set is bounded: a 1 MiB chunk per download connection and an 8 MiB hashing buffer, the
+# merge's four 8 MiB chunks mapped for hashing and one window of dirty pages (contract.MERGE_WINDOW_BYTES) before
+# each fdatasync, and Python (about 150 MiB).
 FETCH_MEMORY_REQUEST = "512Mi"
 FETCH_MEMORY_LIMIT = "2Gi"
 

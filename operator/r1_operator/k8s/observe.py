@@ -42,19 +42,24 @@ def progress_from_log(text: str) -> dict[str, Any] | None:
     return None
 
 
+def _pod_log(api, namespace: str, pod: dict[str, Any], query: list[tuple[str, str]]) -> str | None:
+    """A pod's log ("" when the API server answers without one), or None when it cannot be read (no reachable
+    kubelet: kwok nodes have none)."""
+    path = f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}/log"
+    try:
+        args = api.param_serialize("GET", path, query_params=query, auth_settings=["BearerToken"])
+        resp = api.call_api(*args, _request_timeout=3)
+        return resp.read().decode(errors="replace") if resp.status == 200 else ""
+    except Exception:  # noqa: BLE001 - best effort: the status just lacks the figure
+        return None
+
+
 def _fetch_progress(api, namespace: str, job_name: str) -> dict[str, Any] | None:
     """Progress of a running fetch from its pod's log; best effort (no log, no figure)."""
     for pod in _pods(api, namespace, f"job-name={job_name}"):
-        if (pod.get("status") or {}).get("phase") != "Running":
-            continue
-        path = f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}/log"
-        try:
-            args = api.param_serialize("GET", path, query_params=[("tailLines", "20")], auth_settings=["BearerToken"])
-            resp = api.call_api(*args, _request_timeout=3)
-            if resp.status == 200:
-                return progress_from_log(resp.read().decode(errors="replace"))
-        except Exception:  # noqa: BLE001 - a node without a reachable kubelet; the status just lacks the figure
-            return None
+        if (pod.get("status") or {}).get("phase") == "Running":
+            text = _pod_log(api, namespace, pod, [("tailLines", "20")])
+            return progress_from_log(text) if text else None
     return None
 
 
@@ -135,13 +140,8 @@ def _offloaded(api, namespace: str, pod: dict[str, Any]) -> int | None:
     hit = _OFFLOADED.get(uid)
     if hit is not None and (hit[0] is not None or now < hit[1]):
         return hit[0]
-    path = f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}/log"
-    try:
-        args = api.param_serialize("GET", path, query_params=[("container", "runtime"), ("limitBytes", "65536")],
-                                   auth_settings=["BearerToken"])
-        resp = api.call_api(*args, _request_timeout=3)
-        text = resp.read().decode(errors="replace") if resp.status == 200 else ""
-    except Exception:  # noqa: BLE001 - no reachable kubelet: nothing known, and not asked again
+    text = _pod_log(api, namespace, pod, [("container", "runtime"), ("limitBytes", "65536")])
+    if text is None:  # no reachable kubelet: nothing known, and not asked again
         return _remember(_OFFLOADED, uid, None, float("inf"))
     m = _OFFLOAD_LINE.search(text)
     return _remember(_OFFLOADED, uid, int(m.group(1)) if m else None, now + RECHECK_S)

@@ -394,7 +394,9 @@ class Downloader:
                         raise FetchError(f"{f.path}: the hub sent more than the {end - pos} bytes of the range it "
                                          "was asked for; the mirror is inconsistent", Exit.VERIFY_FAILED,
                                          "verify-failed")
-                os.pwrite(job.fd, chunk, pos)
+                done = 0
+                while done < len(chunk):  # a short write (the disk filling) is finished or raises ENOSPC
+                    done += os.pwrite(job.fd, memoryview(chunk)[done:], pos + done)
                 job.record(pos, pos + len(chunk))
                 pos += len(chunk)
                 self.progress.add(len(chunk), conn)

@@ -105,7 +105,7 @@ class Runtime:
     def out_of_memory(self, exc: LoadOutOfMemory) -> None:
         """Print the classified failure, write it as the termination message, and exit OUT_OF_MEMORY."""
         f = exc.failure
-        planned = (self.s.planned_memory.get(f.plan_device()) or {}).get(KIND_OF[f.what])
+        planned = (self.s.planned_memory.get(f.plan_device()) or {}).get(f.kind)
         message = {"reason": "OutOfMemory", "what": f.what, "device": f.device, "planDevice": f.plan_device(),
                    "requestedBytes": f.bytes, "plannedBytes": planned, "line": f.line[:300]}
         said = f"; the plan predicted {planned / (1 << 20):.1f} MiB of {f.what} on {f.plan_device()}" if planned else ""
@@ -285,9 +285,6 @@ async def _cancel_on_disconnect(request: Request, job: Job) -> None:
             job.cancel()
             return
         await asyncio.sleep(1.0)
-
-
-KIND_OF = {"model weights": "weights", "KV cache": "kv_cache", "compute buffer": "compute"}
 
 
 def describe_report(report) -> str:
