@@ -23,11 +23,11 @@ from r1_operator.api.types import GROUP, PLURAL, VERSION, R1DeploymentSpec
 from r1_operator.builders import children as ch
 from r1_operator.builders import manifests as mf
 from r1_operator.builders import names
-from r1_operator.builders.status import CacheObservation, Desired, RuntimeObservation, build_status
+from r1_operator.builders.status import CacheObservation, Desired, RuntimeObservation, build_status, combine
 from r1_operator.dashboard import dashboard_json
 from r1_operator.k8s import apply as k
 from r1_operator.k8s import observe
-from r1_operator.planning.decide import PlanError, decide
+from r1_operator.planning.decide import PlanError, decide, placement_plans
 from r1_operator.planning.inventory import inventory
 from r1_operator.settings import OperatorSettings
 
@@ -67,9 +67,11 @@ class Reconciler:
         with self._guard:
             self._locks.pop(f"{namespace}/{name}", None)
             mine = (names.runtime_name(name), names.dashboard_name(name))
-            for ref in [r for r in self._applied if r[2] == namespace and r[3] in mine]:
+            ours = lambda ref: ref[2] == namespace and (  # noqa: E731 - a placement's Deployment is NAME-pN
+                ref[3] in mine or ref[3].startswith(names.placement_name(name, 1)[:-1]))
+            for ref in [r for r in self._applied if ours(r)]:
                 del self._applied[ref]
-            self._absent -= {ref for ref in self._absent if ref[2] == namespace and ref[3] in mine}
+            self._absent -= {ref for ref in self._absent if ours(ref)}
 
     def _has_crd(self, name: str) -> bool:
         at, seen = self._crd_seen.get(name, (0.0, False))
@@ -153,33 +155,30 @@ class Reconciler:
             # Keep whatever runs: a node may come back; the status says why nothing fits now.
             self._write(body, desired, None)
             return
-        if stored and stored.get("fits") and mf.cache_ref(spec, stored)[0] != mf.cache_ref(spec, plan)[0]:
-            self._release_cache(ns, spec, stored, uid)  # another variant, or another node's volume
-        self._converge(body, spec, desired)
+        if stored and stored.get("fits"):  # another variant, or nodes no placement uses any more
+            used = {mf.cache_ref(spec, p)[0] for p in placement_plans(plan)}
+            for old in {mf.cache_ref(spec, p)[0] for p in placement_plans(stored)} - used:
+                self._release_cache(ns, old, uid)
+        self._converge(body, spec, desired, sweep=True)
 
-    def _converge(self, body: dict[str, Any], spec: R1DeploymentSpec, desired: Desired) -> None:
+    def _converge(self, body: dict[str, Any], spec: R1DeploymentSpec, desired: Desired, sweep: bool = False) -> None:
         try:
-            self._ensure_children(body, spec, desired)
+            self._ensure_children(body, spec, desired, sweep)
         except ApiException as exc:
             # Say so in the status (the condition quotes the API server), then let kopf retry.
             msg = _api_message(exc)
             self._write(body, replace(desired, apply_error=f"creating or updating a child failed: {msg}"), None)
             raise
 
-    def _release_cache(self, ns: str, spec: R1DeploymentSpec, stored: dict[str, Any], uid: str) -> None:
-        old = mf.cache_ref(spec, stored)[0]
+    def _release_cache(self, ns: str, old: str, uid: str) -> None:
         k.disown_shared(self.api, "batch/v1", "Job", ns, old, uid)
         k.disown_shared(self.api, "v1", "PersistentVolumeClaim", ns, old, uid)
 
-    def _ensure_children(self, body: dict[str, Any], spec: R1DeploymentSpec, desired: Desired) -> None:
-        """Read the children, plan a Step for each (builders.children), execute the steps, write status.
-
-        A steady-state reconcile reads four objects and writes nothing."""
-        meta, plan = body["metadata"], desired.plan
-        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+    def _ensure_cache(self, ns: str, spec: R1DeploymentSpec, placement: dict[str, Any], owner: dict[str, Any]) \
+            -> CacheObservation:
+        """One placement's cache: the shared PVC, and its fetch Job until the PVC records the verified model."""
         s = self.settings
-        owner = mf.owner_reference(name, uid, controller=False)
-        pvc = mf.build_cache_pvc(ns, spec, plan, s)
+        pvc = mf.build_cache_pvc(ns, spec, placement, s)
         cache = pvc["metadata"]["name"]
         pvc_live = self._execute(ch.plan_shared(pvc, live := self._read(ch.ref_of(pvc)), owner), live)
         job_live = self._read(("batch/v1", "Job", ns, cache))
@@ -190,11 +189,42 @@ class Reconciler:
             k.annotate(self.api, "v1", "PersistentVolumeClaim", ns, cache,
                        {names.ANN_CACHE_READY: json.dumps(cache_obs.ready, sort_keys=True)})
         elif cache_obs.ready is None:
-            self._execute(ch.plan_shared(mf.build_fetch_job(ns, spec, plan, s), job_live, owner), job_live)
-        wanted: list[dict[str, Any]] = [
-            mf.build_deployment(name, ns, uid, spec, plan, s, cache_ready=cache_obs.ready is not None),
-            mf.build_service(name, ns, uid, s)]
+            self._execute(ch.plan_shared(mf.build_fetch_job(ns, spec, placement, s), job_live, owner), job_live)
+        return cache_obs
+
+    def _retired(self, ns: str, name: str, keep: set[str]) -> list[tuple[ch.Ref, str]]:
+        """Runtime Deployments of placements no longer planned (listed by label, so none is ever left behind)."""
+        sel = names.selector_string({names.LABEL_DEPLOYMENT: name, "app.kubernetes.io/component": "runtime"})
+        live = k._call(self.api, "GET", f"/apis/apps/v1/namespaces/{ns}/deployments",
+                       query=[("labelSelector", sel)]).get("items", [])
+        return [(("apps/v1", "Deployment", ns, d["metadata"]["name"]), "its placement is no longer planned")
+                for d in live if d["metadata"]["name"] not in keep]
+
+    def _ensure_children(self, body: dict[str, Any], spec: R1DeploymentSpec, desired: Desired,
+                         sweep: bool = False) -> None:
+        """Read the children, plan a Step for each (builders.children), execute the steps, write status.
+
+        Each placement has its cache (one per node for ReadWriteOnce volumes, one for all with ReadWriteMany)
+        and its Deployment; one Service selects them all. A steady-state refresh of one placement reads four
+        objects and writes nothing; a reconcile (sweep) also lists the runtime Deployments, deleting those of
+        placements no longer planned."""
+        meta, plan = body["metadata"], desired.plan
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        s = self.settings
+        owner = mf.owner_reference(name, uid, controller=False)
+        placements = placement_plans(plan)
+        caches: dict[str, CacheObservation] = {}
+        for p in placements:
+            cache = mf.cache_ref(spec, p)[0]
+            if cache not in caches:
+                caches[cache] = self._ensure_cache(ns, spec, p, owner)
+        deployments = [mf.build_deployment(name, ns, uid, spec, p, s,
+                                           cache_ready=caches[mf.cache_ref(spec, p)[0]].ready is not None)
+                       for p in placements]
+        wanted: list[dict[str, Any]] = [*deployments, mf.build_service(name, ns, uid, s)]
         unwanted: list[tuple[ch.Ref, str]] = []
+        if sweep:
+            unwanted.extend(self._retired(ns, name, {d["metadata"]["name"] for d in deployments}))
         monitor = ("monitoring.coreos.com/v1", "ServiceMonitor", ns, names.runtime_name(name))
         if self._has_crd(SERVICE_MONITOR_CRD):
             if spec.monitoring.service_monitor:
@@ -219,7 +249,9 @@ class Reconciler:
         for ref, why in unwanted:
             if ref not in self._absent:  # once seen absent, not read again on every reconcile
                 self._execute(ch.plan_absent(ref, live := self._read(ref), why), live)
-        self._write(body, desired, (cache_obs, observe.runtime(self.api, ns, name, results[0])))
+        runtimes = [(p, observe.runtime(self.api, ns, live)) for p, live in zip(placements, results)]
+        waiting = [c for c in caches.values() if c.ready is None]
+        self._write(body, desired, ((waiting or list(caches.values()))[0], combine(runtimes)))
 
     def _read(self, ref: ch.Ref) -> dict[str, Any] | None:
         return k.get(self.api, *ref)

@@ -233,3 +233,61 @@ def test_readwriteonce_caches_are_per_node_and_readwritemany_is_shared(kube, e2e
     wait_for(lambda: [p["metadata"]["name"] for p in kube.json("get", "pvc", "-n", e2e_ns)["items"]
                       if not p["metadata"].get("deletionTimestamp")]
              == [names.cache_name("unsloth/DeepSeek-R1-GGUF", "main", "UD-IQ1_S")], 60, "one shared cache")
+
+
+@pytest.mark.cluster
+def test_three_replicas_are_placed_over_the_nodes_each_with_its_cache_and_scale_down_drops_the_newest(kube, e2e_ns):
+    """replicas: 3 on the four dev shapes: three placements of one variant, each scheduled by the real scheduler
+    on its planned node with that node's offload and its own ReadWriteOnce cache; one Service over all."""
+    r1d = example("auto-2x80g.yaml")
+    name = r1d["metadata"]["name"]
+    r1d["spec"].pop("scheduling")  # every node shape may host one
+    r1d["spec"]["replicas"] = 3
+    kube.apply(r1d, e2e_ns)
+    kube.run("wait", "--for=condition=Ready", f"r1d/{name}", "-n", e2e_ns, "--timeout=120s")
+    st = kube.r1d(e2e_ns, name)["status"]
+    plan = st["plan"]
+    assert (plan["replicas"], plan["placedReplicas"], plan["nodes"]) == (3, 3, "3 nodes")
+    placements = {p["node"]: p for p in plan["placements"]}
+    assert len(placements) == 3 and st["readyReplicas"] == 3 and st["ready"] == "3/3"
+    pods = runtime_pods(kube, e2e_ns, name)
+    assert sorted(p["spec"]["nodeName"] for p in pods) == sorted(placements)  # where the plan put them
+    for pod in pods:
+        want = placements[pod["spec"]["nodeName"]]
+        cmd = pod["spec"]["containers"][0]["command"]
+        assert cmd[cmd.index("--n-gpu-layers") + 1] == str(want["nGpuLayers"])
+        claim = next(v for v in pod["spec"]["volumes"] if v["name"] == "cache")["persistentVolumeClaim"]["claimName"]
+        assert claim == names.cache_name("unsloth/DeepSeek-R1-GGUF", "main", plan["variant"], want["node"])
+    endpoints = kube.json("get", "endpoints", name, "-n", e2e_ns)
+    assert sum(len(s.get("addresses") or []) for s in endpoints.get("subsets") or []) == 3  # one Service, all three
+    wide = kube.run("get", "r1d", name, "-n", e2e_ns, "-o", "wide").stdout
+    assert "3/3" in wide and "3 nodes" in wide
+
+    # scale to 1: the newest placements go, with their Deployments; the first stays where it was
+    first = next(p for p in plan["placements"] if p["id"] == 0)
+    kube.run("scale", f"r1d/{name}", "-n", e2e_ns, "--replicas=1")
+    wait_for(lambda: [d["metadata"]["name"] for d in kube.json(
+        "get", "deploy", "-n", e2e_ns, "-l", f"{names.LABEL_DEPLOYMENT}={name}")["items"]] == [name], 60,
+             "the two newest placements' Deployments to go")
+    kube.run("wait", "--for=condition=Ready", f"r1d/{name}", "-n", e2e_ns, "--timeout=60s")
+    after = kube.r1d(e2e_ns, name)["status"]["plan"]
+    assert [(p["id"], p["node"], p["nGpuLayers"]) for p in after["placements"]] == \
+        [(0, first["node"], first["nGpuLayers"])]
+    kube.run("delete", "r1d", name, "-n", e2e_ns, "--wait=true")
+    wait_for(lambda: not runtime_pods(kube, e2e_ns, name), 150, "every placement's pods to be garbage-collected")
+
+
+@pytest.mark.cluster
+def test_more_replicas_than_the_cluster_holds_is_degraded_with_the_numbers(kube, e2e_ns):
+    r1d = example("auto-2x80g.yaml")
+    name = r1d["metadata"]["name"]
+    r1d["spec"].pop("scheduling")
+    r1d["spec"]["replicas"] = 6
+    kube.apply(r1d, e2e_ns)
+    degraded = kube.wait_condition(e2e_ns, name, "Degraded", timeout=60, reason="InsufficientCapacity")
+    assert "of 6 replicas placed" in degraded["message"] and "lower spec.replicas" in degraded["message"]
+    st = kube.r1d(e2e_ns, name)["status"]
+    progressing = next(c for c in st["conditions"] if c["type"] == "Progressing")
+    assert progressing["status"] == "False"  # never Progressing forever
+    assert st["plan"]["placedReplicas"] < 6
+

@@ -49,7 +49,7 @@ def test_minimal_manifest_gets_the_documented_defaults(crd_installed, namespace)
     parsed = R1DeploymentSpec.model_validate(spec)
     assert parsed == R1DeploymentSpec()
     cols = kubectl(crd_installed, "get", "r1d", "-n", namespace).stdout.splitlines()[0].split()
-    assert cols == ["NAME", "VARIANT", "GPU-LAYERS", "CACHE", "READY", "AGE"]
+    assert cols == ["NAME", "VARIANT", "GPU-LAYERS", "CACHE", "READY", "STATUS", "AGE"]
 
 
 INVALID = [

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from r1_operator.api.types import R1DeploymentSpec
 from r1_operator.builders import manifests as mf
-from r1_operator.builders.status import CacheObservation, Desired, RuntimeObservation, build_status
+from r1_operator.builders.status import CacheObservation, Desired, RuntimeObservation, build_status, combine
 from r1_operator.dev.nodes import NodeShape
 from r1_operator.planning.catalog import catalog_for
-from r1_operator.planning.decide import PlanError, decide
+from r1_operator.planning.decide import PlanError, decide, placement_plans
 from r1_operator.planning.inventory import inventory
 from r1_operator.settings import OperatorSettings
 
@@ -51,7 +53,8 @@ def test_node_loss_or_spec_change_replans_and_says_why():
     bigger_ctx = decide(spec(model={"variant": "UD-IQ1_S"}, inference={"ctxSize": 65536}), 2, inv(node("a", 1, 81920)),
                         first)
     assert bigger_ctx.why == "re-planned: the spec changed" and bigger_ctx.plan["nGpuLayers"] < first["nGpuLayers"]
-    same = decide(spec(model={"variant": "UD-IQ1_S"}, replicas=3), 2, inv(node("a", 1, 81920)), first)
+    same = decide(spec(model={"variant": "UD-IQ1_S"}, inference={"sampling": {"temperature": 0.3}}), 2,
+                  inv(node("a", 1, 81920)), first)
     assert not same.changed and same.plan["why"] == "planned"  # a new generation with the same plan is no news
 
 
@@ -193,8 +196,18 @@ _CACHED = CacheObservation(pvc="c", ready={"bytesTotal": 10})
                  RuntimeObservation(), {"CacheReady": ("False", "FetchFailed"), "Degraded": ("True", "FetchFailed"),
                                         "Progressing": ("False", "Stalled")}, id="fetch-failed"),
     pytest.param(_desired(PLAN), _CACHED, RuntimeObservation(exists=True, replicas=1,
-                                                             waiting="pod x Unschedulable: 0/4 nodes"),
-                 {"Ready": ("False", "RuntimeStarting"), "CacheReady": ("True", "Cached")}, id="runtime-unschedulable"),
+                                                             waiting="pod x ContainerCreating"),
+                 {"Ready": ("False", "RuntimeStarting"), "CacheReady": ("True", "Cached"),
+                  "Degraded": ("False", "AsExpected")}, id="runtime-starting"),
+    # a pod the scheduler cannot place never sits as Progressing: Degraded, with the scheduler's numbers
+    pytest.param(_desired(PLAN), _CACHED, RuntimeObservation(
+        exists=True, replicas=1, waiting="pod x Unschedulable: 0/4 nodes", unschedulable="pod x Unschedulable: 0/4 nodes"),
+                 {"Ready": ("False", "RuntimeStarting"), "Degraded": ("True", "InsufficientCapacity"),
+                  "Progressing": ("False", "Stalled")}, id="runtime-unschedulable"),
+    # fewer replicas placed than wanted: Degraded from the plan itself, before any pod exists
+    pytest.param(replace(_desired({**PLAN, "shortfall": "2 of 3 replicas placed: no node has room"}), replicas=3),
+                 _CACHED, RuntimeObservation(), {"Degraded": ("True", "InsufficientCapacity"),
+                                                 "Progressing": ("False", "Stalled")}, id="replicas-short"),
     pytest.param(_desired(PLAN), _CACHED, RuntimeObservation(exists=True, replicas=1, ready_replicas=1,
                                                              updated_replicas=1, up_to_date=True),
                  {"Ready": ("True", "RuntimeReady"), "Degraded": ("False", "AsExpected"),
@@ -203,6 +216,67 @@ _CACHED = CacheObservation(pvc="c", ready={"bytesTotal": 10})
 def test_status_through_the_stages(desired, cache, runtime, want):
     got = _conds(build_status(desired, cache, runtime, None, "2026-01-01T00:00:00Z"))
     assert {k: got[k] for k in want} == want
+
+
+def test_replicas_over_nodes_each_get_a_deployment_cache_and_offload_one_service_selects_all():
+    s = spec(replicas=3, cache={"accessMode": "ReadWriteOnce"})
+    nodes = inv(node("a", 8, 144384, memory="2048Gi"), node("b", 8, 144384, memory="2048Gi"))
+    plan = decide(s, 1, nodes, None).plan
+    assert (plan["replicas"], plan["placedReplicas"], plan["nodes"]) == (3, 3, "2 nodes") and not plan["shortfall"]
+    placements = placement_plans(plan)
+    deps = [mf.build_deployment("r1", "ns", "u", s, p, S, cache_ready=True) for p in placements]
+    assert [d["metadata"]["name"] for d in deps] == ["r1", "r1-p1"]
+    assert [d["spec"]["replicas"] for d in deps] == [2, 1]
+    service = mf.build_service("r1", "ns", "u", S)
+    for d, p in zip(deps, placements):
+        pod = d["spec"]["template"]
+        assert pod["spec"]["nodeSelector"]["kubernetes.io/hostname"] == p["node"]
+        assert d["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()  # one Service over all
+        c = pod["spec"]["containers"][0]
+        assert c["command"][c["command"].index("--n-gpu-layers") + 1] == str(p["nGpuLayers"])
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == str(p["gpus"])
+        assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == mf.cache_ref(s, p)[0]
+    # no two Deployments select each other's pods
+    sel = [d["spec"]["selector"]["matchLabels"] for d in deps]
+    assert not sel[0].items() <= deps[1]["spec"]["template"]["metadata"]["labels"].items()
+    # ReadWriteOnce: a cache per node; ReadWriteMany: one for all
+    assert len({mf.cache_ref(s, p)[0] for p in placements}) == 2
+    rwx = spec(replicas=3, cache={"accessMode": "ReadWriteMany"})
+    assert len({mf.cache_ref(rwx, p)[0] for p in placements}) == 1
+    # a placement whose cache is not ready yet waits at 0 replicas; spec.replicas 0 stops them all
+    assert mf.build_deployment("r1", "ns", "u", s, placements[1], S, cache_ready=False)["spec"]["replicas"] == 0
+    assert mf.build_deployment("r1", "ns", "u", spec(replicas=0), placements[0], S, cache_ready=True)["spec"]["replicas"] == 0
+
+
+def test_scaling_keeps_placements_and_the_pod_template_of_each():
+    nodes = inv(node("a", 8, 144384, memory="2048Gi"), node("b", 8, 144384, memory="2048Gi"),
+                node("c", 8, 144384, memory="2048Gi"))
+    two = decide(spec(replicas=2), 1, nodes, None).plan
+    four = decide(spec(replicas=4), 2, nodes, two)
+    assert four.changed and four.why == "re-planned: the spec changed"
+    old, new = placement_plans(two), placement_plans(four.plan)
+    assert [(p["id"], p["node"], p["nGpuLayers"]) for p in new[:2]] == [(p["id"], p["node"], p["nGpuLayers"]) for p in old]
+    for o, n in zip(old, new):  # the same pod template: growing restarts nothing
+        a = mf.build_deployment("r1", "ns", "u", spec(replicas=2), o, S, cache_ready=True)
+        b = mf.build_deployment("r1", "ns", "u", spec(replicas=4), n, S, cache_ready=True)
+        assert a["spec"]["template"] == b["spec"]["template"]
+    back = decide(spec(replicas=2), 3, nodes, four.plan).plan
+    assert [p["id"] for p in placement_plans(back)] == [p["id"] for p in old]  # the newest went first
+    # the same generation and nodes: kept as it is, no news
+    assert not decide(spec(replicas=4), 2, nodes, four.plan).changed
+
+
+def test_combined_runtime_counts_every_placement_and_keeps_the_worst_offload():
+    a = RuntimeObservation(exists=True, replicas=2, ready_replicas=2, updated_replicas=2, up_to_date=True,
+                           offloaded_layers=62)
+    b = RuntimeObservation(exists=True, replicas=1, ready_replicas=0, updated_replicas=1, up_to_date=True,
+                           offloaded_layers=10, waiting="pod y ContainerCreating")
+    rt = combine([({"nGpuLayers": 62}, a), ({"nGpuLayers": 30}, b)])
+    assert (rt.replicas, rt.ready_replicas, rt.updated_replicas, rt.up_to_date) == (3, 2, 3, True)
+    assert (rt.offloaded_layers, rt.planned_layers, rt.waiting) == (10, 30, "pod y ContainerCreating")
+    res = build_status(replace(_desired(PLAN), replicas=3), _CACHED, rt, None, "t0")
+    assert res.status["ready"] == "2/3" and _conds(res)["Ready"] == ("False", "RuntimeStarting")
 
 
 def test_fewer_layers_offloaded_than_planned_is_never_plain_ready():
@@ -284,7 +358,9 @@ def test_network_policies_open_the_api_to_the_namespace_and_allow_from_and_metri
     assert c["command"][c["command"].index("--metrics-port") + 1] == str(settings.runtime_metrics_port)
     # the fetch Job's pods: selected, and nothing let in
     job = mf.build_fetch_job("ns", s, plan, settings)
-    assert fetch["spec"]["podSelector"]["matchLabels"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    (expr,) = fetch["spec"]["podSelector"]["matchExpressions"]
+    job_labels = job["spec"]["template"]["metadata"]["labels"]
+    assert expr["operator"] == "In" and job_labels[expr["key"]] in expr["values"]
     assert fetch["spec"]["policyTypes"] == ["Ingress"] and fetch["spec"]["ingress"] == []
 
 

@@ -60,7 +60,7 @@ def test_defaults_in_the_schema_equal_the_pydantic_defaults():
 def test_printer_columns_and_subresources():
     v = crd()["spec"]["versions"][0]
     assert [c["name"] for c in v["additionalPrinterColumns"] if c.get("priority", 0) == 0] == [
-        "Variant", "GPU-Layers", "Cache", "Ready", "Age"]
+        "Variant", "GPU-Layers", "Cache", "Ready", "Status", "Age"]
     assert v["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
     assert yaml.safe_load(CRD_FILE.read_text())["spec"]["names"]["shortNames"] == ["r1d"]
 
@@ -77,3 +77,19 @@ def test_every_status_field_the_operator_writes_is_in_the_schema():
     status = build_status(Desired(generation=1, replicas=1, plan=plan, endpoint="http://x/v1", selector="a=b"),
                           CacheObservation(pvc="c", ready={"bytesTotal": 1}), served, None, "t0").status
     assert set(status) <= set(props), set(status) - set(props)
+
+
+def test_every_plan_and_placement_field_is_in_the_schema():
+    from r1_operator.planning.catalog import BUILTIN, R1_REPO
+    from r1_operator.planning.decide import plan_to_status
+    from r1_operator.planning.evaluate import PlanRequest
+    from r1_operator.planning.inventory import hypothetical
+    from r1_operator.planning.placement import place
+
+    props = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["plan"]
+    nodes = [hypothetical(8, 141, 2048, name="a"), hypothetical(8, 141, 2048, name="b")]
+    plan = plan_to_status(place(BUILTIN[R1_REPO], nodes, PlanRequest(), 3), 1, "planned")
+    assert len(plan["placements"]) == 2
+    assert set(plan) <= set(props["properties"]), set(plan) - set(props["properties"])
+    item = props["properties"]["placements"]["items"]["properties"]
+    assert set(plan["placements"][0]) <= set(item), set(plan["placements"][0]) - set(item)

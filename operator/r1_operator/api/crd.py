@@ -18,6 +18,11 @@ from r1_operator.api import types as t
 
 CONDITION_TYPES = ["Ready", "Planned", "CacheReady", "Progressing", "Degraded"]
 
+_MEMORY = {"type": "array", "items": {"type": "object", "properties": {
+    "device": {"type": "string"}, "layers": {"type": "integer"},
+    "weights": {"type": "integer", "format": "int64"}, "kvCache": {"type": "integer", "format": "int64"},
+    "compute": {"type": "integer", "format": "int64"}, "total": {"type": "integer", "format": "int64"}}}}
+
 _STATUS = {
     "type": "object",
     "properties": {
@@ -59,11 +64,22 @@ _STATUS = {
                 "diskBytes": {"type": "integer", "format": "int64",
                               "description": "The cache volume's peak during fetch and merge."},
                 "cpuMemoryBytes": {"type": "integer", "format": "int64"},
-                "memory": {"type": "array", "items": {"type": "object", "properties": {
-                    "device": {"type": "string"}, "layers": {"type": "integer"},
-                    "weights": {"type": "integer", "format": "int64"}, "kvCache": {"type": "integer", "format": "int64"},
-                    "compute": {"type": "integer", "format": "int64"}, "total": {"type": "integer", "format": "int64"}}}},
+                "memory": _MEMORY,
                 "offload": {"type": "string"},
+                "replicas": {"type": "integer", "description": "Replicas wanted (spec.replicas; at least one is "
+                             "planned)."},
+                "placedReplicas": {"type": "integer", "description": "Replicas the placements hold."},
+                "nodes": {"type": "string", "description": "The one node, or how many, for kubectl get."},
+                "shortfall": {"type": "string", "description": "Why fewer replicas than wanted were placed."},
+                "placements": {"type": "array", "description": "Where the replicas run, each node with its own "
+                               "offload (planning.placement); the first is the plan's own node.", "items": {
+                    "type": "object", "properties": {
+                        "id": {"type": "integer", "description": "Stable; names the placement's Deployment."},
+                        "node": {"type": "string"}, "replicas": {"type": "integer"}, "gpus": {"type": "integer"},
+                        "gpuProduct": {"type": "string"}, "nGpuLayers": {"type": "integer"},
+                        "gpuLayers": {"type": "string"}, "tensorSplit": {"type": "array", "items": {"type": "integer"}},
+                        "mode": {"type": "string"}, "cpuMemoryBytes": {"type": "integer", "format": "int64"},
+                        "memory": _MEMORY}}},
                 "settings": {"type": "object", "properties": {
                     "ctxSize": {"type": "integer"}, "cacheTypeK": {"type": "string"}, "cacheTypeV": {"type": "string"},
                     "flashAttention": {"type": "boolean"}, "parallel": {"type": "integer"}}},
@@ -93,6 +109,7 @@ _STATUS = {
         },
         "replicas": {"type": "integer"},
         "readyReplicas": {"type": "integer"},
+        "ready": {"type": "string", "description": "readyReplicas/spec.replicas, for kubectl get."},
         "selector": {"type": "string"},
     },
 }
@@ -101,8 +118,9 @@ _COLUMNS = [
     {"name": "Variant", "type": "string", "jsonPath": ".status.plan.variant"},
     {"name": "GPU-Layers", "type": "string", "jsonPath": ".status.plan.gpuLayers"},
     {"name": "Cache", "type": "string", "jsonPath": ".status.cache.display"},
-    {"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"},
-    {"name": "Node", "type": "string", "jsonPath": ".status.plan.node", "priority": 1},
+    {"name": "Ready", "type": "string", "jsonPath": ".status.ready"},
+    {"name": "Status", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].reason"},
+    {"name": "Node", "type": "string", "jsonPath": ".status.plan.nodes", "priority": 1},
     {"name": "GPUs", "type": "integer", "jsonPath": ".status.plan.gpus", "priority": 1},
     {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

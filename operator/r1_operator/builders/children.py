@@ -52,6 +52,10 @@ def plan_owned(obj: dict[str, Any], live: dict[str, Any] | None, last_applied: s
     ref = ref_of(obj)
     if live is None:
         return Step("create", ref, "absent", obj)
+    selector = (obj.get("spec") or {}).get("selector") if obj["kind"] == "Deployment" else None
+    if selector is not None and (live.get("spec") or {}).get("selector") != selector:
+        # immutable: the next reconcile creates it anew (a Deployment from before placements selected every pod)
+        return Step("delete", ref, "its selector changed, which the API server cannot update")
     have = ((live.get("metadata") or {}).get("annotations") or {}).get(names.ANN_APPLIED)
     if have != obj["metadata"]["annotations"][names.ANN_APPLIED]:
         return Step("update", ref, "configuration changed", obj)

@@ -14,7 +14,7 @@ from typing import Any
 from r1_operator.api import contract
 from r1_operator.api.types import GROUP, KIND, VERSION, R1DeploymentSpec
 from r1_operator.builders import names
-from r1_operator.planning.decide import plan_hash
+from r1_operator.planning.decide import placement_plans, plan_hash
 from r1_operator.planning.inventory import parse_quantity
 from r1_operator.settings import OperatorSettings
 
@@ -220,8 +220,12 @@ def startup_failure_threshold(plan: dict[str, Any], s: OperatorSettings) -> int:
 
 def build_deployment(name: str, namespace: str, uid: str, spec: R1DeploymentSpec, plan: dict[str, Any],
                      s: OperatorSettings, cache_ready: bool) -> dict[str, Any]:
-    """The runtime; 0 replicas until the cache holds the verified model (a pod could only crash-loop before)."""
+    """The runtime of one placement (decide.placement_plans; a plain plan is placement 0 with spec.replicas),
+    pinned to its node with its own offload; 0 replicas until its cache holds the verified model (a pod could
+    only crash-loop before)."""
     cache_pvc = cache_ref(spec, plan)[0]
+    placement = int(plan.get("id", 0))
+    replicas = min(int(plan.get("replicas", spec.replicas)), spec.replicas) if cache_ready else 0
     env = [{"name": "HOME", "value": "/tmp"}]
     if spec.api_key_secret_ref:
         env.append(_secret_env("R1_API_KEY", spec.api_key_secret_ref))
@@ -247,17 +251,17 @@ def build_deployment(name: str, namespace: str, uid: str, spec: R1DeploymentSpec
         "containers": [container], "volumes": _volumes(cache_pvc),
     }
     _scheduling(pod, spec, plan, pin=True)
-    labels = names.labels(name, "runtime")
+    labels = {**names.labels(name, "runtime"), names.LABEL_PLACEMENT: str(placement)}
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": names.runtime_name(name), "namespace": namespace, "labels": labels,
+        "metadata": {"name": names.placement_name(name, placement), "namespace": namespace, "labels": labels,
                      "ownerReferences": [owner_reference(name, uid)]},
         "spec": {
-            "replicas": spec.replicas if cache_ready else 0,
+            "replicas": replicas,
             "progressDeadlineSeconds": startup_failure_threshold(plan, s) * PROBE_PERIOD_S + 600,
             # The plan holds exactly the GPUs and RAM one pod needs: a surge pod could never schedule.
             "strategy": {"type": "Recreate"},
-            "selector": {"matchLabels": names.selector(name)},
+            "selector": {"matchLabels": names.placement_selector(name, placement)},
             "template": {"metadata": {"labels": labels,
                                       "annotations": {names.ANN_PLAN_HASH: plan_hash(plan)}},
                          "spec": pod},
@@ -311,12 +315,13 @@ def build_network_policies(name: str, namespace: str, uid: str, spec: R1Deployme
                              {"from": [_namespace_peer(s.monitoring_namespace)],
                               "ports": [{"port": "metrics", "protocol": "TCP"}]}]},
     }
-    _, key, _ = cache_ref(spec, plan)
+    keys = sorted({cache_ref(spec, p)[1] for p in placement_plans(plan)})
     fetch = {
         "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": {"name": names.fetch_policy_name(name), "namespace": namespace, "labels": names.labels(name, "cache"),
                      "ownerReferences": [owner_reference(name, uid)]},
-        "spec": {"podSelector": {"matchLabels": names.cache_labels(key)}, "policyTypes": ["Ingress"], "ingress": []},
+        "spec": {"podSelector": {"matchExpressions": [{"key": names.LABEL_CACHE, "operator": "In", "values": keys}]},
+                 "policyTypes": ["Ingress"], "ingress": []},
     }
     return [runtime, fetch]
 

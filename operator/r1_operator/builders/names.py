@@ -10,6 +10,7 @@ from r1_operator.api.types import GROUP
 MANAGED_BY = "r1-operator"
 LABEL_DEPLOYMENT = f"{GROUP}/deployment"
 LABEL_CACHE = f"{GROUP}/cache"
+LABEL_PLACEMENT = f"{GROUP}/placement"  # on runtime pods: the placement (status.plan.placements[].id) they serve
 ANN_PLAN_HASH = f"{GROUP}/plan-hash"
 ANN_APPLIED = f"{GROUP}/applied-hash"  # on applied children: hash of the configuration last applied
 ANN_CACHE_READY = f"{GROUP}/cache-ready"  # on the PVC: the fetch Job succeeded (its summary)
@@ -40,6 +41,16 @@ def cache_name(repo: str, revision: str, variant: str, node: str | None = None) 
 def runtime_name(name: str) -> str:
     """The Deployment and Service carry the R1Deployment's own name (the CRD limits it to a DNS label)."""
     return name
+
+
+def placement_name(name: str, placement: int) -> str:
+    """The Deployment of one placement: the first keeps the R1Deployment's own name, the others add -pN."""
+    return runtime_name(name) if placement == 0 else f"{runtime_name(name)}-p{placement}"
+
+
+def placement_selector(name: str, placement: int) -> dict[str, str]:
+    """A placement's Deployment selects its own pods only; the Service selects every placement's (selector)."""
+    return {**selector(name), LABEL_PLACEMENT: str(placement)}
 
 
 def dashboard_name(name: str) -> str:

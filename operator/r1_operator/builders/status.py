@@ -36,6 +36,29 @@ class RuntimeObservation:
     waiting: str = ""  # why pods are not ready yet (e.g. Unschedulable: ...)
     failing_reason: str = "RuntimeFailing"  # the Degraded reason for `failing` (OutOfMemory: a load ran out)
     offloaded_layers: int | None = None  # what the ready runtimes' llama.cpp reported offloading (fewest of them)
+    planned_layers: int | None = None  # the plan's GPU layers for the placement offloaded_layers comes from
+    unschedulable: str = ""  # a pod the scheduler cannot place (its message has the numbers)
+
+
+def combine(observed: list[tuple[dict[str, Any], RuntimeObservation]]) -> RuntimeObservation:
+    """One observation over every placement's Deployment: counts add up, the first failure and wait are kept,
+    and the offload is the placement furthest below its plan (or the fewest layers when none is below)."""
+    if not observed:
+        return RuntimeObservation()
+    failing = next(((rt.failing, rt.failing_reason) for _, rt in observed if rt.failing), ("", "RuntimeFailing"))
+    reported = [(int(p.get("nGpuLayers") or 0) - rt.offloaded_layers, rt.offloaded_layers, p.get("nGpuLayers"))
+                for p, rt in observed if rt.offloaded_layers is not None]
+    short = max(reported, default=None)
+    return RuntimeObservation(
+        exists=all(rt.exists for _, rt in observed),
+        replicas=sum(rt.replicas for _, rt in observed),
+        ready_replicas=sum(rt.ready_replicas for _, rt in observed),
+        updated_replicas=sum(rt.updated_replicas for _, rt in observed),
+        up_to_date=all(rt.up_to_date for _, rt in observed),
+        failing=failing[0], failing_reason=failing[1],
+        waiting=next((rt.waiting for _, rt in observed if rt.waiting), ""),
+        offloaded_layers=short[1] if short else None, planned_layers=short[2] if short else None,
+        unschedulable=next((rt.unschedulable for _, rt in observed if rt.unschedulable), ""))
 
 
 @dataclass(frozen=True)
@@ -109,7 +132,8 @@ def build_status(d: Desired, cache: CacheObservation, rt: RuntimeObservation, ol
                  now: str) -> StatusResult:
     conds: dict[str, _Cond] = {}
     status: dict[str, Any] = {"observedGeneration": d.generation, "replicas": rt.replicas,
-                              "readyReplicas": rt.ready_replicas, "selector": d.selector}
+                              "readyReplicas": rt.ready_replicas, "ready": f"{rt.ready_replicas}/{d.replicas}",
+                              "selector": d.selector}
     plan = d.plan
     if d.plan_error:
         conds["Planned"] = _Cond("False", "InvalidSpec", d.plan_error)
@@ -154,6 +178,11 @@ def build_status(d: Desired, cache: CacheObservation, rt: RuntimeObservation, ol
         degraded.insert(0, ("ApplyFailed", d.apply_error))
     if rt.failing and cached:
         degraded.append((rt.failing_reason, rt.failing))
+    if planned and d.replicas and plan.get("shortfall"):
+        degraded.append(("InsufficientCapacity", f"{plan['shortfall']}; add nodes or GPUs, or lower spec.replicas"))
+    elif rt.unschedulable and cached:
+        degraded.append(("InsufficientCapacity", f"{rt.unschedulable}; the plan's nodes have less room than it "
+                         "counted (other pods took it): free it, or lower spec.replicas"))
     if conds["Ready"].reason == "ReadyOffloadMismatch":
         degraded.append(("OffloadMismatch", offload_shortfall(plan, rt) + ": a CPU-only runtime image on a GPU "
                          "node, or no GPU driver in the pod; the model runs slower than planned"))
@@ -195,8 +224,9 @@ def _event(type_: str, c: _Cond) -> Event:
 
 def offload_shortfall(plan: dict[str, Any] | None, rt: RuntimeObservation) -> str:
     """"" when the runtimes offloaded what the plan said, else a sentence with both figures."""
-    want = (plan or {}).get("nGpuLayers")
+    want = rt.planned_layers if rt.planned_layers is not None else (plan or {}).get("nGpuLayers")
     if rt.offloaded_layers is None or not want or rt.offloaded_layers >= want:
         return ""
-    return (f"llama.cpp offloaded {rt.offloaded_layers} layers to GPU where the plan has {want} "
-            f"({(plan or {}).get('gpuLayers', '')})")
+    of = (plan or {}).get("nLayers")
+    return f"llama.cpp offloaded {rt.offloaded_layers} layers to GPU where the plan has {want}" + \
+        (f" ({want}/{of + 1})" if of else "")

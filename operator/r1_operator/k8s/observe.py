@@ -147,7 +147,12 @@ def _offloaded(api, namespace: str, pod: dict[str, Any]) -> int | None:
     return _remember(_OFFLOADED, uid, int(m.group(1)) if m else None, now + RECHECK_S)
 
 
-def _ready_offload(api, namespace: str, name: str, dep: dict[str, Any]) -> int | None:
+def _own_pods(api, namespace: str, dep: dict[str, Any]) -> list[dict[str, Any]]:
+    """The pods of this Deployment (each placement's selects its own)."""
+    return _pods(api, namespace, names.selector_string(dep["spec"]["selector"]["matchLabels"]))
+
+
+def _ready_offload(api, namespace: str, dep: dict[str, Any]) -> int | None:
     """The fewest layers any ready pod of the Deployment offloaded; the pods are listed only when its ready pods
     changed (or, while unknown, every RECHECK_S)."""
     meta, st = dep["metadata"], dep.get("status") or {}
@@ -159,7 +164,7 @@ def _ready_offload(api, namespace: str, name: str, dep: dict[str, Any]) -> int |
     if hit is not None and (hit[0] is not None or now < hit[1]):
         return hit[0]
     fewest = None
-    for pod in _pods(api, namespace, names.selector_string(names.selector(name))):
+    for pod in _own_pods(api, namespace, dep):
         statuses = (pod.get("status") or {}).get("containerStatuses") or []
         if statuses and all(cs.get("ready") for cs in statuses):
             got = _offloaded(api, namespace, pod)
@@ -168,8 +173,8 @@ def _ready_offload(api, namespace: str, name: str, dep: dict[str, Any]) -> int |
     return _remember(_BY_DEPLOYMENT, key, fewest, now + RECHECK_S)
 
 
-def runtime(api, namespace: str, name: str, dep: dict[str, Any] | None) -> RuntimeObservation:
-    """The runtime as its live Deployment shows it, plus why its pods wait when they are not ready."""
+def runtime(api, namespace: str, dep: dict[str, Any] | None) -> RuntimeObservation:
+    """One placement's runtime as its live Deployment shows it, plus why its pods wait when they are not ready."""
     if dep is None:
         return RuntimeObservation()
     st, meta = dep.get("status") or {}, dep["metadata"]
@@ -181,14 +186,16 @@ def runtime(api, namespace: str, name: str, dep: dict[str, Any] | None) -> Runti
             failing = f"Deployment {meta['name']}: {c.get('message', '')}"
     ready = int(st.get("readyReplicas") or 0)
     replicas = int((dep.get("spec") or {}).get("replicas") or 0)
-    waiting = ""
-    offloaded = _ready_offload(api, namespace, name, dep)
+    waiting = unschedulable = ""
+    offloaded = _ready_offload(api, namespace, dep)
     if ready < replicas:
-        for pod in _pods(api, namespace, names.selector_string(names.selector(name))):
+        for pod in _own_pods(api, namespace, dep):
             pst = pod.get("status") or {}
             for c in pst.get("conditions") or []:
                 if c.get("type") == "PodScheduled" and c.get("status") == "False":
                     waiting = f"pod {pod['metadata']['name']} {c.get('reason')}: {c.get('message', '')}"
+                    if c.get("reason") == "Unschedulable":
+                        unschedulable = waiting
             for cs in pst.get("containerStatuses") or []:
                 reason = ((cs.get("state") or {}).get("waiting") or {}).get("reason", "")
                 oom = _oom_killed(pod, cs)
@@ -202,4 +209,5 @@ def runtime(api, namespace: str, name: str, dep: dict[str, Any] | None) -> Runti
     return RuntimeObservation(
         exists=True, replicas=replicas, ready_replicas=ready, updated_replicas=int(st.get("updatedReplicas") or 0),
         up_to_date=int(st.get("observedGeneration") or 0) >= int(meta.get("generation") or 0),
-        failing=failing, waiting=waiting, failing_reason=failing_reason, offloaded_layers=offloaded)
+        failing=failing, waiting=waiting, failing_reason=failing_reason, offloaded_layers=offloaded,
+        unschedulable=unschedulable)

@@ -17,7 +17,7 @@ from r1_operator.planning.catalog import catalog_for
 from r1_operator.planning.evaluate import PlanRequest
 from r1_operator.planning.inventory import NodeCapacity, Toleration, eligible
 from r1_operator.planning.memory import RuntimeSettings
-from r1_operator.planning.plan import Plan, plan_cluster, plan_node
+from r1_operator.planning.placement import Placements, Previous, place
 
 
 class PlanError(ValueError):
@@ -41,14 +41,47 @@ def plan_request(spec: R1DeploymentSpec, variant: str | None = None, max_gpus: i
                        keep_shards=spec.cache.keep_shards)
 
 
-def plan_to_status(p: Plan, generation: int, why: str) -> dict[str, Any]:
-    """status.plan: the plan's one serialization, plus the spec generation it was made for and why."""
-    return {**p.as_dict(), "generation": generation, "why": why}
+def plan_to_status(p: Placements, generation: int, why: str) -> dict[str, Any]:
+    """status.plan: the first placement's plan as its one serialization (variant, node, offload, memory), every
+    placement, the replicas wanted and placed, the spec generation it was made for and why."""
+    nodes = [x.plan.node for x in p.placements]
+    return {**p.plan.as_dict(), "replicas": p.wanted, "placedReplicas": p.placed,
+            "placements": [x.as_dict() for x in p.placements],
+            "nodes": nodes[0] if len(nodes) == 1 else f"{len(nodes)} nodes" if nodes else "",
+            "shortfall": p.shortfall, "generation": generation, "why": why}
+
+
+_PLACEMENT_KEYS = ("node", "gpus", "gpuProduct", "nGpuLayers", "gpuLayers", "tensorSplit", "mode", "cpuMemoryBytes",
+                   "memory")
+
+
+def placement_plans(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each placement of status.plan as a plan of its own: the shared fields with its id, node, GPUs, offload and
+    replicas. A plan stored before placements existed is one placement, id 0."""
+    shared = {k: v for k, v in plan.items() if k != "placements"}
+    stored = plan.get("placements")
+    if stored is None:
+        return [{**shared, "id": 0, "replicas": int(plan.get("replicas") or 1)}]
+    return [{**shared, **{k: p[k] for k in _PLACEMENT_KEYS if k in p}, "id": int(p.get("id", 0)),
+             "replicas": int(p.get("replicas") or 0)} for p in stored]
+
+
+def previous_placements(plan: dict[str, Any] | None) -> list[Previous]:
+    if not plan or not plan.get("fits") or not plan.get("variant"):
+        return []
+    return [Previous.from_status(p) for p in placement_plans(plan)]
 
 
 def plan_hash(plan: dict[str, Any]) -> str:
+    """What a runtime pod is built from: the variant and one placement's node and offload (not its replicas)."""
     keep = {k: plan.get(k) for k in ("variant", "nGpuLayers", "node", "gpus", "tensorSplit", "mode")}
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def placements_hash(plan: dict[str, Any]) -> str:
+    """Every placement with its replicas: a change is a new plan."""
+    keep = [[plan_hash(p), p["id"], p["replicas"]] for p in placement_plans(plan)] if plan.get("fits") else []
+    return hashlib.sha256(json.dumps([keep, plan.get("fits"), plan.get("replicas")]).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -58,20 +91,29 @@ class PlanOutcome:
     why: str  # first, new, spec changed, or what broke the stored plan
 
 
-def _stored_still_fits(stored: dict[str, Any], nodes: list[NodeCapacity], spec: R1DeploymentSpec) -> str | None:
-    """None when the stored plan still holds on its node; otherwise why not."""
-    node = next((n for n in nodes if n.name == stored.get("node")), None)
-    if node is None:
-        return f"node {stored.get('node')} is gone"
-    req = plan_request(spec, variant=stored["variant"], max_gpus=stored.get("gpus", 0))
-    why = eligible(node, req.node_selector, req.tolerations)
-    if why:
-        return why
-    if node.gpus_free < stored.get("gpus", 0):
-        return f"{node.name} has {node.gpus_free} free GPUs, the plan needs {stored.get('gpus')}"
-    p = plan_node(catalog_for(spec.model.repo), node, req)
-    if not p.fits or p.n_gpu_layers < stored.get("nGpuLayers", 0):
-        return f"{stored['variant']} with {stored.get('gpuLayers')} GPU layers no longer fits on {node.name}"
+def _lost(previous: list[Previous], kept: Placements, wanted: int, nodes: list[NodeCapacity],
+          req: PlanRequest, variant: str) -> str | None:
+    """None when every stored placement (up to the replicas wanted) is still placed as it was; else why not."""
+    now = {p.id: p for p in kept.placements}
+    left = wanted
+    for prev in previous:
+        if left <= 0:
+            break
+        want = min(prev.replicas, left)
+        left -= want
+        got = now.get(prev.id)
+        if got is not None and got.plan.node == prev.node and got.plan.gpus == prev.gpus \
+                and got.plan.n_gpu_layers >= prev.n_gpu_layers and got.replicas >= want:
+            continue
+        node = next((n for n in nodes if n.name == prev.node), None)
+        if node is None:
+            return f"node {prev.node} is gone"
+        why = eligible(node, req.node_selector, req.tolerations)
+        if why:
+            return why
+        if node.gpus_free < prev.gpus:
+            return f"{node.name} has {node.gpus_free} free GPUs, the placement there needs {prev.gpus}"
+        return f"{variant} with {prev.n_gpu_layers} GPU layers no longer fits {want} replica(s) on {node.name}"
     return None
 
 
@@ -87,21 +129,32 @@ def decide(spec: R1DeploymentSpec, generation: int, nodes: list[NodeCapacity], s
                 catalog.get(value)
             except ValueError as exc:
                 raise PlanError(field, str(exc)) from None
+    previous = previous_placements(stored)
+    before = stored.get("variant") if previous else None
+    kept = None
     if stored and stored.get("fits") and stored.get("generation") == generation:
-        broken = _stored_still_fits(stored, nodes, spec)
-        if broken is None:
-            return PlanOutcome(stored, False, "")
-        why = f"re-planned: {broken}"
+        req = plan_request(spec, variant=before)
+        kept = place(catalog, nodes, req, spec.replicas, previous, before)
+        broken = _lost(previous, kept, max(spec.replicas, 1), nodes, req, before)
+        if broken is None and kept.placed >= kept.wanted:
+            plan = plan_to_status(kept, generation, stored.get("why", "planned"))
+            if placements_hash(plan) == placements_hash(stored) and "placements" in stored:
+                return PlanOutcome(stored, False, "")  # as stored: its reasons too
+            return PlanOutcome(plan, placements_hash(plan) != placements_hash(stored), "")
+        why = f"re-planned: {broken}" if broken else "re-planned: the stored plan places fewer replicas than wanted"
     elif stored and stored.get("generation") != generation:
         why = "re-planned: the spec changed"
     else:
         why = "planned" if not stored else "re-planned: the previous plan did not fit"
     try:
-        best, _, _ = plan_cluster(catalog, nodes, plan_request(spec))
+        best = place(catalog, nodes, plan_request(spec), spec.replicas, previous, before)
     except ValueError as exc:
         raise PlanError("spec.inference", str(exc)) from None
+    if kept is not None and kept.placed >= best.placed and not _lost(previous, kept, max(spec.replicas, 1), nodes,
+                                                                     plan_request(spec, variant=before), before):
+        best = kept  # nothing places more than the stored variant does: keep it
     plan = plan_to_status(best, generation, why)
-    changed = stored is None or plan_hash(plan) != plan_hash(stored) or plan.get("fits") != stored.get("fits")
+    changed = stored is None or placements_hash(plan) != placements_hash(stored) or plan.get("fits") != stored.get("fits")
     if not changed:
         plan["why"] = stored.get("why", why)  # the same plan for a new generation is no news
     return PlanOutcome(plan, changed, why)

@@ -45,10 +45,16 @@ class Plan:
         """As llama.cpp logs it: "offloaded 20/62 layers" (blocks + the output head)."""
         return f"{self.n_gpu_layers}/{self.n_layers + 1}"
 
+    @property
+    def resident_bytes(self) -> int:
+        """RAM the runtime holds: the CPU side, less the weights in mmap mode (pages of the file, reclaimable)."""
+        cpu = self.memory[-1] if self.memory else None
+        if cpu is None:
+            return 0
+        return cpu.total if self.mode != "mmap" else cpu.kv_cache + cpu.compute
+
     def as_dict(self) -> dict[str, Any]:
         """The one serialization of a plan: `r1ctl plan -o json` and the R1Deployment's status.plan."""
-        cpu = self.memory[-1] if self.memory else None
-        resident = (cpu.total if self.mode != "mmap" else cpu.kv_cache + cpu.compute) if cpu else 0
         s = self.settings
         return {
             "variant": self.variant or "",
@@ -63,7 +69,7 @@ class Plan:
             "tensorSplit": list(self.tensor_split),
             "modelBytes": self.model_bytes,
             "diskBytes": self.disk_bytes,
-            "cpuMemoryBytes": resident,
+            "cpuMemoryBytes": self.resident_bytes,
             "memory": [d.as_dict() for d in self.memory],
             "offload": self.offload,
             "settings": {"ctxSize": s.ctx_size, "cacheTypeK": s.cache_type_k, "cacheTypeV": s.cache_type_v,
@@ -108,6 +114,12 @@ def plan_node(catalog: Catalog, node: NodeCapacity, req: PlanRequest) -> Plan:
 def _plan_node(catalog: Catalog, node: NodeCapacity, req: PlanRequest) -> Plan:
     evals = [(v, evaluate_cached(v, node, req)) for v in _allowed(catalog, req)]
     v, e = _choose(evals, req)
+    return build_plan(v, e, node, evals, req)
+
+
+def build_plan(v: Variant, e: Evaluation, node: NodeCapacity, evals: list[tuple[Variant, Evaluation]],
+               req: PlanRequest) -> Plan:
+    """The Plan of variant v on node as evaluated (e), its reasons weighing it against the other evaluations."""
     reasons, warnings = explain(v, e, node, evals, req)
     return Plan(
         variant=v.name if e.tier != TIER_NONE else None,
