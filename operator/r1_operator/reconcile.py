@@ -171,8 +171,15 @@ class Reconciler:
             raise
 
     def _release_cache(self, ns: str, old: str, uid: str) -> None:
-        k.disown_shared(self.api, "batch/v1", "Job", ns, old, uid)
-        k.disown_shared(self.api, "v1", "PersistentVolumeClaim", ns, old, uid)
+        """A cache none of this R1Deployment's placements uses any more: drop its owner reference, or delete it
+        when it was the last owner (an object without owners is never garbage-collected)."""
+        for api_version, kind in (("batch/v1", "Job"), ("v1", "PersistentVolumeClaim")):
+            live = k.get(self.api, api_version, kind, ns, old)
+            others = [o for o in (live or {}).get("metadata", {}).get("ownerReferences") or [] if o.get("uid") != uid]
+            if live is not None and not others:
+                k.delete(self.api, api_version, kind, ns, old)
+            else:
+                k.disown_shared(self.api, api_version, kind, ns, old, uid)
 
     def _ensure_cache(self, ns: str, spec: R1DeploymentSpec, placement: dict[str, Any], owner: dict[str, Any]) \
             -> CacheObservation:

@@ -273,8 +273,10 @@ def test_three_replicas_are_placed_over_the_nodes_each_with_its_cache_and_scale_
     after = kube.r1d(e2e_ns, name)["status"]["plan"]
     assert [(p["id"], p["node"], p["nGpuLayers"]) for p in after["placements"]] == \
         [(0, first["node"], first["nGpuLayers"])]
+    # the two caches no placement uses any more were this R1Deployment's alone: deleted, not left without owners
+    wait_for(lambda: len(kube.json("get", "pvc", "-n", e2e_ns)["items"]) == 1, 60, "the unused caches to go")
     kube.run("delete", "r1d", name, "-n", e2e_ns, "--wait=true")
-    wait_for(lambda: not runtime_pods(kube, e2e_ns, name), 150, "every placement's pods to be garbage-collected")
+    wait_for(lambda: not kube.json("get", "pods", "-n", e2e_ns)["items"], 150, "every pod to be garbage-collected")
 
 
 @pytest.mark.cluster

@@ -82,7 +82,8 @@ def test_network_policy_lets_in_the_namespace_allow_from_and_monitoring_only(rea
     assert metrics["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": MONITORING_NS}}}]
     fetch = kube.json("get", "networkpolicy", names.fetch_policy_name(NAME), "-n", ns)["spec"]
     job = kube.json("get", "jobs", "-n", ns, "-l", f"{names.LABEL_CACHE}")["items"][0]
-    assert fetch["podSelector"]["matchLabels"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    (expr,) = fetch["podSelector"]["matchExpressions"]
+    assert job["spec"]["template"]["metadata"]["labels"][expr["key"]] in expr["values"]
     assert fetch["policyTypes"] == ["Ingress"] and not fetch.get("ingress")
 
     pods = kube.json("get", "pods", "-n", ns, "-l", names.selector_string(names.selector(NAME)))["items"]
