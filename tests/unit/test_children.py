@@ -59,3 +59,15 @@ def test_shared_child(owners, action):
 ])
 def test_unwanted_child(live, action):
     assert ch.plan_absent(("v1", "Service", "ns", "r1"), live, "turned off").action == action
+
+
+def test_a_deployment_whose_selector_changed_is_deleted_to_be_created_anew():
+    """The API server refuses to update a Deployment's selector (immutable): one from before placements, selecting
+    every runtime pod, is deleted, and the next reconcile creates it with the placement's selector."""
+    dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "r1", "namespace": "ns"},
+           "spec": {"selector": {"matchLabels": {"a": "1", names.LABEL_PLACEMENT: "0"}}, "replicas": 1}}
+    old = _live({**dep, "spec": {**dep["spec"], "selector": {"matchLabels": {"a": "1"}}}}, generation=1)
+    step = ch.plan_owned(dep, old, "g1")
+    assert step.action == "delete" and "selector" in step.reason
+    same = _live(ch.with_digest(dep), generation=2)
+    assert ch.plan_owned(dep, same, "g2").action == "leave"

@@ -162,7 +162,8 @@ def _try(v: Variant, nodes: list[NodeCapacity], req: PlanRequest, wanted: int, p
             return None
         return _fewest_gpus(v, node, req, e) if wanted > 1 else e
 
-    cands = {n.name: candidate(n) for n in nodes}
+    # every node is evaluated only when the kept placements leave replicas to place (a steady reconcile does not)
+    cands = {n.name: candidate(n) for n in nodes} if placed < wanted else {}
     on: dict[str, int] = {p[1][1].name: p[2] for p in placements}  # replicas per node so far
     while placed < wanted:
         # the best offload first; among equals a node with fewer replicas (spread), then fewer GPUs, then the name
@@ -203,8 +204,14 @@ def place(catalog: Catalog, nodes: Iterable[NodeCapacity], req: PlanRequest, rep
     req.settings.validate()
     wanted = min(max(replicas, 1), MAX_REPLICAS)
     ordered = sorted(nodes, key=lambda n: n.name)  # the same answer whatever order the API lists nodes in
-    excluded = [why for n in ordered if (why := eligible(n, req.node_selector, req.tolerations))]
-    ok = [n for n in ordered if not eligible(n, req.node_selector, req.tolerations)]
+    excluded: list[str] = []
+    ok: list[NodeCapacity] = []
+    for n in ordered:
+        why = eligible(n, req.node_selector, req.tolerations)
+        if why:
+            excluded.append(why)
+        else:
+            ok.append(n)
     prev = list(previous)
     trials = [_try(v, ok, req, wanted, prev if v.name == previous_variant else []) for v in _allowed(catalog, req)]
     complete = [t for t in trials if t.placed >= wanted]
