@@ -52,11 +52,14 @@ def test_two_replicas_on_two_nodes_each_with_its_cache_answer_through_one_servic
                      if "persistentVolumeClaim" in v)
         assert claim == names.cache_name(HUB_REPO, "main", VARIANT, pod["spec"]["nodeName"])
 
-    client = OpenAI(base_url=f"{kube.service_url(ns, NAME)}/v1", api_key="unused", timeout=60, max_retries=0)
+    url = kube.service_url(ns, NAME)
 
     def ask() -> int:
+        # a client per request: kube-proxy balances connections, and one kept-alive connection stays on one pod
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=60, max_retries=0)
         out = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=2,
                                              temperature=0)
+        client.close()
         return out.usage.completion_tokens
 
     before = {p["metadata"]["name"]: _served(p["status"]["podIP"]) for p in pods}
