@@ -62,3 +62,64 @@ def test_dev_up_rejects_a_bad_shape_file_before_starting_anything(tmp_path):
     res = _r1ctl("dev", "up", "--name", f"bad-{os.getpid()}", "--nodes", str(shapes), check=False)
     assert res.returncode == 2
     assert "gpuMemoryMiB is required" in res.stderr
+
+
+def test_dev_up_starts_again_on_new_ports_when_a_port_is_taken(monkeypatch):
+    """Another listener takes the etcd port between choosing it and etcd binding it: etcd exits with
+    'address already in use', and `up` starts again on fresh ports instead of failing the whole test session."""
+    import socket
+
+    from r1_operator.dev import cluster as dev
+    from r1_operator.dev import processes
+
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    calls = []
+
+    def ports(n):
+        calls.append(n)
+        got = processes.free_ports(n)
+        return [taken, *got[1:]] if len(calls) == 1 else got
+
+    monkeypatch.setattr(dev, "free_ports", ports)
+    name = f"ports-{os.getpid()}"
+    try:
+        state = dev.up(name, nodes=[], real_nodes=0)
+        assert len(calls) == 2
+        assert state.ports["etcd"] != taken
+        assert dev.status(name)["running"]
+    finally:
+        dev.down(name)
+        squatter.close()
+
+
+def test_a_component_that_dies_at_start_is_reported_with_its_log(monkeypatch):
+    """A failure other than a taken port is not retried, and the error carries the end of the component's log."""
+    from r1_operator.dev import cluster as dev
+    from r1_operator.dev import processes
+
+    calls = []
+
+    def ports(n):
+        calls.append(n)
+        return processes.free_ports(n)
+
+    monkeypatch.setattr(dev, "free_ports", ports)
+    real_start = dev._start
+
+    def start(state, *args, **kwargs):
+        # An etcd that cannot start: its data directory is a file.
+        Path(state.etcd_dir).rmdir()
+        Path(state.etcd_dir).write_text("not a directory")
+        return real_start(state, *args, **kwargs)
+
+    monkeypatch.setattr(dev, "_start", start)
+    name = f"dies-{os.getpid()}"
+    try:
+        with pytest.raises(dev.ClusterError, match=r"etcd exited while waiting for etcd; the end of .*etcd\.log:\n.+"):
+            dev.up(name, nodes=[], real_nodes=0)
+        assert len(calls) == 1
+    finally:
+        dev.down(name)

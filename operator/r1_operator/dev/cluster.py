@@ -23,7 +23,7 @@ from r1_operator.dev import provisioner, realnode
 from r1_operator.dev.adminapi import AdminApi, get_url
 from r1_operator.dev.nodes import NodeShape, load_shapes
 from r1_operator.dev.pki import admin_ssl_context, kubeconfig, write_pki
-from r1_operator.dev.processes import ClusterError, alive, find_binary, free_port, spawn, stop_group
+from r1_operator.dev.processes import ClusterError, alive, find_binary, free_ports, log_tail, spawn, stop_group
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "provisioner")
 
@@ -63,13 +63,28 @@ class ClusterState:
         return cls(**json.loads(path.read_text()))
 
 
+class ComponentExited(ClusterError):
+    """A component died while the cluster started; `tail` is the end of its log."""
+
+    def __init__(self, message: str, tail: str):
+        super().__init__(message)
+        self.tail = tail
+
+
+# A component whose port another process took between choosing it and binding it: start again on new ports.
+PORT_TAKEN = "address already in use"
+START_ATTEMPTS = 3
+
+
 def _wait(what: str, state: ClusterState, check, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
         for comp, pid in state.pids.items():
             if not alive(pid):
-                raise ClusterError(f"{comp} exited while waiting for {what}; see {state.logs / (comp + '.log')}")
+                log = state.logs / f"{comp}.log"
+                raise ComponentExited(f"{comp} exited while waiting for {what}; the end of {log}:\n{log_tail(log)}",
+                                      log_tail(log))
         try:
             if check():
                 return
@@ -120,6 +135,17 @@ def up(name: str = "dev", nodes: list[NodeShape] | None = None, timeout: float =
     binary = find_binary("r1-cluster")
     kwok = find_binary("kwok")
 
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            return _up_once(name, binary, kwok, shapes, timeout, real_nodes, real_gpus)
+        except ComponentExited as exc:
+            if PORT_TAKEN not in exc.tail.lower() or attempt == START_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _up_once(name: str, binary: Path, kwok: Path, shapes: list[NodeShape], timeout: float, real_nodes: int,
+             real_gpus: int) -> ClusterState:
     root = dev_home() / name
     if root.exists():
         shutil.rmtree(root)
@@ -134,9 +160,8 @@ def up(name: str = "dev", nodes: list[NodeShape] | None = None, timeout: float =
         clients.append((realnode.KUBE_PROXY, "system:kube-proxy", None))
         clients.append((realnode.NETWORK_POLICY, realnode.NETWORK_POLICY_USER, None))
     write_pki(pki, host_ip=ip, clients=tuple(clients))
-    shm = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(tempfile.gettempdir())
-    etcd_dir = tempfile.mkdtemp(prefix=f"r1-dev-{name}-etcd-", dir=shm)
-    ports = {k: free_port() for k in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler")}
+    etcd_dir = tempfile.mkdtemp(prefix=f"r1-dev-{name}-etcd-", dir=_etcd_parent())
+    ports = dict(zip(("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler"), free_ports(5), strict=True))
     server = f"https://127.0.0.1:{ports['apiserver']}"
     config = root / "kubeconfig"
     config.write_text(kubeconfig(server, pki))
@@ -149,6 +174,21 @@ def up(name: str = "dev", nodes: list[NodeShape] | None = None, timeout: float =
         down(name)
         raise
     return state
+
+
+# etcd preallocates 64 MiB write-ahead-log segments; a container's default /dev/shm is 64 MiB in all.
+ETCD_SHM_MIN_FREE = 1 << 30
+
+
+def _etcd_parent() -> Path:
+    """Memory-backed /dev/shm for etcd's data (fsync is what makes etcd slow on a busy disk) when it is writable
+    and has room, else the temporary directory."""
+    shm = Path("/dev/shm")
+    try:
+        roomy = os.access(shm, os.W_OK) and shutil.disk_usage(shm).free >= ETCD_SHM_MIN_FREE
+    except OSError:
+        roomy = False
+    return shm if roomy else Path(tempfile.gettempdir())
 
 
 def _start(state: ClusterState, binary: Path, kwok: Path, pki: Path, shapes: list[NodeShape], timeout: float,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -32,9 +33,56 @@ def find_binary(name: str) -> Path:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct loopback ports free now, below the kernel's ephemeral range where one exists.
+
+    Ports handed out by bind(0) come from the ephemeral range, which every outgoing connection on the host also
+    draws from: one of those can take the port between our check and the component's own bind. Below that range
+    only listeners compete. All `n` stay bound until all are chosen, so none is handed out twice."""
+    lo, _ = _ephemeral_range()
+    held: list[socket.socket] = []
+    try:
+        for _ in range(200 if lo > 11000 else 0):
+            if len(held) == n:
+                break
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind(("127.0.0.1", random.randrange(10000, lo)))
+            except OSError:
+                s.close()
+                continue
+            held.append(s)
+        while len(held) < n:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            held.append(s)
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
+def log_tail(path: Path, lines: int = 12) -> str:
+    """The last lines of a component's log, for an error message; empty when there is no log."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def alive(pid: int) -> bool:
