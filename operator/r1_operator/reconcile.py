@@ -19,11 +19,12 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from r1_operator import metrics
-from r1_operator.api.types import GROUP, PLURAL, VERSION, R1DeploymentSpec
+from r1_operator.api.types import GROUP, PLURAL, VERSION, R1DeploymentSpec, wanted_replicas
 from r1_operator.builders import children as ch
 from r1_operator.builders import manifests as mf
 from r1_operator.builders import names
-from r1_operator.builders.status import CacheObservation, Desired, RuntimeObservation, build_status, combine
+from r1_operator.builders.status import Autoscaling, CacheObservation, Desired, RuntimeObservation, build_status, \
+    combine
 from r1_operator.dashboard import dashboard_json
 from r1_operator.k8s import apply as k
 from r1_operator.k8s import observe
@@ -32,6 +33,7 @@ from r1_operator.planning.inventory import inventory
 from r1_operator.settings import OperatorSettings
 
 SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
+SCALED_OBJECT_CRD = "scaledobjects.keda.sh"
 log = logging.getLogger("r1_operator")
 
 
@@ -75,7 +77,7 @@ class Reconciler:
 
     def _has_crd(self, name: str) -> bool:
         at, seen = self._crd_seen.get(name, (0.0, False))
-        if time.monotonic() - at > 60:
+        if time.monotonic() - at > self.settings.crd_recheck_s:
             seen = k.crd_exists(self.api, name)
             self._crd_seen[name] = (time.monotonic(), seen)
         return seen
@@ -118,10 +120,30 @@ class Reconciler:
 
     def _spec(self, body: dict[str, Any]) -> tuple[R1DeploymentSpec | None, str]:
         try:
-            return R1DeploymentSpec.model_validate(body.get("spec") or {}), ""
+            spec = R1DeploymentSpec.model_validate(body.get("spec") or {})
         except ValidationError as exc:
             err = exc.errors()[0]
             return None, f"spec.{'.'.join(map(str, err['loc']))}: {err['msg']}"
+        # With autoscaling, replicas stay within its bounds (the autoscaler writes spec.replicas; it is never
+        # written here, so the operator and the autoscaler never fight over it).
+        return spec.model_copy(update={"replicas": wanted_replicas(spec)}), ""
+
+    def _autoscaling(self, name: str, spec: R1DeploymentSpec | None) -> Autoscaling | None:
+        a = spec.autoscaling if spec else None
+        if a is None:
+            return None
+        if not self._has_crd(SCALED_OBJECT_CRD):
+            return Autoscaling(False, "KEDAMissing", f"the {SCALED_OBJECT_CRD} CRD is not installed: install KEDA "
+                               f"(keda.sh) to scale on the queue; until then {spec.replicas} replica(s) serve")
+        if not self._prometheus(spec):
+            return Autoscaling(False, "NoPrometheus", "no Prometheus to read the queue from: set "
+                               "spec.autoscaling.prometheusAddress, or the chart's autoscaling.prometheusAddress")
+        return Autoscaling(True, "KEDA", f"KEDA ScaledObject {names.runtime_name(name)} scales {a.min_replicas} to "
+                           f"{a.max_replicas} replicas, holding the queue near {a.target_queue_per_replica:g} per "
+                           f"replica ({self._prometheus(spec)})")
+
+    def _prometheus(self, spec: R1DeploymentSpec) -> str:
+        return (spec.autoscaling.prometheus_address if spec.autoscaling else "") or self.settings.prometheus_address
 
     def _desired(self, body, spec, plan, error: str) -> Desired:
         meta = body["metadata"]
@@ -129,7 +151,8 @@ class Reconciler:
                        plan_error=error,
                        endpoint=mf.endpoint(meta["name"], meta["namespace"], self.settings),
                        selector=names.selector_string(names.selector(meta["name"])),
-                       simulated_gpus=self.settings.dev_simulated_gpus)
+                       simulated_gpus=self.settings.dev_simulated_gpus,
+                       autoscaling=self._autoscaling(meta["name"], spec))
 
     def _reconcile(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
@@ -242,6 +265,11 @@ class Reconciler:
             wanted.append(mf.build_dashboard_configmap(name, ns, uid, dashboard_json(), s))
         else:
             unwanted.append((("v1", "ConfigMap", ns, names.dashboard_name(name)), "turned off in spec.monitoring"))
+        scaled = (mf.KEDA_API, "ScaledObject", ns, names.runtime_name(name))
+        if desired.autoscaling is not None and desired.autoscaling.available:
+            wanted.append(mf.build_scaled_object(name, ns, uid, spec, self._prometheus(spec)))
+        elif desired.autoscaling is None and self._has_crd(SCALED_OBJECT_CRD):
+            unwanted.append((scaled, "spec.autoscaling is off"))
         if spec.network.policy == "restricted":
             wanted.extend(mf.build_network_policies(name, ns, uid, spec, plan, s))
         else:
@@ -251,11 +279,24 @@ class Reconciler:
         for obj in wanted:
             ref = ch.ref_of(obj)
             self._absent.discard(ref)
-            live = self._read(ref)
-            results.append(self._execute(ch.plan_owned(obj, live, self._applied.get(ref)), live))
+            try:
+                live = self._read(ref)
+                results.append(self._execute(ch.plan_owned(obj, live, self._applied.get(ref)), live))
+            except ApiException as exc:
+                if ref != scaled or exc.status != 403:
+                    raise
+                # The chart grants ScaledObjects only with autoscaling.enabled: say so, serve spec.replicas.
+                desired = replace(desired, autoscaling=Autoscaling(
+                    False, "Forbidden", f"the operator may not manage ScaledObjects ({_api_message(exc)}): "
+                    "install the chart with autoscaling.enabled=true"))
         for ref, why in unwanted:
             if ref not in self._absent:  # once seen absent, not read again on every reconcile
-                self._execute(ch.plan_absent(ref, live := self._read(ref), why), live)
+                try:
+                    self._execute(ch.plan_absent(ref, live := self._read(ref), why), live)
+                except ApiException as exc:
+                    if ref != scaled or exc.status != 403:
+                        raise
+                    self._absent.add(ref)  # not allowed to read them, so none was ever created
         runtimes = [(p, observe.runtime(self.api, ns, live)) for p, live in zip(placements, results)]
         waiting = [c for c in caches.values() if c.ready is None]
         self._write(body, desired, ((waiting or list(caches.values()))[0], combine(runtimes)))

@@ -73,10 +73,36 @@ def test_rbac_has_no_wildcards_and_writes_only_what_the_operator_creates(values)
                 writes.update(rule["resources"])
     assert writes <= {"r1deployments", "r1deployments/status", "persistentvolumeclaims", "jobs", "deployments",
                       "services", "configmaps", "servicemonitors", "networkpolicies", "events", "kopfpeerings",
-                      "clusterkopfpeerings"}
+                      "clusterkopfpeerings", "scaledobjects"}
     inventory = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("-inventory"))
     nodes = next(r for r in inventory["rules"] if "nodes" in r["resources"])
     assert set(nodes["verbs"]) == {"get", "list", "watch"}
+
+
+def _workload_rules(docs: list[dict]) -> list[dict]:
+    return next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("-workloads"))["rules"]
+
+
+def test_scaled_objects_are_granted_only_with_autoscaling_enabled():
+    """KEDA is optional: without autoscaling.enabled the operator may not touch keda.sh at all."""
+    off = render()
+    assert not any("keda.sh" in r["apiGroups"] for d in off if d["kind"] in ("ClusterRole", "Role") for r in d["rules"])
+    on = render("--set", "autoscaling.enabled=true", "--set", "autoscaling.prometheusAddress=http://prom.mon.svc:9090")
+    (rule,) = [r for r in _workload_rules(on) if "keda.sh" in r["apiGroups"]]
+    assert rule["resources"] == ["scaledobjects"] and set(rule["verbs"]) == {"get", "create", "patch", "delete"}
+    env = {e["name"]: e.get("value") for e in
+           next(d for d in on if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["R1_PROMETHEUS_ADDRESS"] == "http://prom.mon.svc:9090"
+    bad = helm("template", "r1", str(CHART), "--set", "autoscaling.prometheusAddress=prom:9090")
+    assert bad.returncode != 0 and "prometheusAddress" in bad.stderr
+
+
+def test_the_operator_may_delete_what_it_retires():
+    """Shrinking replicas deletes a placement's Deployment, and a cache no placement uses: the chart allows both."""
+    rules = _workload_rules(render())
+    for resource in ("deployments", "jobs", "persistentvolumeclaims"):
+        (rule,) = [r for r in rules if resource in r["resources"]]
+        assert "delete" in rule["verbs"], resource
 
 
 def test_namespaced_watch_binds_writes_only_in_those_namespaces():

@@ -73,6 +73,11 @@ INVALID = [
     ({"apiKeySecretRef": {"name": "Bad_Name", "key": "k"}}, "spec.apiKeySecretRef.name"),
     ({"inference": {"threads": "many"}}, "spec.inference.threads"),
     ({"monitoring": {"dashboard": "yes"}}, "spec.monitoring.dashboard"),
+    ({"autoscaling": {"minReplicas": 1}}, "spec.autoscaling.maxReplicas"),
+    ({"autoscaling": {"minReplicas": 0, "maxReplicas": 2}}, "spec.autoscaling.minReplicas"),
+    ({"autoscaling": {"minReplicas": 3, "maxReplicas": 2}}, "spec.autoscaling.minReplicas"),
+    ({"autoscaling": {"maxReplicas": 2, "targetQueuePerReplica": 0}}, "spec.autoscaling.targetQueuePerReplica"),
+    ({"autoscaling": {"maxReplicas": 2, "prometheusAddress": "prom:9090"}}, "spec.autoscaling.prometheusAddress"),
 ]
 
 
@@ -92,6 +97,16 @@ def test_cel_messages_say_what_to_do(crd_installed, namespace):
     ok = kubectl(crd_installed, "apply", "-f", "-",
                  stdin=manifest(namespace, {"inference": {"cacheTypeV": "q8_0", "flashAttention": True}}))
     assert ok.returncode == 0, ok.stderr
+
+
+def test_scale_from_zero_is_refused_saying_why(crd_installed, namespace):
+    r = kubectl(crd_installed, "apply", "-f", "-",
+                stdin=manifest(namespace, {"autoscaling": {"minReplicas": 0, "maxReplicas": 2}}))
+    assert r.returncode != 0 and "scale from zero is not supported" in r.stderr and "set minReplicas: 1" in r.stderr
+    ok = kubectl(crd_installed, "apply", "-f", "-", stdin=manifest(namespace, {"autoscaling": {"maxReplicas": 2}}))
+    assert ok.returncode == 0, ok.stderr
+    got = kubectl(crd_installed, "get", "r1d", "r1", "-n", namespace, "-o", "jsonpath={.spec.autoscaling}").stdout
+    assert '"minReplicas":1' in got and '"scaleDownDelaySeconds":300' in got  # the documented defaults
 
 
 def test_unknown_fields_are_rejected(crd_installed, namespace):

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from r1_operator.api.crd import crd, crd_yaml
-from r1_operator.api.types import R1DeploymentSpec
+from r1_operator.api.types import AutoscalingSpec, R1DeploymentSpec
 
 CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "r1deployments.yaml"
 
@@ -54,6 +54,9 @@ def test_defaults_in_the_schema_equal_the_pydantic_defaults():
     for key in ("nodeSelector", "tolerations"):
         from_types["scheduling"].pop(key)
     from_types["network"].pop("allowFrom")  # lists without a schema default, like the two above
+    # an optional object (off unless given): its fields' defaults apply once it is given
+    from_types["autoscaling"] = {k: v for k, v in AutoscalingSpec(maxReplicas=1).model_dump(by_alias=True).items()
+                                 if k != "maxReplicas"}
     assert from_schema == from_types
 
 

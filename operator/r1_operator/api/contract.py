@@ -288,3 +288,8 @@ def add_arguments(parser: argparse.ArgumentParser, flags: dict[str, Flag]) -> No
         else:
             target.add_argument(f.flag, dest=f.dest, type=f.parse, default=f.default, required=f.required,
                                 choices=f.choices, help=help_)
+
+
+# The runtime's queue gauges (llama-server's names): the autoscaler's signal is their sum over the replicas.
+METRIC_REQUESTS_PROCESSING = "llamacpp:requests_processing"
+METRIC_REQUESTS_DEFERRED = "llamacpp:requests_deferred"

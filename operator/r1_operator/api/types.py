@@ -185,6 +185,34 @@ class NetworkSpec(_Model):
                                           "e.g. an ingress controller's namespace.")
 
 
+class AutoscalingSpec(_Model):
+    """Replicas driven by the runtime's queue through a KEDA ScaledObject (KEDA must be installed)."""
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", json_schema_extra={
+        "x-kubernetes-validations": [
+            _cel("self.minReplicas >= 1", "minReplicas must be at least 1: scale from zero is not supported (a "
+                 "request arriving at zero replicas would fail for the minutes a 131 GB model takes to load); "
+                 "set minReplicas: 1, or spec.replicas: 0 with no autoscaling to stop serving", ".minReplicas"),
+            _cel("self.minReplicas <= self.maxReplicas", "minReplicas must not exceed maxReplicas", ".minReplicas"),
+        ]})
+    min_replicas: int = Field(1, alias="minReplicas", ge=0, le=64,
+                              description="Fewest replicas; at least 1 (scale from zero is not supported).")
+    max_replicas: int = Field(alias="maxReplicas", ge=1, le=64, description="Most replicas.")
+    target_queue_per_replica: float = Field(
+        4, alias="targetQueuePerReplica", gt=0, le=1024,
+        description="Requests waiting plus requests running, per replica, that the autoscaler holds: more adds "
+        "replicas (llamacpp:requests_deferred + llamacpp:requests_processing over all replicas).")
+    scale_down_delay_seconds: int = Field(
+        300, alias="scaleDownDelaySeconds", ge=0, le=86400,
+        description="How long the queue must stay low before a replica is removed (the HPA's scale-down "
+        "stabilization window).")
+    polling_interval_seconds: int = Field(15, alias="pollingIntervalSeconds", ge=1, le=600,
+                                          description="How often KEDA queries Prometheus.")
+    prometheus_address: str = Field(
+        "", alias="prometheusAddress", max_length=500, pattern=r"^(https?://[^\s]+)?$",
+        description="Prometheus that scrapes the runtime pods, e.g. http://prometheus.monitoring.svc:9090; empty: "
+        "the operator's default (chart value autoscaling.prometheusAddress).")
+
+
 class R1DeploymentSpec(_Model):
     model_config = ConfigDict(populate_by_name=True, extra="forbid", json_schema_extra={
         "x-kubernetes-validations": [
@@ -192,7 +220,9 @@ class R1DeploymentSpec(_Model):
                  "model.minVariant applies only with model.variant: auto", ".model.minVariant"),
         ]})
     model: ModelSpec = Field(default_factory=ModelSpec)
-    replicas: int = Field(1, ge=0, le=64)
+    replicas: int = Field(1, ge=0, le=64, description="Runtime replicas. With autoscaling, the autoscaler sets "
+                          "this (through the scale subresource) between its minReplicas and maxReplicas.")
+    autoscaling: AutoscalingSpec | None = None
     inference: InferenceSpec = Field(default_factory=InferenceSpec)
     cache: CacheSpec = Field(default_factory=CacheSpec)
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
@@ -201,3 +231,10 @@ class R1DeploymentSpec(_Model):
     api_key_secret_ref: SecretRef | None = Field(None, alias="apiKeySecretRef")
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
     network: NetworkSpec = Field(default_factory=NetworkSpec)
+
+
+def wanted_replicas(spec: R1DeploymentSpec) -> int:
+    """The replicas to serve: spec.replicas, kept within the autoscaling bounds when autoscaling is on (the
+    autoscaler keeps it there itself once it runs; before that, or without KEDA, the bounds still hold)."""
+    a = spec.autoscaling
+    return spec.replicas if a is None else min(max(spec.replicas, a.min_replicas), a.max_replicas)

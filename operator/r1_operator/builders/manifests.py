@@ -295,6 +295,46 @@ def build_service_monitor(name: str, namespace: str, uid: str) -> dict[str, Any]
     }
 
 
+KEDA_API = "keda.sh/v1alpha1"
+SCALE_UP_PERIOD_S = 60  # at most one replica added per minute: each one loads the model before it serves
+
+
+def queue_query(name: str, namespace: str) -> str:
+    """PromQL for the autoscaler: requests waiting plus requests running over every replica of the R1Deployment.
+    The labels are those of the chart's PodMonitor and a ServiceMonitor: namespace, and service (the Service,
+    which carries the R1Deployment's name)."""
+    metrics = f"{contract.METRIC_REQUESTS_DEFERRED}|{contract.METRIC_REQUESTS_PROCESSING}"
+    return (f'sum({{__name__=~"{metrics}", namespace="{namespace}", service="{names.runtime_name(name)}"}})'
+            " or vector(0)")
+
+
+def build_scaled_object(name: str, namespace: str, uid: str, spec: R1DeploymentSpec, prometheus: str) \
+        -> dict[str, Any]:
+    """The KEDA ScaledObject that scales the R1Deployment itself through its scale subresource: KEDA's HPA writes
+    spec.replicas and the planner places that many. One replica is added at a time, at most one a minute; one is
+    removed only after the queue stayed low for scaleDownDelaySeconds, and its pod drains before it stops."""
+    a = spec.autoscaling
+    assert a is not None
+    return {
+        "apiVersion": KEDA_API, "kind": "ScaledObject",
+        "metadata": {"name": names.runtime_name(name), "namespace": namespace,
+                     "labels": names.labels(name, "autoscaler"), "ownerReferences": [owner_reference(name, uid)]},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": name},
+            "minReplicaCount": a.min_replicas, "maxReplicaCount": a.max_replicas,
+            "pollingInterval": a.polling_interval_seconds,
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
+                "scaleUp": {"stabilizationWindowSeconds": 0,
+                            "policies": [{"type": "Pods", "value": 1, "periodSeconds": SCALE_UP_PERIOD_S}]},
+                "scaleDown": {"stabilizationWindowSeconds": a.scale_down_delay_seconds,
+                              "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]}}}},
+            "triggers": [{"type": "prometheus", "metricType": "AverageValue", "metadata": {
+                "serverAddress": prometheus, "query": queue_query(name, namespace),
+                "threshold": f"{a.target_queue_per_replica:g}"}}],
+        },
+    }
+
+
 def _namespace_peer(namespace: str) -> dict[str, Any]:
     return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
 

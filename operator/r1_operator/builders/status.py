@@ -71,6 +71,15 @@ class Desired:
     endpoint: str = ""
     selector: str = ""
     simulated_gpus: bool = False  # dev clusters only (R1_DEV_SIMULATED_GPUS): an offload shortfall is expected
+    autoscaling: Autoscaling | None = None  # spec.autoscaling's state; None when it is off
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    """Whether spec.autoscaling is in effect: available, or why not (the Autoscaling condition)."""
+    available: bool
+    reason: str
+    message: str
 
 
 @dataclass
@@ -186,6 +195,11 @@ def build_status(d: Desired, cache: CacheObservation, rt: RuntimeObservation, ol
     if conds["Ready"].reason == "ReadyOffloadMismatch":
         degraded.append(("OffloadMismatch", offload_shortfall(plan, rt) + ": a CPU-only runtime image on a GPU "
                          "node, or no GPU driver in the pod; the model runs slower than planned"))
+    if d.autoscaling is not None:
+        a = d.autoscaling
+        conds["Autoscaling"] = _Cond("True" if a.available else "False", a.reason, a.message)
+        if not a.available:
+            degraded.append(("AutoscalingUnavailable", f"spec.autoscaling is not in effect: {a.message}"))
     conds["Degraded"] = (_Cond("True", degraded[0][0], degraded[0][1]) if degraded
                          else _Cond("False", "AsExpected", "no failure observed"))
 
@@ -201,7 +215,7 @@ def build_status(d: Desired, cache: CacheObservation, rt: RuntimeObservation, ol
         status["runtime"] = {"offloadedLayers": rt.offloaded_layers}
     prev = {c["type"]: c for c in (old or {}).get("conditions") or []}
     out, events = [], []
-    for type_ in CONDITIONS:
+    for type_ in (*CONDITIONS, *(["Autoscaling"] if "Autoscaling" in conds else [])):
         c = conds[type_]
         p = prev.get(type_)
         changed = p is None or p.get("status") != c.status

@@ -11,6 +11,8 @@ from __future__ import annotations
 import prometheus_client as pc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from r1_operator.api import contract
+
 pc.disable_created_metrics()
 
 OUTCOMES = ("success", "length", "cancelled", "rejected", "invalid", "timeout", "degenerate", "error")
@@ -36,8 +38,8 @@ class Metrics:
                                 registry=r)
         self.predicted_tps = Gauge("llamacpp:predicted_tokens_seconds", "Average generation throughput in tokens/s.",
                                    registry=r)
-        self.processing = Gauge("llamacpp:requests_processing", "Number of requests processing.", registry=r)
-        self.deferred = Gauge("llamacpp:requests_deferred", "Number of requests deferred (queued).", registry=r)
+        self.processing = Gauge(contract.METRIC_REQUESTS_PROCESSING, "Number of requests processing.", registry=r)
+        self.deferred = Gauge(contract.METRIC_REQUESTS_DEFERRED, "Number of requests deferred (queued).", registry=r)
         self.kv_usage_llamacpp = Gauge("llamacpp:kv_cache_usage_ratio", "KV-cache usage. 1 means 100 percent usage.",
                                        registry=r)
         self.kv_tokens = Gauge("llamacpp:kv_cache_tokens", "KV-cache tokens.", registry=r)
