@@ -59,3 +59,29 @@ if [ ! -x "$dir/kube-router" ]; then
   rm -rf "$dir"; mv "$dir.tmp" "$dir"
 fi
 ln -sf "$dir/kube-router" "$bindir/kube-router"
+
+# KEDA, the autoscaler spec.autoscaling drives: its operator and its metrics API server (the external metrics the
+# controller manager's HPA reads), and its CRDs, for dev clusters and tests. Its go.mod has replace directives, so
+# `go install` refuses it: the module's own source is built as the main module.
+KEDA_VERSION=v2.21.0
+key=$(printf '%s|%s' "$KEDA_VERSION" "$(go env GOVERSION GOARCH)" | sha256sum | cut -c1-16)
+dir="$cache/go-bin/keda-$key"
+if [ ! -x "$dir/keda-adapter" ]; then
+  echo "building KEDA $KEDA_VERSION (cache key $key); a cold build takes ten minutes or more" >&2
+  src=$(GOFLAGS= go mod download -json "github.com/kedacore/keda/v2@$KEDA_VERSION" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+  work=$(mktemp -d)
+  cp -r "$src" "$work/keda" && chmod -R u+w "$work/keda"
+  rm -rf "$dir.tmp"; mkdir -p "$dir.tmp/crds"
+  for cmd in operator adapter; do
+    out=keda; [ "$cmd" = adapter ] && out=keda-adapter
+    (cd "$work/keda" && CGO_ENABLED=0 go build -trimpath \
+       -ldflags "-s -w -X github.com/kedacore/keda/v2/version.Version=$KEDA_VERSION" -o "$dir.tmp/$out" "./cmd/$cmd")
+  done
+  cp "$src"/config/crd/bases/keda.sh_*.yaml "$dir.tmp/crds/"
+  rm -rf "$work" "$dir"; mv "$dir.tmp" "$dir"   # atomic: an interrupted build never looks complete
+fi
+ln -sf "$dir/keda" "$bindir/keda"
+ln -sf "$dir/keda-adapter" "$bindir/keda-adapter"
+mkdir -p "$bindir/../share"
+ln -sfn "$dir/crds" "$bindir/../share/keda-crds"

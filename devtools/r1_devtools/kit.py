@@ -152,3 +152,11 @@ def drop_namespace(kube: Kube, name: str) -> None:
     kube.run("delete", "r1d", "--all", "-n", name, "--wait=true", check=False, timeout=60)
     wait_for(lambda: not kube.json("get", "pods", "-n", name)["items"], 60, f"pods of {name} to go")
     kube.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+def keda_crd(kind: str = "scaledobjects") -> Path:
+    """KEDA's CRD file as `make setup` leaves it (hack/build-cluster.sh builds KEDA from its Go module)."""
+    path = BIN.parent / "share" / "keda-crds" / f"keda.sh_{kind}.yaml"
+    if not path.is_file():
+        raise AssertionError(f"{path} is missing: run 'make setup' (it builds KEDA and installs its CRDs)")
+    return path

@@ -13,7 +13,8 @@ def _dev_up(args: argparse.Namespace) -> int:
     from r1_operator.dev.nodes import load_shapes
 
     shapes = load_shapes(args.nodes)
-    state = cluster.up(args.name, shapes, timeout=args.timeout, real_nodes=args.real_nodes, real_gpus=args.real_gpus)
+    state = cluster.up(args.name, shapes, timeout=args.timeout, real_nodes=args.real_nodes, real_gpus=args.real_gpus,
+                        keda=args.keda)
     print(state.kubeconfig)
     return 0
 
@@ -68,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "needs root; default 1, 0 for simulated nodes only)")
     up.add_argument("--real-gpus", type=int, default=0, choices=range(0, 9), metavar="G",
                     help="simulated nvidia.com/gpu count each real node advertises (no physical GPU exists here)")
+    up.add_argument("--keda", action="store_true",
+                    help="run KEDA too (its operator and metrics API server, built by make setup), for spec.autoscaling")
     up.set_defaults(func=_dev_up)
     for name, func, text in (
         ("down", _dev_down, "stop the cluster and leave no process behind"),

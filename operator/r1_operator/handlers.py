@@ -18,7 +18,7 @@ from r1_operator.builders import names
 from r1_operator.child_events import ChildEvents, deployment_summary, job_summary, owners, pod_summary
 from r1_operator import readiness
 from r1_operator.k8s.client import api_client, check_api
-from r1_operator.reconcile import Inventory, Reconciler
+from r1_operator.reconcile import OPTIONAL_CRDS, Inventory, Reconciler
 from r1_operator.replan import replan_loop
 from r1_operator.settings import OperatorSettings
 
@@ -126,6 +126,17 @@ def runtime_pod_changed(body: Any, namespace: str, labels: Any, type: str | None
     if memo.child_events.news(body, type, pod_summary(body)) and type in ("ADDED", "MODIFIED") \
             and labels.get(names.LABEL_DEPLOYMENT):
         memo.reconciler.refresh(namespace, labels[names.LABEL_DEPLOYMENT])
+
+
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions",
+               when=lambda name, **_: name in OPTIONAL_CRDS)
+def optional_crd_changed(name: str, type: str | None, memo: kopf.Memo, r1d_index: kopf.Index, **_: Any) -> None:
+    """KEDA or the Prometheus Operator installed or removed: every R1Deployment reconciles at once (its
+    ScaledObject or ServiceMonitor is made, or its condition says what is missing) instead of at the next resync."""
+    if memo.reconciler.crd_seen(name, type != "DELETED"):
+        for ns in list(r1d_index):
+            for r1d in list(r1d_index.get(ns, [])):
+                memo.reconciler.replan(ns, r1d)
 
 
 @kopf.on.event(*R1D)

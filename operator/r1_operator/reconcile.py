@@ -34,6 +34,8 @@ from r1_operator.settings import OperatorSettings
 
 SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
 SCALED_OBJECT_CRD = "scaledobjects.keda.sh"
+OPTIONAL_CRDS = (SERVICE_MONITOR_CRD, SCALED_OBJECT_CRD)  # children made only when their CRD is installed
+CRD_RECHECK_S = 60.0  # besides the CRD watch (handlers.optional_crd_changed), a seen CRD state is re-read this often
 log = logging.getLogger("r1_operator")
 
 
@@ -77,10 +79,16 @@ class Reconciler:
 
     def _has_crd(self, name: str) -> bool:
         at, seen = self._crd_seen.get(name, (0.0, False))
-        if time.monotonic() - at > self.settings.crd_recheck_s:
+        if time.monotonic() - at > CRD_RECHECK_S:
             seen = k.crd_exists(self.api, name)
             self._crd_seen[name] = (time.monotonic(), seen)
         return seen
+
+    def crd_seen(self, name: str, present: bool) -> bool:
+        """The CRD watch saw `name` installed or removed; True when that changes what the operator knew."""
+        _, before = self._crd_seen.get(name, (0.0, None))
+        self._crd_seen[name] = (time.monotonic(), present)
+        return before is not None and before != present
 
     # ------------------------------------------------------------------ entry points
 

@@ -30,7 +30,6 @@ class OperatorSettings:
     replan_interval_s: float = 60.0  # how often the inventory is compared; plans are re-checked when it changed
     resync_interval_s: float = 600.0  # every plan re-checked at least this often
     prometheus_address: str = ""  # the Prometheus KEDA queries for spec.autoscaling, unless the spec names one
-    crd_recheck_s: float = 60.0  # how long an optional CRD (ServiceMonitor, ScaledObject) seen present or absent is trusted
     workers: int = 16  # kopf's thread pool for the synchronous handlers
     peering_lifetime: int = 30  # seconds without a heartbeat before another replica takes over
     kubeconfig: str = ""  # empty: in-cluster credentials, else the default kubeconfig

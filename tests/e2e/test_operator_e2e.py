@@ -9,6 +9,7 @@ Pod Security admission.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import httpx
@@ -293,3 +294,59 @@ def test_more_replicas_than_the_cluster_holds_is_degraded_with_the_numbers(kube,
     assert progressing["status"] == "False"  # never Progressing forever
     assert st["plan"]["placedReplicas"] < 6
 
+
+
+@pytest.mark.cluster
+def test_autoscaling_waits_for_keda_then_hands_replicas_to_it_and_never_fights_it(kube, e2e_ns):
+    """spec.autoscaling without KEDA serves minReplicas and says why; KEDA's CRD installed, the ScaledObject
+    appears at once (the CRD watch); the autoscaler's writes to the scale subresource are placed and never undone;
+    autoscaling turned off removes the ScaledObject. (KEDA itself and the HPA run in tests/real.)"""
+    from r1_devtools.kit import keda_crd
+
+    crd = "scaledobjects.keda.sh"
+    kube.run("delete", "crd", crd, "--ignore-not-found", "--wait=true")
+    r1d = example("auto-2x80g.yaml")
+    name = r1d["metadata"]["name"]
+    r1d["spec"].pop("scheduling")
+    r1d["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 3, "targetQueuePerReplica": 2,
+                                  "prometheusAddress": "http://prometheus.monitoring.svc:9090"}
+    try:
+        kube.apply(r1d, e2e_ns)
+        missing = kube.wait_condition(e2e_ns, name, "Autoscaling", status="False", timeout=60, reason="KEDAMissing")
+        assert crd in missing["message"] and "install KEDA" in missing["message"]
+        kube.run("wait", "--for=condition=Ready", f"r1d/{name}", "-n", e2e_ns, "--timeout=120s")
+        degraded = kube.condition(e2e_ns, name, "Degraded")
+        assert (degraded["status"], degraded["reason"]) == ("True", "AutoscalingUnavailable")
+
+        kube.run("create", "-f", str(keda_crd()))
+        kube.wait_condition(e2e_ns, name, "Autoscaling", timeout=30, reason="KEDA")
+        so = kube.json("get", "scaledobject", name, "-n", e2e_ns)
+        assert so["spec"]["scaleTargetRef"] == {"apiVersion": "r1.inference.dev/v1alpha1", "kind": "R1Deployment",
+                                                "name": name}
+        assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (1, 3)
+        assert so["spec"]["triggers"][0]["metadata"]["threshold"] == "2"
+        assert so["metadata"]["ownerReferences"][0]["name"] == name
+        kube.wait_condition(e2e_ns, name, "Degraded", status="False", timeout=30)
+
+        # what the HPA reads and writes: the scale subresource, with the selector it needs
+        scale_path = f"/apis/r1.inference.dev/v1alpha1/namespaces/{e2e_ns}/r1deployments/{name}/scale"
+        scale = json.loads(kube.run("get", "--raw", scale_path).stdout)
+        assert scale["status"]["replicas"] == 1 and names.LABEL_DEPLOYMENT in scale["status"]["selector"]
+        kube.run("scale", f"r1d/{name}", "-n", e2e_ns, "--replicas=2")
+        wait_for(lambda: kube.r1d(e2e_ns, name)["status"].get("ready") == "2/2", 120, "2/2 ready")
+        kube.run("wait", "--for=condition=Ready", f"r1d/{name}", "-n", e2e_ns, "--timeout=60s")
+        assert kube.r1d(e2e_ns, name)["status"]["plan"]["placedReplicas"] == 2
+        # a reconcile later (a re-plan, a child changing) the autoscaler's value stands: the operator never writes it
+        kube.run("annotate", f"r1d/{name}", "-n", e2e_ns, "touch=1")
+        kube.run("scale", f"deploy/{name}", "-n", e2e_ns, "--replicas=0")  # a child change: the operator converges
+        wait_for(lambda: kube.json("get", "deploy", name, "-n", e2e_ns)["spec"]["replicas"] >= 1, 60, "converged")
+        assert kube.r1d(e2e_ns, name)["spec"]["replicas"] == 2
+
+        kube.run("patch", f"r1d/{name}", "-n", e2e_ns, "--type=json", "-p",
+                 '[{"op": "remove", "path": "/spec/autoscaling"}]')
+        wait_for(lambda: not kube.json("get", "scaledobject", "-n", e2e_ns)["items"], 60, "the ScaledObject to go")
+        wait_for(lambda: "Autoscaling" not in {c["type"] for c in kube.r1d(e2e_ns, name)["status"]["conditions"]},
+                 30, "the Autoscaling condition to go")
+    finally:
+        kube.run("delete", "r1d", name, "-n", e2e_ns, "--wait=true", check=False)
+        kube.run("delete", "crd", crd, "--ignore-not-found", "--wait=true", check=False)

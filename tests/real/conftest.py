@@ -69,3 +69,11 @@ def real_ns(request, real_kube, real_operator) -> Iterator[str]:
     name = make_namespace(real_kube, ns_name(request, "real"), {"pod-security.kubernetes.io/enforce": "restricted"})
     yield name
     drop_namespace(real_kube, name)
+
+
+@pytest.fixture(scope="session")
+def real_keda(real_cluster, real_kube):
+    """KEDA on the real cluster (its operator and metrics API server, built by make setup): started once, for the
+    tests that autoscale, and stopped with the cluster."""
+    dev.start_keda(real_cluster)
+    return real_cluster

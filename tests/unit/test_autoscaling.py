@@ -85,3 +85,12 @@ def test_autoscaling_condition_is_absent_when_off_and_says_why_when_unavailable(
                 autoscaling=Autoscaling(False, "KEDAMissing", "m"))
     again = build_status(d, CacheObservation(pvc="c", ready={"bytesTotal": 1}), _READY, missing.status, "t1")
     assert again.condition("Autoscaling")["lastTransitionTime"] == "t0"  # no flapping while nothing changes
+
+
+def test_every_condition_the_status_writes_is_one_the_crd_admits():
+    from r1_operator.api.crd import crd
+
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    admitted = set(schema["properties"]["conditions"]["items"]["properties"]["type"]["enum"])
+    written = {c["type"] for c in _status(Autoscaling(False, "KEDAMissing", "m")).status["conditions"]}
+    assert written == admitted

@@ -110,6 +110,19 @@ def test_growing_never_moves_a_placement_and_shrinking_drops_the_newest():
     assert again.placed == 3
 
 
+def test_growing_a_partly_offloaded_replica_never_doubles_up_on_its_gpus():
+    """One replica holding both GPUs of its node with part of the layers: the second goes to another node, not
+    onto GPUs the first already holds (the dev shapes, as `kubectl scale --replicas=2` or an HPA grows it)."""
+    nodes = dev_nodes()
+    req = PlanRequest(variant="UD-Q2_K_XL")
+    one = place(CAT, nodes, req, 1)
+    (first,) = table(one)
+    two = place(CAT, nodes, req, 2, previous(one), one.plan.variant)
+    assert table(two)[0] == first and len(two.placements) == 2
+    assert two.placements[1].plan.node != first[1]
+    assert table(two) == table(place(CAT, nodes, req, 2))  # what a fresh plan for two gives
+
+
 def test_the_same_answer_whatever_order_the_nodes_come_in():
     nodes = dev_nodes()
     assert table(place(CAT, nodes, PlanRequest(), 3)) == table(place(CAT, list(reversed(nodes)), PlanRequest(), 3))
@@ -127,13 +140,21 @@ node_st = st.builds(
        st.sampled_from(["auto", "quality"]))
 def test_no_placement_exceeds_a_node_and_never_more_than_asked(nodes, n, policy):
     req = PlanRequest(policy=policy)
-    r = place(CAT, nodes, req, n)
-    assert r.placed <= n and len({p.plan.node for p in r.placements}) == len(r.placements)
     by_name = {x.name: x for x in nodes}
-    for p in r.placements:
-        node = by_name[p.plan.node]
-        assert p.replicas * p.plan.gpus <= node.gpus_free
-        assert p.replicas * p.plan.resident_bytes <= node.ram_bytes - req.ram_reserve_bytes
-        assert p.plan.variant == r.plan.variant  # every replica serves the same model
-    assert sorted(p.id for p in r.placements) == list(range(len(r.placements)))
-    assert bool(r.shortfall) == (r.placed < n)
+
+    def check(r, n):
+        assert r.placed <= n and len({p.plan.node for p in r.placements}) == len(r.placements)
+        for p in r.placements:
+            node = by_name[p.plan.node]
+            assert p.replicas * p.plan.gpus <= node.gpus_free
+            assert p.replicas * p.plan.resident_bytes <= node.ram_bytes - req.ram_reserve_bytes
+            assert p.plan.variant == r.plan.variant  # every replica serves the same model
+        assert sorted(p.id for p in r.placements) == list(range(len(r.placements)))
+        assert bool(r.shortfall) == (r.placed < n)
+
+    r = place(CAT, nodes, req, n)
+    check(r, n)
+    # grown from those placements (as the autoscaler grows spec.replicas): the same bounds hold
+    grown = place(CAT, nodes, req, n + 2, previous(r), r.plan.variant)
+    check(grown, n + 2)
+    assert grown.placed >= r.placed

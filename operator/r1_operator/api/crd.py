@@ -16,7 +16,7 @@ import yaml
 
 from r1_operator.api import types as t
 
-CONDITION_TYPES = ["Ready", "Planned", "CacheReady", "Progressing", "Degraded"]
+CONDITION_TYPES = [*t.CONDITIONS, *t.OPTIONAL_CONDITIONS]
 
 _MEMORY = {"type": "array", "items": {"type": "object", "properties": {
     "device": {"type": "string"}, "layers": {"type": "integer"},

@@ -16,6 +16,9 @@ KIND = "R1Deployment"
 PLURAL = "r1deployments"
 SINGULAR = "r1deployment"
 SHORT_NAMES = ["r1d"]
+# Status conditions: always present, then those present only while the spec asks for what they report on.
+CONDITIONS = ("Ready", "Planned", "CacheReady", "Progressing", "Degraded")
+OPTIONAL_CONDITIONS = ("Autoscaling",)
 
 CacheType = Literal[tuple(CACHE_TYPES)]  # type: ignore[valid-type]
 QUANTITY = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"

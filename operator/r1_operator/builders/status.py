@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-CONDITIONS = ("Ready", "Planned", "CacheReady", "Progressing", "Degraded")
+from r1_operator.api.types import CONDITIONS, OPTIONAL_CONDITIONS
+
 GiB = 1 << 30
 
 
@@ -215,7 +216,7 @@ def build_status(d: Desired, cache: CacheObservation, rt: RuntimeObservation, ol
         status["runtime"] = {"offloadedLayers": rt.offloaded_layers}
     prev = {c["type"]: c for c in (old or {}).get("conditions") or []}
     out, events = [], []
-    for type_ in (*CONDITIONS, *(["Autoscaling"] if "Autoscaling" in conds else [])):
+    for type_ in (*CONDITIONS, *(c for c in OPTIONAL_CONDITIONS if c in conds)):
         c = conds[type_]
         p = prev.get(type_)
         changed = p is None or p.get("status") != c.status

@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from r1_operator.dev import provisioner, realnode
+from r1_operator.dev import keda, provisioner, realnode
 from r1_operator.dev.adminapi import AdminApi, get_url
 from r1_operator.dev.nodes import NodeShape, load_shapes
-from r1_operator.dev.pki import admin_ssl_context, kubeconfig, write_pki
+from r1_operator.dev.pki import FRONT_PROXY_CN, admin_ssl_context, kubeconfig, write_pki
 from r1_operator.dev.processes import ClusterError, alive, find_binary, free_ports, log_tail, spawn, stop_group
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "provisioner")
@@ -96,7 +96,8 @@ def _wait(what: str, state: ClusterState, check, timeout: float) -> None:
 
 def _running(state: ClusterState) -> bool:
     real = [f"{kind}-{n}" for n in state.real_nodes for kind in ("containerd", "kubelet")]
-    return all(c in state.pids and alive(state.pids[c]) for c in (*COMPONENTS, *real))
+    extra = [c for c in keda.COMPONENTS if c in state.pids]
+    return all(c in state.pids and alive(state.pids[c]) for c in (*COMPONENTS, *real, *extra))
 
 
 def _grant_network_policy(api: AdminApi) -> None:
@@ -122,10 +123,12 @@ def _grant_network_policy(api: AdminApi) -> None:
 
 
 def up(name: str = "dev", nodes: list[NodeShape] | None = None, timeout: float = 90.0, real_nodes: int = 0,
-       real_gpus: int = 0) -> ClusterState:
-    """Start the cluster (or return the running one of this name) and create its nodes."""
+       real_gpus: int = 0, keda: bool = False) -> ClusterState:
+    """Start the cluster (or return the running one of this name) and create its nodes; with keda, KEDA too."""
     existing = ClusterState.load(name)
     if existing and _running(existing) and len(existing.real_nodes) == real_nodes:
+        if keda and "keda" not in existing.pids:
+            start_keda(existing, timeout)
         return existing
     if existing:
         down(name)
@@ -137,11 +140,23 @@ def up(name: str = "dev", nodes: list[NodeShape] | None = None, timeout: float =
 
     for attempt in range(1, START_ATTEMPTS + 1):
         try:
-            return _up_once(name, binary, kwok, shapes, timeout, real_nodes, real_gpus)
+            state = _up_once(name, binary, kwok, shapes, timeout, real_nodes, real_gpus)
+            break
         except ComponentExited as exc:
             if PORT_TAKEN not in exc.tail.lower() or attempt == START_ATTEMPTS:
                 raise
-    raise AssertionError("unreachable")
+    if keda:
+        try:
+            start_keda(state, timeout)
+        except BaseException:
+            down(name)
+            raise
+    return state
+
+
+def start_keda(state: ClusterState, timeout: float = 120.0) -> None:
+    """KEDA on a running dev cluster (dev.keda): what spec.autoscaling needs, with the controller manager's HPA."""
+    keda.start(state, AdminApi(state.server, Path(state.root) / "pki"), realnode.host_ip(), timeout)
 
 
 def _up_once(name: str, binary: Path, kwok: Path, shapes: list[NodeShape], timeout: float, real_nodes: int,
@@ -219,6 +234,13 @@ def _start(state: ClusterState, binary: Path, kwok: Path, pki: Path, shapes: lis
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={pki / 'sa.pub'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
         "--enable-priority-and-fairness=false", "--profiling=false", "--v=0",
+        # The aggregation layer, for KEDA's external metrics API (dev.keda): the API server proxies to it
+        # straight at its endpoint's address, with the front-proxy client certificate and the caller in headers.
+        f"--requestheader-client-ca-file={pki / 'ca.crt'}", f"--requestheader-allowed-names={FRONT_PROXY_CN}",
+        "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+        f"--proxy-client-key-file={pki / 'front-proxy-client.key'}", "--enable-aggregator-routing=true",
     ])
     ctx = admin_ssl_context(pki)
     _wait("kube-apiserver /readyz", state, lambda: get_url(state.server + "/readyz", ctx)[0] == 200, timeout)
@@ -231,6 +253,8 @@ def _start(state: ClusterState, binary: Path, kwok: Path, pki: Path, shapes: lis
         "--bind-address=127.0.0.1", f"--secure-port={p['controller-manager']}",
         "--controllers=*,-nodeipam,-bootstrap-signer-controller,-token-cleaner-controller",
         "--concurrent-gc-syncs=5", "--profiling=false",
+        # the HPA (KEDA's, for spec.autoscaling) evaluates every 5 s rather than 15 s, so tests wait less
+        "--horizontal-pod-autoscaler-sync-period=5s",
     ])
     sched_cfg = Path(state.root) / "scheduler.yaml"
     sched_cfg.write_text(
@@ -320,7 +344,7 @@ def down(name: str = "dev", grace: float = 10.0) -> list[str]:
     if left:  # never delete the state directory through a mount that is still there
         raise ClusterError(f"real nodes left {', '.join(left[:8])} behind; run 'r1ctl dev down --name {name}' again")
     # Clients first, etcd last, one at a time: the API server shuts down quickly while etcd is still up.
-    for comp in reversed(COMPONENTS):
+    for comp in (*reversed(keda.COMPONENTS), *reversed(COMPONENTS)):
         pid = state.pids.get(comp)
         if pid and stop_group(pid, grace):
             killed.append(comp)

@@ -9,6 +9,9 @@ import ssl
 from pathlib import Path
 
 
+FRONT_PROXY_CN = "front-proxy-client"
+
+
 def write_pki(pki: Path, host_ip: str | None = None, clients: tuple[tuple[str, str, str | None], ...] = ()) -> None:
     """CA, API server serving cert (for host_ip too, which real nodes and pods reach it by), admin and service-account
     keys, and a client cert per (file base, CN, O) in clients, e.g. ("node-real-0", "system:node:real-0", "system:nodes")."""
@@ -82,6 +85,8 @@ def write_pki(pki: Path, host_ip: str | None = None, clients: tuple[tuple[str, s
     for base, cn, org, server in (
         ("apiserver", "kube-apiserver", None, True),
         ("admin", "r1-dev-admin", "system:masters", False),
+        # what the API server presents to aggregated API servers (KEDA's metrics server) it proxies to
+        ("front-proxy-client", FRONT_PROXY_CN, None, False),
         *((b, c, o, False) for b, c, o in clients),
     ):
         crt, key = leaf(cn, org, server)
@@ -127,3 +132,39 @@ def admin_ssl_context(pki: Path) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
     return ctx
+
+
+def issue(pki: Path, out: Path, cn: str, dns: tuple[str, ...] = (), ips: tuple[str, ...] = ()) -> None:
+    """A certificate from the dev CA for a component that serves and is a client too (mutual TLS), written as
+    out/ca.crt, out/tls.crt and out/tls.key, the layout KEDA's components read."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([*(x509.DNSName(d) for d in dns),
+                                                    *(x509.IPAddress(ipaddress.ip_address(i)) for i in ips)]),
+                       critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ca.crt").write_bytes((pki / "ca.crt").read_bytes())
+    (out / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (out / "tls.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()))
+    (out / "tls.key").chmod(0o600)

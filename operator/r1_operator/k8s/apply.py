@@ -20,6 +20,7 @@ _PLURALS = {
     ("batch/v1", "Job"): "jobs",
     ("apps/v1", "Deployment"): "deployments",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitors",
+    ("keda.sh/v1alpha1", "ScaledObject"): "scaledobjects",
     ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("r1.inference.dev/v1alpha1", "R1Deployment"): "r1deployments",
 }

@@ -163,7 +163,7 @@ def _try(v: Variant, nodes: list[NodeCapacity], req: PlanRequest, wanted: int, p
         return _fewest_gpus(v, node, req, e) if wanted > 1 else e
 
     # every node is evaluated only when the kept placements leave replicas to place (a steady reconcile does not)
-    cands = {n.name: candidate(n) for n in nodes} if placed < wanted else {}
+    cands = {n.name: candidate(left[n.name]) for n in nodes} if placed < wanted else {}  # what the kept left
     on: dict[str, int] = {p[1][1].name: p[2] for p in placements}  # replicas per node so far
     while placed < wanted:
         # the best offload first; among equals a node with fewer replicas (spread), then fewer GPUs, then the name
