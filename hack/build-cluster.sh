@@ -64,7 +64,7 @@ ln -sf "$dir/kube-router" "$bindir/kube-router"
 # controller manager's HPA reads), and its CRDs, for dev clusters and tests. Its go.mod has replace directives, so
 # `go install` refuses it: the module's own source is built as the main module.
 KEDA_VERSION=v2.21.0
-key=$(printf '%s|%s' "$KEDA_VERSION" "$(go env GOVERSION GOARCH)" | sha256sum | cut -c1-16)
+key=$(printf '%s|%s|crds-all' "$KEDA_VERSION" "$(go env GOVERSION GOARCH)" | sha256sum | cut -c1-16)
 dir="$cache/go-bin/keda-$key"
 if [ ! -x "$dir/keda-adapter" ]; then
   echo "building KEDA $KEDA_VERSION (cache key $key); a cold build takes ten minutes or more" >&2
@@ -78,7 +78,7 @@ if [ ! -x "$dir/keda-adapter" ]; then
     (cd "$work/keda" && CGO_ENABLED=0 go build -trimpath \
        -ldflags "-s -w -X github.com/kedacore/keda/v2/version.Version=$KEDA_VERSION" -o "$dir.tmp/$out" "./cmd/$cmd")
   done
-  cp "$src"/config/crd/bases/keda.sh_*.yaml "$dir.tmp/crds/"
+  cp "$src"/config/crd/bases/*.yaml "$dir.tmp/crds/"   # keda.sh and eventing.keda.sh: the operator watches both
   rm -rf "$work" "$dir"; mv "$dir.tmp" "$dir"   # atomic: an interrupted build never looks complete
 fi
 ln -sf "$dir/keda" "$bindir/keda"

@@ -42,9 +42,19 @@ def start(state, api: AdminApi, ip: str, timeout: float = 120.0) -> None:
     import yaml
 
     operator, adapter = find_binary("keda"), find_binary("keda-adapter")
-    for f in sorted(crd_dir().glob("*.yaml")):
-        _ok(f"installing {f.name}", *api.request(
-            "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", yaml.safe_load(f.read_text())))
+    crds = [yaml.safe_load(f.read_text()) for f in sorted(crd_dir().glob("*.yaml"))]
+    for crd in crds:
+        _ok(f"installing {crd['metadata']['name']}", *api.request(
+            "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd))
+    deadline = time.monotonic() + timeout
+    for crd in crds:  # KEDA's controllers start only on established kinds
+        name = crd["metadata"]["name"]
+        while not any(c["type"] == "Established" and c["status"] == "True" for c in api.request(
+                "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")[1]
+                .get("status", {}).get("conditions") or []):
+            if time.monotonic() > deadline:
+                raise ClusterError(f"timed out after {timeout:.0f}s waiting for the CRD {name} to be established")
+            time.sleep(0.2)
     _ok("creating the keda namespace", *api.request("POST", "/api/v1/namespaces", {
         "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}))
     pki = Path(state.root) / "pki"
@@ -78,7 +88,6 @@ def start(state, api: AdminApi, ip: str, timeout: float = 120.0) -> None:
         "spec": {"group": "external.metrics.k8s.io", "version": "v1beta1", "groupPriorityMinimum": 100,
                  "versionPriority": 100, "service": {"namespace": NAMESPACE, "name": SERVICE, "port": 443},
                  "caBundle": base64.b64encode((pki / "ca.crt").read_bytes()).decode()}}))
-    deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
         for comp in COMPONENTS:
