@@ -19,7 +19,7 @@ from r1_devtools.kit import REPO
 from r1_devtools.models import smollm2_path
 from r1_devtools.waiting import wait_for
 from openai import OpenAI
-from prom import running_prometheus
+from r1_devtools.prom import running_prometheus
 from r1_devtools.serving import running_server
 
 from r1_operator.dashboard import build

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from r1_devtools.kit import REPO, drop_namespace, make_namespace, start_operator
+from r1_devtools.kit import REPO, drop_namespace, keda_crd, make_namespace, start_operator
 from r1_devtools.waiting import wait_for
 
 HELM = str(Path(sys.executable).parent / "helm")
@@ -47,8 +47,10 @@ def test_helm_install_operator_with_chart_rbac_then_helm_test_and_uninstall(kube
     release = "r1-operator"
     op = None
     try:
+        kube.run("apply", "--server-side", "-f", str(keda_crd()))  # KEDA's CRD alone: the ScaledObject is checked
         helm(kube, "install", release, str(REPO / "charts" / "r1-operator"), "-n", system, "--wait", "--timeout=90s",
-             "--set", f"watch.namespaces={{{watched}}}", "--set", f"runtime.hubEndpoint={hub}")
+             "--set", f"watch.namespaces={{{watched}}}", "--set", f"runtime.hubEndpoint={hub}",
+             "--set", "autoscaling.enabled=true", "--set", "autoscaling.prometheusAddress=http://prometheus.monitoring:9090")
         dep = kube.json("get", "deploy", release, "-n", system)
         container = dep["spec"]["template"]["spec"]["containers"][0]
         args = [a for a in container["args"] if not a.startswith(("--liveness", "--readiness", "--metrics-port"))]
@@ -68,6 +70,22 @@ def test_helm_install_operator_with_chart_rbac_then_helm_test_and_uninstall(kube
         kube.wait_condition(watched, "r1-cpu", "Planned", timeout=30)
         kube.wait_condition(watched, "r1-cpu", "CacheReady", timeout=60)
         kube.run("wait", "--for=condition=Ready", "r1d/r1-cpu", "-n", watched, "--timeout=60s")
+        # with the chart's RBAC: a ScaledObject for spec.autoscaling, and the deletes that shrinking replicas makes
+        kube.run("patch", "r1d/r1-cpu", "-n", watched, "--type=merge", "-p",
+                 '{"spec": {"autoscaling": {"minReplicas": 1, "maxReplicas": 2}}}')
+        kube.wait_condition(watched, "r1-cpu", "Autoscaling", timeout=60, reason="KEDA")
+        assert kube.json("get", "scaledobject", "r1-cpu", "-n", watched)["spec"]["maxReplicaCount"] == 2
+        two = yaml.safe_load((REPO / "examples" / "auto-2x80g.yaml").read_text())
+        two["spec"].pop("scheduling")
+        two["spec"]["replicas"] = 2
+        kube.apply(two, watched)
+        name = two["metadata"]["name"]
+        kube.run("wait", "--for=condition=Ready", f"r1d/{name}", "-n", watched, "--timeout=120s")
+        assert kube.r1d(watched, name)["status"]["plan"]["nodes"] == "2 nodes"
+        kube.run("scale", f"r1d/{name}", "-n", watched, "--replicas=1")
+        wait_for(lambda: [d["metadata"]["name"] for d in kube.json("get", "deploy", "-n", watched, "-l",
+                                                                   f"r1.inference.dev/deployment={name}")["items"]]
+                 == [name], 60, "the retired placement's Deployment to be deleted")
         log = op.log.read_text()
         assert "403" not in log and "orbidden" not in log, op.tail(40)
 
@@ -89,4 +107,5 @@ def test_helm_install_operator_with_chart_rbac_then_helm_test_and_uninstall(kube
             op.stop()
         helm(kube, "uninstall", release, "-n", system, check=False)
         drop_namespace(kube, watched)
+        kube.run("delete", "crd", "scaledobjects.keda.sh", "--ignore-not-found", check=False)
         kube.run("delete", "namespace", system, "--wait=false", check=False)

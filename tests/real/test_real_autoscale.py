@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from prom import running_prometheus
+from r1_devtools.prom import running_prometheus
 from r1_devtools.load import Load, PodTargets
 from r1_devtools.waiting import wait_for
 
@@ -63,7 +63,7 @@ def test_the_queue_scales_one_to_two_and_back_to_one_and_no_request_fails(real_k
         assert len(targets.refresh()) == 1
         assert prom.value(mf.queue_query(NAME, ns)) == 0  # the query KEDA sends: idle, the queue is empty
         url = kube.service_url(ns, NAME)
-        with Load(url, NAME, concurrency=3, max_tokens=48, limit_s=480) as load:
+        with Load(url, NAME, concurrency=3, max_tokens=256, limit_s=480) as load:
             # three streams on one slot: one running, two waiting, over a target of one per replica
             wait_for(lambda: (prom.value(mf.queue_query(NAME, ns)) or 0) >= 2, 60, "the queue to build up")
             wait_for(lambda: kube.r1d(ns, NAME)["spec"]["replicas"] == 2, 120, "KEDA's HPA to ask for 2 replicas")

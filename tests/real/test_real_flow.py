@@ -212,7 +212,7 @@ def test_mapped_weights_serve_under_a_memory_limit_below_the_model_size(real_kub
 def test_prometheus_scrapes_the_runtime_pod_with_the_podmonitor_labels(real_kube, real_ns, real_operator):
     """A real Prometheus scrapes the runtime pod on the real node by its pod IP, with the labels the chart's
     PodMonitor gives it, and every panel of the dashboard returns data."""
-    from prom import running_prometheus
+    from r1_devtools.prom import running_prometheus
 
     from r1_operator.dashboard import build
 

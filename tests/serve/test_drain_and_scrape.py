@@ -11,7 +11,7 @@ import openai
 import pytest
 from r1_devtools.serving import free_port, running_server
 from r1_devtools.waiting import wait_for
-from prom import running_prometheus
+from r1_devtools.prom import running_prometheus
 
 pytestmark = pytest.mark.llama
 
