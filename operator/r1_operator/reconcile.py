@@ -28,7 +28,8 @@ from r1_operator.builders.status import Autoscaling, CacheObservation, Desired, 
 from r1_operator.dashboard import dashboard_json
 from r1_operator.k8s import apply as k
 from r1_operator.k8s import observe
-from r1_operator.planning.decide import PlanError, decide, placement_plans
+from r1_operator.planning import corrections as fx
+from r1_operator.planning.decide import PlanError, correction_for, decide, placement_plans
 from r1_operator.planning.inventory import inventory
 from r1_operator.settings import OperatorSettings
 
@@ -162,11 +163,13 @@ class Reconciler:
                        simulated_gpus=self.settings.dev_simulated_gpus,
                        autoscaling=self._autoscaling(meta["name"], spec))
 
-    def _reconcile(self, body: dict[str, Any]) -> None:
+    def _reconcile(self, body: dict[str, Any], correction: dict[str, Any] | None = None) -> None:
         meta = body["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         spec, error = self._spec(body)
         stored = (body.get("status") or {}).get("plan")
+        if correction is not None and stored:
+            stored = {**stored, "corrections": [*(stored.get("corrections") or []), correction]}
         if spec is None:
             self._write(body, self._desired(body, None, stored, error), None)
             return
@@ -181,6 +184,8 @@ class Reconciler:
             self._write(body, self._desired(body, spec, stored, str(exc)), None)
             return
         plan = outcome.plan
+        if correction is not None and outcome.changed:
+            plan = {**plan, "why": f"re-planned: {fx.describe(correction)}"}
         desired = self._desired(body, spec, plan, "")
         if not plan.get("fits"):
             # Keep whatever runs: a node may come back; the status says why nothing fits now.
@@ -194,12 +199,20 @@ class Reconciler:
 
     def _converge(self, body: dict[str, Any], spec: R1DeploymentSpec, desired: Desired, sweep: bool = False) -> None:
         try:
-            self._ensure_children(body, spec, desired, sweep)
+            fix = self._ensure_children(body, spec, desired, sweep)
         except ApiException as exc:
             # Say so in the status (the condition quotes the API server), then let kopf retry.
             msg = _api_message(exc)
             self._write(body, replace(desired, apply_error=f"creating or updating a child failed: {msg}"), None)
             raise
+        if fix is not None:  # a load ran out of GPU memory: re-plan with the correction, and say so
+            log.warning("%s/%s: %s", body["metadata"]["namespace"], body["metadata"]["name"], fx.describe(fix))
+            try:
+                k.post_event(self.api, body, "Warning", "PlanCorrected", fx.describe(fix)[:1024], names.MANAGED_BY,
+                             self.settings.pod_name, _now())
+            except ApiException as exc:
+                log.warning("event PlanCorrected not posted: %s", exc.reason)
+            self._reconcile(body, correction=fix)
 
     def _release_cache(self, ns: str, old: str, uid: str) -> None:
         """A cache none of this R1Deployment's placements uses any more: drop its owner reference, or delete it
@@ -239,7 +252,7 @@ class Reconciler:
                 for d in live if d["metadata"]["name"] not in keep]
 
     def _ensure_children(self, body: dict[str, Any], spec: R1DeploymentSpec, desired: Desired,
-                         sweep: bool = False) -> None:
+                         sweep: bool = False) -> dict[str, Any] | None:
         """Read the children, plan a Step for each (builders.children), execute the steps, write status.
 
         Each placement has its cache (one per node for ReadWriteOnce volumes, one for all with ReadWriteMany)
@@ -256,8 +269,10 @@ class Reconciler:
             cache = mf.cache_ref(spec, p)[0]
             if cache not in caches:
                 caches[cache] = self._ensure_cache(ns, spec, p, owner)
+        dev_gpu_free = _dev_gpu_free(meta) if s.dev_simulated_gpus else 0
         deployments = [mf.build_deployment(name, ns, uid, spec, p, s,
-                                           cache_ready=caches[mf.cache_ref(spec, p)[0]].ready is not None)
+                                           cache_ready=caches[mf.cache_ref(spec, p)[0]].ready is not None,
+                                           dev_gpu_free=dev_gpu_free)
                        for p in placements]
         wanted: list[dict[str, Any]] = [*deployments, mf.build_service(name, ns, uid, s)]
         unwanted: list[tuple[ch.Ref, str]] = []
@@ -307,7 +322,16 @@ class Reconciler:
                     self._absent.add(ref)  # not allowed to read them, so none was ever created
         runtimes = [(p, observe.runtime(self.api, ns, live)) for p, live in zip(placements, results)]
         waiting = [c for c in caches.values() if c.ready is None]
-        self._write(body, desired, ((waiting or list(caches.values()))[0], combine(runtimes)))
+        rt = combine(runtimes)
+        fix = self._correction(plan, rt)
+        if fix == "gave up":
+            rt = replace(rt, failing=f"{rt.failing}; the plan was corrected {fx.MAX_PER_NODE} times on that node "
+                         "already, the most the operator does")
+        self._write(body, desired, ((waiting or list(caches.values()))[0], rt))
+        return fix if isinstance(fix, dict) else None
+
+    def _correction(self, plan: dict[str, Any], rt: RuntimeObservation) -> dict[str, Any] | str | None:
+        return correction_for(plan, rt.load_oom, _now()) if rt.load_oom else None
 
     def _read(self, ref: ch.Ref) -> dict[str, Any] | None:
         return k.get(self.api, *ref)
@@ -350,6 +374,14 @@ class Reconciler:
             except ApiException as exc:  # an event is a courtesy; the status already says it
                 log.warning("event %s on %s/%s not posted: %s", ev.reason, meta["namespace"], meta["name"], exc.reason)
             metrics.transition(ev.reason)
+
+
+def _dev_gpu_free(meta: dict[str, Any]) -> int:
+    """DEV CLUSTERS ONLY: the bytes free on each simulated GPU, from the R1Deployment's annotation (0: none)."""
+    try:
+        return max(int((meta.get("annotations") or {}).get(names.ANN_DEV_GPU_FREE) or 0), 0)
+    except ValueError:
+        return 0
 
 
 def _api_message(exc: ApiException) -> str:

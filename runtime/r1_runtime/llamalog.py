@@ -11,7 +11,7 @@ import ctypes
 import re
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 MiB = 1 << 20
 _lock = threading.Lock()
@@ -129,6 +129,7 @@ class LoadFailure:
     device: str  # as llama.cpp names it: CPU, CUDA0, ...
     bytes: int | None  # what it asked for, when the log says
     line: str  # the log line that said so
+    free: int | None = None  # the device's free bytes when llama.cpp chose it ("using device CUDA0 (...) - N MiB free")
 
     @property
     def what(self) -> str:
@@ -161,6 +162,16 @@ def classify_load_failure(log: str) -> LoadFailure | None:
     """The first allocation a load could not make (what, device, bytes), from llama.cpp's log; None if the log
     shows no allocation failure (a corrupt file, a bad setting)."""
     lines = log.splitlines()
+    free = {m.group(1): int(m.group(2)) * MiB for m in _FREE.finditer(log)}
+    found = _classify(lines)
+    return replace(found, free=free.get(found.device)) if found is not None else None
+
+
+# llama.cpp names each device it loads onto with its free memory
+_FREE = re.compile(r"using device (\S+) \(.*?\) - (\d+) MiB free")
+
+
+def _classify(lines: list[str]) -> LoadFailure | None:
     device, size, seen = None, None, None
     for i, line in enumerate(lines):
         if device is None:

@@ -96,10 +96,37 @@ def test_the_operator_names_a_load_out_of_memory_in_the_status():
 
     msg = {"reason": "OutOfMemory", "what": "KV cache", "device": "CUDA0", "planDevice": "gpu0",
            "requestedBytes": 9216 << 20, "plannedBytes": 8192 << 20, "line": "..."}
-    pod = {"metadata": {"name": "r1-abc"}}
+    pod = {"metadata": {"name": "r1-abc", "annotations": {"r1.inference.dev/plan-hash": "abc123"},
+                        "labels": {"r1.inference.dev/placement": "1"}}}
     cs = {"name": "runtime", "restartCount": 2,
           "lastState": {"terminated": {"exitCode": 5, "reason": "Error", "message": json.dumps(msg)}}}
-    said = _load_out_of_memory(pod, cs)
+    said, detail = _load_out_of_memory(pod, cs)
     assert "the KV cache on CUDA0 could not be allocated (9216.0 MiB asked, the plan predicted 8192.0 MiB there" in said
     assert "2 restarts" in said and "spec.inference.ctxSize" in said
-    assert _load_out_of_memory(pod, {"name": "runtime", "lastState": {"terminated": {"exitCode": 1}}}) == ""
+    # what the correction is made from: the message, and which plan and placement the pod ran
+    assert detail == {**msg, "pod": "r1-abc", "planHash": "abc123", "placement": 1}
+    assert _load_out_of_memory(pod, {"name": "runtime", "lastState": {"terminated": {"exitCode": 1}}}) == ("", None)
+
+
+def test_the_device_free_memory_llama_cpp_logged_is_kept():
+    f = classify_load_failure(CASES["cuda-weights"][0])
+    assert f.free == 139000 << 20
+    assert classify_load_failure(CASES["cuda-kv-second-gpu"][0]).free is None  # not logged: not guessed
+
+
+@pytest.mark.parametrize("free,kind", [
+    (10 << 20, "model weights"),  # the weights alone do not fit
+    (110 << 20, "KV cache"),  # the weights fit, the KV cache does not
+    (125 << 20, "compute buffer"),  # only the compute buffer is left over
+])
+def test_the_gpu_mock_fails_like_llama_cpp_and_is_classified_as_a_real_failure(free, kind):
+    """r1_runtime.devgpu, a mock of a GPU for dev clusters: the log it writes goes through the real classifier."""
+    from r1_runtime.devgpu import simulated_failure_log
+
+    planned = {"cpu": {"weights": 5 << 20}, "gpu0": {"weights": 100 << 20, "kv_cache": 20 << 20, "compute": 10 << 20}}
+    f = classify_load_failure(simulated_failure_log(planned, free, n_gpu_layers=10))
+    assert (f.what, f.device, f.plan_device(), f.free) == (kind, "CUDA0", "gpu0", free)
+    assert f.bytes == planned["gpu0"][{"model weights": "weights", "KV cache": "kv_cache",
+                                       "compute buffer": "compute"}[kind]]
+    assert simulated_failure_log(planned, 130 << 20, n_gpu_layers=10) is None  # it fits
+    assert simulated_failure_log(planned, 10 << 20, n_gpu_layers=0) is None  # nothing on the GPU

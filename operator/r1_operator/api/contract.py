@@ -241,6 +241,8 @@ SERVE_FLAGS = _flags(
          "\"kv_cache\": N, \"compute\": N}, \"gpu0\": {...}}: a failed allocation is reported against it", _PLACE),
     Flag("termination_log", str, "/dev/termination-log",
          "write a short JSON of a failed load here if the file exists (Kubernetes termination message)", _LIMITS),
+    Flag("dev_simulated_gpu_free_bytes", int, 0, "DEV CLUSTERS ONLY, a mock of a GPU: fail the load as llama.cpp "
+         "does when --planned-memory puts more than this on a GPU (0: off)", _PLACE, lo=0),
     Flag("stop_on_loop", bool, False, "stop looping generations (finish_reason 'repetition')", _LOOPS),
     Flag("canary", bool, False, "at start-up, fail readiness if a fixed prompt's output loops", _LOOPS),
     Flag("canary_seed", int, SAMPLING_DEFAULTS["seed"], "seed of the canary prompt", _LOOPS, lo=0, hi=2**32 - 1),

@@ -80,6 +80,17 @@ _STATUS = {
                         "gpuLayers": {"type": "string"}, "tensorSplit": {"type": "array", "items": {"type": "integer"}},
                         "mode": {"type": "string"}, "cpuMemoryBytes": {"type": "integer", "format": "int64"},
                         "memory": _MEMORY}}},
+                "corrections": {"type": "array", "description": "Loads that ran out of GPU memory, and the most "
+                                "each GPU of their node holds since (planning.corrections).", "items": {
+                    "type": "object", "properties": {
+                        "node": {"type": "string"}, "placement": {"type": "integer"}, "device": {"type": "string"},
+                        "what": {"type": "string"}, "bytes": {"type": "integer", "format": "int64"},
+                        "limitBytes": {"type": "integer", "format": "int64",
+                                       "description": "The most any later plan puts on each GPU of the node."},
+                        "requestedBytes": {"type": "integer", "format": "int64", "nullable": True},
+                        "freeBytes": {"type": "integer", "format": "int64", "nullable": True},
+                        "plannedBytes": {"type": "integer", "format": "int64"}, "planHash": {"type": "string"},
+                        "at": {"type": "string"}}}},
                 "settings": {"type": "object", "properties": {
                     "ctxSize": {"type": "integer"}, "cacheTypeK": {"type": "string"}, "cacheTypeV": {"type": "string"},
                     "flashAttention": {"type": "boolean"}, "parallel": {"type": "integer"}}},

@@ -155,8 +155,10 @@ def build_fetch_job(namespace: str, spec: R1DeploymentSpec, plan: dict[str, Any]
     }
 
 
-def runtime_command(name: str, spec: R1DeploymentSpec, plan: dict[str, Any], s: OperatorSettings) -> list[str]:
-    """`r1-runtime serve` with every spec field the runtime takes, rendered by the contract (bounds checked)."""
+def runtime_command(name: str, spec: R1DeploymentSpec, plan: dict[str, Any], s: OperatorSettings,
+                    dev_gpu_free: int = 0) -> list[str]:
+    """`r1-runtime serve` with every spec field the runtime takes, rendered by the contract (bounds checked).
+    dev_gpu_free: DEV CLUSTERS ONLY, the runtime's mock of a GPU with that many bytes free (0: none)."""
     inf, smp = spec.inference, spec.inference.sampling
     values: dict[str, Any] = {
         "model": CACHE_MOUNT, "host": "0.0.0.0", "port": s.runtime_port, "metrics_port": s.runtime_metrics_port,
@@ -172,6 +174,8 @@ def runtime_command(name: str, spec: R1DeploymentSpec, plan: dict[str, Any], s: 
         values["planned_memory"] = planned_memory(plan)
     if plan.get("tensorSplit"):
         values["tensor_split"] = ",".join(str(x) for x in plan["tensorSplit"])
+    if dev_gpu_free and s.dev_simulated_gpus:
+        values["dev_simulated_gpu_free_bytes"] = dev_gpu_free
     return ["r1-runtime", "serve", *contract.render(contract.SERVE_FLAGS, values)]
 
 
@@ -219,7 +223,7 @@ def startup_failure_threshold(plan: dict[str, Any], s: OperatorSettings) -> int:
 
 
 def build_deployment(name: str, namespace: str, uid: str, spec: R1DeploymentSpec, plan: dict[str, Any],
-                     s: OperatorSettings, cache_ready: bool) -> dict[str, Any]:
+                     s: OperatorSettings, cache_ready: bool, dev_gpu_free: int = 0) -> dict[str, Any]:
     """The runtime of one placement (decide.placement_plans; a plain plan is placement 0 with spec.replicas),
     pinned to its node with its own offload; 0 replicas until its cache holds the verified model (a pod could
     only crash-loop before)."""
@@ -232,7 +236,7 @@ def build_deployment(name: str, namespace: str, uid: str, spec: R1DeploymentSpec
     http = {"port": "http", "path": "/health"}
     container = {
         "name": "runtime", "image": s.runtime_image, "imagePullPolicy": s.image_pull_policy,
-        "command": runtime_command(name, spec, plan, s), "env": env,
+        "command": runtime_command(name, spec, plan, s, dev_gpu_free), "env": env,
         "ports": [{"name": "http", "containerPort": s.runtime_port, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": s.runtime_metrics_port, "protocol": "TCP"}],
         "volumeMounts": _MOUNTS, "resources": runtime_resources(spec, plan),

@@ -15,6 +15,9 @@ ANN_PLAN_HASH = f"{GROUP}/plan-hash"
 ANN_APPLIED = f"{GROUP}/applied-hash"  # on applied children: hash of the configuration last applied
 ANN_CACHE_READY = f"{GROUP}/cache-ready"  # on the PVC: the fetch Job succeeded (its summary)
 ANN_CACHE_SOURCE = f"{GROUP}/cache-source"  # on the PVC: repo@revision/variant
+# DEV CLUSTERS ONLY (read only with R1_DEV_SIMULATED_GPUS): on an R1Deployment, the bytes free on each of its
+# simulated GPUs; the runtime's mock of a GPU (r1_runtime.devgpu) fails a load that plans more there.
+ANN_DEV_GPU_FREE = f"{GROUP}/dev-simulated-gpu-free-bytes"
 
 
 def _dns(text: str, limit: int) -> str:

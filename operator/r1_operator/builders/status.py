@@ -39,6 +39,7 @@ class RuntimeObservation:
     offloaded_layers: int | None = None  # what the ready runtimes' llama.cpp reported offloading (fewest of them)
     planned_layers: int | None = None  # the plan's GPU layers for the placement offloaded_layers comes from
     unschedulable: str = ""  # a pod the scheduler cannot place (its message has the numbers)
+    load_oom: dict[str, Any] | None = None  # a load that ran out of memory: its termination message, plan hash, placement
 
 
 def combine(observed: list[tuple[dict[str, Any], RuntimeObservation]]) -> RuntimeObservation:
@@ -59,7 +60,8 @@ def combine(observed: list[tuple[dict[str, Any], RuntimeObservation]]) -> Runtim
         failing=failing[0], failing_reason=failing[1],
         waiting=next((rt.waiting for _, rt in observed if rt.waiting), ""),
         offloaded_layers=short[1] if short else None, planned_layers=short[2] if short else None,
-        unschedulable=next((rt.unschedulable for _, rt in observed if rt.unschedulable), ""))
+        unschedulable=next((rt.unschedulable for _, rt in observed if rt.unschedulable), ""),
+        load_oom=next((rt.load_oom for _, rt in observed if rt.load_oom), None))
 
 
 @dataclass(frozen=True)

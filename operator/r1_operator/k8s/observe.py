@@ -103,21 +103,27 @@ def _oom_killed(pod: dict[str, Any], cs: dict[str, Any]) -> str:
             "spec.inference.ctxSize or parallel")
 
 
-def _load_out_of_memory(pod: dict[str, Any], cs: dict[str, Any]) -> str:
-    """What a runtime's load could not allocate (its exit OUT_OF_MEMORY and termination message), or ""."""
+def _load_out_of_memory(pod: dict[str, Any], cs: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+    """What a runtime's load could not allocate (its exit OUT_OF_MEMORY and termination message) in words, and the
+    message with the pod's plan hash and placement (what planning.corrections reads); ("", None) when it did not."""
     term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
     if term.get("exitCode") != Exit.OUT_OF_MEMORY:
-        return ""
+        return "", None
     try:
         m = json.loads(term.get("message") or "{}")
     except ValueError:
         m = {}
+    if not isinstance(m, dict):
+        m = {}
+    meta = pod.get("metadata") or {}
+    detail = {**m, "pod": meta.get("name", ""), "planHash": (meta.get("annotations") or {}).get(names.ANN_PLAN_HASH, ""),
+              "placement": int((meta.get("labels") or {}).get(names.LABEL_PLACEMENT) or 0)}
     mib = lambda n: f"{n / (1 << 20):.1f} MiB" if isinstance(n, int) else "an unknown size"  # noqa: E731
     planned = f", the plan predicted {mib(m['plannedBytes'])} there" if m.get("plannedBytes") else ""
     return (f"pod {pod['metadata']['name']}: the runtime ran out of memory loading the model: the "
             f"{m.get('what', 'a buffer')} on {m.get('device', 'a device')} could not be allocated "
             f"({mib(m.get('requestedBytes'))} asked{planned}; {cs.get('restartCount', 0)} restarts); lower "
-            "spec.inference.ctxSize or parallel, or pin a smaller spec.model.variant")
+            "spec.inference.ctxSize or parallel, or pin a smaller spec.model.variant"), detail
 
 
 # What ready runtime pods' llama.cpp offloaded, from their startup line. Read once per pod; a pod whose log does not
@@ -187,6 +193,7 @@ def runtime(api, namespace: str, dep: dict[str, Any] | None) -> RuntimeObservati
     ready = int(st.get("readyReplicas") or 0)
     replicas = int((dep.get("spec") or {}).get("replicas") or 0)
     waiting = unschedulable = ""
+    oom_detail = None
     offloaded = _ready_offload(api, namespace, dep)
     if ready < replicas:
         for pod in _own_pods(api, namespace, dep):
@@ -199,9 +206,9 @@ def runtime(api, namespace: str, dep: dict[str, Any] | None) -> RuntimeObservati
             for cs in pst.get("containerStatuses") or []:
                 reason = ((cs.get("state") or {}).get("waiting") or {}).get("reason", "")
                 oom = _oom_killed(pod, cs)
-                load_oom = _load_out_of_memory(pod, cs)
+                load_oom, detail = _load_out_of_memory(pod, cs)
                 if load_oom:
-                    failing, failing_reason = load_oom, "OutOfMemory"
+                    failing, failing_reason, oom_detail = load_oom, "OutOfMemory", detail
                 elif oom:
                     failing = oom
                 elif reason in _STUCK:
@@ -210,4 +217,4 @@ def runtime(api, namespace: str, dep: dict[str, Any] | None) -> RuntimeObservati
         exists=True, replicas=replicas, ready_replicas=ready, updated_replicas=int(st.get("updatedReplicas") or 0),
         up_to_date=int(st.get("observedGeneration") or 0) >= int(meta.get("generation") or 0),
         failing=failing, waiting=waiting, failing_reason=failing_reason, offloaded_layers=offloaded,
-        unschedulable=unschedulable)
+        unschedulable=unschedulable, load_oom=oom_detail)

@@ -14,6 +14,8 @@ from typing import Any
 
 from r1_operator.api.types import R1DeploymentSpec
 from r1_operator.planning.catalog import catalog_for
+from r1_operator.planning import corrections as fx
+from r1_operator.planning.corrections import apply as apply_corrections
 from r1_operator.planning.evaluate import PlanRequest
 from r1_operator.planning.inventory import NodeCapacity, Toleration, eligible
 from r1_operator.planning.memory import RuntimeSettings
@@ -41,14 +43,19 @@ def plan_request(spec: R1DeploymentSpec, variant: str | None = None, max_gpus: i
                        keep_shards=spec.cache.keep_shards)
 
 
-def plan_to_status(p: Placements, generation: int, why: str) -> dict[str, Any]:
+def plan_to_status(p: Placements, generation: int, why: str, corrections: list[dict[str, Any]] = ()) \
+        -> dict[str, Any]:
     """status.plan: the first placement's plan as its one serialization (variant, node, offload, memory), every
-    placement, the replicas wanted and placed, the spec generation it was made for and why."""
+    placement, the replicas wanted and placed, the spec generation it was made for and why, and the corrections
+    it was planned with (planning.corrections)."""
     nodes = [x.plan.node for x in p.placements]
-    return {**p.plan.as_dict(), "replicas": p.wanted, "placedReplicas": p.placed,
-            "placements": [x.as_dict() for x in p.placements],
-            "nodes": nodes[0] if len(nodes) == 1 else f"{len(nodes)} nodes" if nodes else "",
-            "shortfall": p.shortfall, "generation": generation, "why": why}
+    out = {**p.plan.as_dict(), "replicas": p.wanted, "placedReplicas": p.placed,
+           "placements": [x.as_dict() for x in p.placements],
+           "nodes": nodes[0] if len(nodes) == 1 else f"{len(nodes)} nodes" if nodes else "",
+           "shortfall": p.shortfall, "generation": generation, "why": why}
+    if corrections:
+        out["corrections"] = list(corrections)
+    return out
 
 
 _PLACEMENT_KEYS = ("node", "gpus", "gpuProduct", "nGpuLayers", "gpuLayers", "tensorSplit", "mode", "cpuMemoryBytes",
@@ -129,6 +136,9 @@ def decide(spec: R1DeploymentSpec, generation: int, nodes: list[NodeCapacity], s
                 catalog.get(value)
             except ValueError as exc:
                 raise PlanError(field, str(exc)) from None
+    corrections = list((stored or {}).get("corrections") or [])
+    # each GPU of a corrected node no larger than its corrections allow
+    nodes = apply_corrections(nodes, corrections, plan_request(spec).gpu_headroom_bytes)
     previous = previous_placements(stored)
     before = stored.get("variant") if previous else None
     kept = None
@@ -137,7 +147,7 @@ def decide(spec: R1DeploymentSpec, generation: int, nodes: list[NodeCapacity], s
         kept = place(catalog, nodes, req, spec.replicas, previous, before)
         broken = _lost(previous, kept, max(spec.replicas, 1), nodes, req, before)
         if broken is None and kept.placed >= kept.wanted:
-            plan = plan_to_status(kept, generation, stored.get("why", "planned"))
+            plan = plan_to_status(kept, generation, stored.get("why", "planned"), corrections)
             if placements_hash(plan) == placements_hash(stored) and "placements" in stored:
                 return PlanOutcome(stored, False, "")  # as stored: its reasons too
             return PlanOutcome(plan, placements_hash(plan) != placements_hash(stored), "")
@@ -153,8 +163,23 @@ def decide(spec: R1DeploymentSpec, generation: int, nodes: list[NodeCapacity], s
     if kept is not None and kept.placed >= best.placed and not _lost(previous, kept, max(spec.replicas, 1), nodes,
                                                                      plan_request(spec, variant=before), before):
         best = kept  # nothing places more than the stored variant does: keep it
-    plan = plan_to_status(best, generation, why)
+    plan = plan_to_status(best, generation, why, corrections)
     changed = stored is None or placements_hash(plan) != placements_hash(stored) or plan.get("fits") != stored.get("fits")
     if not changed:
         plan["why"] = stored.get("why", why)  # the same plan for a new generation is no news
     return PlanOutcome(plan, changed, why)
+
+
+def correction_for(plan: dict[str, Any], oom: dict[str, Any], now: str) -> dict[str, Any] | str | None:
+    """What to do about a load that ran out of memory (observe: its termination message, plan hash and placement):
+    a new correction for a GPU failure under the current plan; "gave up" after fx.MAX_PER_NODE on its node; None
+    for a pod of an earlier plan, one corrected already, or a CPU-side failure."""
+    placement = next((p for p in placement_plans(plan) if p["id"] == oom.get("placement")), None)
+    if placement is None or oom.get("planHash") != plan_hash(placement):
+        return None  # a pod of an earlier plan, on its way out
+    done = plan.get("corrections") or []
+    if any(c.get("planHash") == oom["planHash"] for c in done):
+        return None  # corrected already; the re-planned pod replaces it
+    if sum(c.get("node") == placement["node"] for c in done) >= fx.MAX_PER_NODE:
+        return "gave up"
+    return fx.correction(oom, placement, now)

@@ -15,6 +15,7 @@ from fastapi import Request
 
 from r1_operator.api.contract import SAMPLING_DEFAULTS, SERVE_FLAGS, Exit
 from r1_runtime import __version__
+from r1_runtime.llamalog import classify_load_failure
 from r1_runtime.server.engine import Engine, EngineSettings, Job, LoadOutOfMemory, Sampling
 from r1_runtime.server.metrics import Metrics
 from r1_runtime.server.prompt import Prompter
@@ -46,6 +47,7 @@ class ServeSettings:
     canary_tokens: int = SERVE_FLAGS["canary_tokens"].default
     reasoning_format: str = SERVE_FLAGS["reasoning_format"].default  # auto | deepseek | none
     planned_memory: dict = field(default_factory=dict)  # the plan's bytes per device and kind (--planned-memory)
+    dev_simulated_gpu_free_bytes: int = 0  # DEV ONLY, a mock of a GPU (r1_runtime.devgpu); 0: off
     termination_log: str = SERVE_FLAGS["termination_log"].default
 
 
@@ -107,7 +109,7 @@ class Runtime:
         f = exc.failure
         planned = (self.s.planned_memory.get(f.plan_device()) or {}).get(f.kind)
         message = {"reason": "OutOfMemory", "what": f.what, "device": f.device, "planDevice": f.plan_device(),
-                   "requestedBytes": f.bytes, "plannedBytes": planned, "line": f.line[:300]}
+                   "requestedBytes": f.bytes, "plannedBytes": planned, "freeBytes": f.free, "line": f.line[:300]}
         said = f"; the plan predicted {planned / (1 << 20):.1f} MiB of {f.what} on {f.plan_device()}" if planned else ""
         print(f"r1-runtime serve: {exc}{said}", flush=True)
         if os.path.exists(self.s.termination_log):
@@ -121,6 +123,15 @@ class Runtime:
 
     def load_model(self) -> None:
         """Load the model and read what prompts need from it (template, BOS/EOS text); starts no thread."""
+        if self.s.dev_simulated_gpu_free_bytes:  # DEV ONLY: a mock of a GPU with this many bytes free
+            from r1_runtime.devgpu import simulated_failure_log
+
+            log = simulated_failure_log(self.s.planned_memory, self.s.dev_simulated_gpu_free_bytes,
+                                        self.s.engine.n_gpu_layers)
+            if log is not None:
+                print(log, end="", flush=True)
+                raise LoadOutOfMemory(classify_load_failure(log), "a simulated GPU (--dev-simulated-gpu-free-bytes "
+                                      f"{self.s.dev_simulated_gpu_free_bytes})")
         self.engine.load()
         e = self.engine
         self.metrics.load_seconds.set(e.load_seconds)

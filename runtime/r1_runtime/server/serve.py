@@ -88,7 +88,8 @@ def settings_from_args(args: argparse.Namespace):
                          temperature=args.temperature, min_p=args.min_p, top_p=args.top_p, top_k=args.top_k,
                          stop_on_loop=args.stop_on_loop, canary=args.canary, canary_seed=args.canary_seed,
                          canary_tokens=args.canary_tokens, reasoning_format=args.reasoning_format,
-                         planned_memory=planned, termination_log=args.termination_log)
+                         planned_memory=planned, termination_log=args.termination_log,
+                         dev_simulated_gpu_free_bytes=args.dev_simulated_gpu_free_bytes)
 
 
 def serve_metrics(host: str, port: int, render) -> None:
