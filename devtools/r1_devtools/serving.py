@@ -42,12 +42,15 @@ class Server:
         return openai.OpenAI(base_url=self.v1, api_key=kw.pop("api_key", "unused"), max_retries=0, **kw)
 
 
+SERVED = "r1-test"  # the model name test servers serve (--alias), unless a test gives its own
+
+
 @contextmanager
 def running_server(model: Path, *args: str, env: dict | None = None, ready: bool = True, threads: int = 2):
     port = free_port()
     log = Path(tempfile.mkstemp(prefix="r1-serve-", suffix=".log")[1])
     cmd = [R1_RUNTIME, "serve", "--model", str(model), "--host", "127.0.0.1", "--port", str(port),
-           "--threads", str(threads), *args]
+           "--threads", str(threads), *([] if "--alias" in args else ["--alias", SERVED]), *args]
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     server = Server(f"http://127.0.0.1:{port}", proc, log)

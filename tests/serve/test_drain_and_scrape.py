@@ -20,7 +20,7 @@ PROMPT = [{"role": "user", "content": "Tell me about rivers."}]
 
 def _stream(client, n, started):
     chunks = []
-    for ch in client.chat.completions.create(model="x", messages=PROMPT, max_tokens=n, stream=True, temperature=0,
+    for ch in client.chat.completions.create(model="r1-test", messages=PROMPT, max_tokens=n, stream=True, temperature=0,
                                              stream_options={"include_usage": True}, extra_body={"ignore_eos": True}):
         chunks.append(ch)
         started.append(1)
@@ -80,7 +80,7 @@ def test_prometheus_scrape_matches_client_usage(smollm2):
             seen = {"prompt": 0, "completion": 0}
 
             def one(i):
-                r = c.chat.completions.create(model="x", messages=[{"role": "user", "content": f"Say {i}."}],
+                r = c.chat.completions.create(model="r1-test", messages=[{"role": "user", "content": f"Say {i}."}],
                                               max_tokens=10 + i)
                 return r.usage.prompt_tokens, r.usage.completion_tokens
 

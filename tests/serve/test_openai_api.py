@@ -26,8 +26,8 @@ def greedy(**extra):
 
 def test_models_chat_and_completions(smol_server):
     c = smol_server.openai()
-    assert [m.id for m in c.models.list().data] == ["SmolLM2-135M-Instruct.Q4_1.gguf"]
-    r = c.chat.completions.create(model="x", messages=PROMPT, max_tokens=12, **greedy())
+    assert [m.id for m in c.models.list().data] == ["r1-test"]
+    r = c.chat.completions.create(model="r1-test", messages=PROMPT, max_tokens=12, **greedy())
     assert r.object == "chat.completion"
     assert r.choices[0].finish_reason == "length"
     assert r.usage.completion_tokens == 12 and r.usage.prompt_tokens > 5
@@ -35,23 +35,23 @@ def test_models_chat_and_completions(smol_server):
     assert r.choices[0].message.content.strip()
 
     # streaming gives the same greedy text, chunk by chunk, with usage at the end
-    chunks = list(c.chat.completions.create(model="x", messages=PROMPT, max_tokens=12, stream=True,
+    chunks = list(c.chat.completions.create(model="r1-test", messages=PROMPT, max_tokens=12, stream=True,
                                             stream_options={"include_usage": True}, **greedy()))
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text == r.choices[0].message.content
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "length"
     assert chunks[-1].usage.completion_tokens == 12
 
-    comp = c.completions.create(model="x", prompt="The capital of France is", max_tokens=6, **greedy())
+    comp = c.completions.create(model="r1-test", prompt="The capital of France is", max_tokens=6, **greedy())
     assert comp.object == "text_completion" and comp.usage.completion_tokens == 6
     streamed = "".join(ch.choices[0].text for ch in c.completions.create(
-        model="x", prompt="The capital of France is", max_tokens=6, stream=True, **greedy()) if ch.choices)
+        model="r1-test", prompt="The capital of France is", max_tokens=6, stream=True, **greedy()) if ch.choices)
     assert streamed == comp.choices[0].text
 
 
 def test_sampling_defaults_and_overrides(smol_server):
     c = smol_server.openai()
-    kw = {"model": "x", "messages": PROMPT, "max_tokens": 16}
+    kw = {"model": "r1-test", "messages": PROMPT, "max_tokens": 16}
 
     def sample(seed: int, **over) -> str:
         extra = {"ignore_eos": True, **over.pop("extra_body", {})}
@@ -69,11 +69,11 @@ def test_sampling_defaults_and_overrides(smol_server):
 def test_eight_concurrent_streams_all_complete_and_match_sequential(smol_server):
     c = smol_server.openai()
     prompts = [[{"role": "user", "content": f"Count from {i} to {i + 10}."}] for i in range(8)]
-    solo = [c.chat.completions.create(model="x", messages=p, max_tokens=24, **greedy()).choices[0].message.content
+    solo = [c.chat.completions.create(model="r1-test", messages=p, max_tokens=24, **greedy()).choices[0].message.content
             for p in prompts[:2]]
 
     def stream(p):
-        chunks = list(c.chat.completions.create(model="x", messages=p, max_tokens=24, stream=True,
+        chunks = list(c.chat.completions.create(model="r1-test", messages=p, max_tokens=24, stream=True,
                                                 stream_options={"include_usage": True}, **greedy()))
         text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
         finish = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
@@ -90,11 +90,11 @@ def test_eight_concurrent_streams_all_complete_and_match_sequential(smol_server)
 def test_stop_strings_and_max_tokens_cap(smollm2):
     with running_server(smollm2, "--max-tokens-cap", "8") as s:
         c = s.openai()
-        r = c.chat.completions.create(model="x", messages=PROMPT, max_tokens=500, **greedy())
+        r = c.chat.completions.create(model="r1-test", messages=PROMPT, max_tokens=500, **greedy())
         assert r.usage.completion_tokens == 8 and r.choices[0].finish_reason == "length"
         full = r.choices[0].message.content
         cut = full.split()[2]
-        r2 = c.chat.completions.create(model="x", messages=PROMPT, max_tokens=8, stop=[cut], **greedy())
+        r2 = c.chat.completions.create(model="r1-test", messages=PROMPT, max_tokens=8, stop=[cut], **greedy())
         assert r2.choices[0].finish_reason == "stop"
         assert cut not in r2.choices[0].message.content and full.startswith(r2.choices[0].message.content)
 
@@ -115,10 +115,65 @@ def test_invalid_requests_get_openai_errors_naming_the_field(smol_server, body, 
     assert err["message"].startswith(field)
 
 
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize("path, extra, field", [
+    ("/chat/completions", {"logprobs": True, "top_logprobs": 3}, "logprobs"),
+    ("/chat/completions", {"response_format": {"type": "json_object"}}, "response_format"),
+    ("/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"},
+     "tools"),
+    ("/chat/completions", {"presence_penalty": 2.0}, "presence_penalty"),
+    ("/chat/completions", {"frequency_penalty": 0.5}, "frequency_penalty"),
+    ("/chat/completions", {"temprature": 0.2}, "temprature"),  # a misspelt field is not a silent default
+    ("/completions", {"echo": True}, "echo"),
+    ("/completions", {"suffix": " end"}, "suffix"),
+    ("/completions", {"logprobs": 3}, "logprobs"),
+])
+def test_a_field_the_server_would_ignore_is_refused_naming_it(smol_server, path, extra, field):
+    body = {"model": "r1-test", "max_tokens": 2, **({"prompt": "hi"} if path == "/completions" else {"messages": HI})}
+    r = httpx.post(smol_server.v1 + path, json={**body, **extra})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert (err["param"], err["code"], err["type"]) == (field, "unsupported_parameter", "invalid_request_error")
+    assert err["message"].startswith(f"{field}: ")
+
+
+def test_fields_that_ask_for_nothing_are_accepted(smol_server):
+    c = smol_server.openai()
+    r = c.chat.completions.create(model="r1-test", messages=HI, max_tokens=2, presence_penalty=0, frequency_penalty=0,
+                                  logprobs=False, response_format={"type": "text"}, user="someone")
+    assert r.choices[0].finish_reason in ("length", "stop")
+
+
+def test_an_unknown_model_is_404_model_not_found(smol_server):
+    r = httpx.post(smol_server.v1 + "/chat/completions", json={"model": "gpt-4o", "messages": HI, "max_tokens": 2})
+    assert r.status_code == 404
+    assert (r.json()["error"]["code"], r.json()["error"]["param"]) == ("model_not_found", "model")
+    assert "'r1-test'" in r.json()["error"]["message"]  # says what it serves
+
+
+def test_developer_is_the_system_role_and_non_text_parts_are_refused(smol_server):
+    t = httpx.post(smol_server.url + "/apply-template", json={"messages": [
+        {"role": "developer", "content": "Answer in French."}, {"role": "user", "content": "hi"}]}).json()["prompt"]
+    s = httpx.post(smol_server.url + "/apply-template", json={"messages": [
+        {"role": "system", "content": "Answer in French."}, {"role": "user", "content": "hi"}]}).json()["prompt"]
+    assert t == s and "Answer in French." in t
+    parts = [{"type": "text", "text": "Answer "}, {"type": "text", "text": "in French."}]
+    joined = httpx.post(smol_server.url + "/apply-template", json={"messages": [
+        {"role": "system", "content": parts}, {"role": "user", "content": "hi"}]}).json()["prompt"]
+    assert joined == s
+    r = httpx.post(smol_server.v1 + "/chat/completions", json={"model": "r1-test", "max_tokens": 2, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "what is this?"},
+                                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages[0].content[1]"
+    assert "image_url part" in r.json()["error"]["message"]
+
+
 def test_prompt_longer_than_the_context_is_400(smol_server):
     c = smol_server.openai()
     with pytest.raises(openai.BadRequestError) as exc:
-        c.chat.completions.create(model="x", messages=[{"role": "user", "content": "word " * 3000}], max_tokens=4)
+        c.chat.completions.create(model="r1-test", messages=[{"role": "user", "content": "word " * 3000}], max_tokens=4)
     body = exc.value.body
     assert body["code"] == "context_length_exceeded"
     assert "the prompt has" in body["message"] and "at most 1023" in body["message"]
@@ -126,15 +181,15 @@ def test_prompt_longer_than_the_context_is_400(smol_server):
 
 def test_queue_overflow_429_and_disconnect_frees_the_slot(smollm2):
     with running_server(smollm2, "--parallel", "1", "--max-queue", "1") as s:
-        long = {"model": "x", "messages": PROMPT, "max_tokens": 3000, "stream": True, **greedy()}
+        long = {"model": "r1-test", "messages": PROMPT, "max_tokens": 3000, "stream": True, **greedy()}
         c = s.openai(timeout=60)
         first = c.chat.completions.create(**long)
         next(iter(first))  # the slot is busy
         pool = cf.ThreadPoolExecutor(1)
-        queued = pool.submit(lambda: c.chat.completions.create(model="x", messages=PROMPT, max_tokens=4, **greedy()))
+        queued = pool.submit(lambda: c.chat.completions.create(model="r1-test", messages=PROMPT, max_tokens=4, **greedy()))
         wait_for(lambda: s.metrics()["llamacpp:requests_deferred"] == 1, 30, "one request queued")
         with pytest.raises(openai.RateLimitError) as exc:
-            c.chat.completions.create(model="x", messages=PROMPT, max_tokens=4)
+            c.chat.completions.create(model="r1-test", messages=PROMPT, max_tokens=4)
         assert exc.value.body["code"] == "queue_full"
         assert int(exc.value.response.headers["retry-after"]) >= 1
         first.close()  # the client goes away mid-stream: its slot goes to the queued request
@@ -154,7 +209,7 @@ def test_api_key_protects_the_api_but_not_probes(smollm2):
             r = httpx.post(s.v1 + "/chat/completions", json={"messages": PROMPT}, headers=headers)
             assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", (headers, r.text)
         stream = s.openai(api_key="sekret-key-1").chat.completions.create(
-            model="x", messages=PROMPT, max_tokens=8, stream=True, **greedy())
+            model="r1-test", messages=PROMPT, max_tokens=8, stream=True, **greedy())
         assert sum(1 for c in stream if c.choices and c.choices[0].delta.content) == 8
         for path in ("/health", "/ready", "/metrics"):
             assert httpx.get(s.url + path).status_code == 200
@@ -168,7 +223,7 @@ def test_metrics_port_serves_the_same_counters_and_no_api(smollm2):
 
     mport = free_port()
     with running_server(smollm2, "--metrics-port", str(mport), env={"R1_API_KEY": "sekret-key-2"}) as s:
-        s.openai(api_key="sekret-key-2").chat.completions.create(model="x", messages=PROMPT, max_tokens=4, **greedy())
+        s.openai(api_key="sekret-key-2").chat.completions.create(model="r1-test", messages=PROMPT, max_tokens=4, **greedy())
         alone = httpx.get(f"http://127.0.0.1:{mport}/metrics").text
         on_api = httpx.get(s.url + "/metrics").text
 
@@ -194,9 +249,11 @@ def test_bad_input_gets_a_clear_4xx_or_a_normal_answer_never_a_500_or_a_hang(smo
     for stream in (False, True):  # an empty prompt starts from BOS (it used to spin the engine loop forever)
         r = httpx.post(u + "/v1/completions", json={"prompt": "", "max_tokens": 3, "stream": stream}, timeout=t)
         assert r.status_code == 200 and ("[DONE]" in r.text if stream else r.json()["usage"]["completion_tokens"] >= 1)
-    surrogate = '{"prompt": "a\\ud800b", "content": "a\\ud800b", "messages": [{"role": "user", "content": "a\\ud800"}]}'
-    for path in ("/v1/completions", "/tokenize", "/apply-template", "/v1/chat/completions"):
-        r = httpx.post(u + path, content=surrogate, headers={"Content-Type": "application/json"}, timeout=t)
+    surrogate = {"/v1/completions": '{"prompt": "a\\ud800b"}', "/tokenize": '{"content": "a\\ud800b"}',
+                 "/apply-template": '{"messages": [{"role": "user", "content": "a\\ud800"}]}',
+                 "/v1/chat/completions": '{"messages": [{"role": "user", "content": "a\\ud800"}]}'}
+    for path, body in surrogate.items():
+        r = httpx.post(u + path, content=body, headers={"Content-Type": "application/json"}, timeout=t)
         assert r.status_code == 400 and "lone surrogate" in r.json()["error"]["message"], (path, r.text)
     r = httpx.post(u + "/v1/completions", content=b'{"prompt": "a\xff\xfe", "max_tokens": 2}',
                    headers={"Content-Type": "application/json"}, timeout=t)
@@ -214,7 +271,7 @@ def test_bad_input_gets_a_clear_4xx_or_a_normal_answer_never_a_500_or_a_hang(smo
     assert smol_server.openai().models.retrieve(model_id).id == model_id
     r = httpx.get(u + "/v1/models/no-such-model", timeout=t)
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
-    out = smol_server.openai().chat.completions.create(model="x", messages=PROMPT, max_tokens=2, top_p=0)
+    out = smol_server.openai().chat.completions.create(model="r1-test", messages=PROMPT, max_tokens=2, top_p=0)
     assert out.usage.completion_tokens >= 1  # top_p 0 is accepted, as by OpenAI
     assert httpx.get(u + "/health", timeout=t).status_code == 200
 
@@ -268,7 +325,7 @@ def test_size_limits_come_before_any_work_and_health_answers_while_a_big_chat_is
 def test_request_timeout_is_504(smollm2):
     with running_server(smollm2, "--request-timeout", "0.5") as s:
         with pytest.raises(openai.InternalServerError) as exc:
-            s.openai().chat.completions.create(model="x", messages=PROMPT, max_tokens=3000, **greedy())
+            s.openai().chat.completions.create(model="r1-test", messages=PROMPT, max_tokens=3000, **greedy())
         assert exc.value.status_code == 504 and "request-timeout" in exc.value.body["message"]
         assert s.metrics()['r1_requests_total{endpoint="chat",outcome="timeout"}'] == 1
 
@@ -283,12 +340,12 @@ def test_loop_guard_counts_and_stops_loops(smol_server):
     c = smol_server.openai()
     loops = [{"role": "user", "content": CANARY_PROMPT}]
     before = smol_server.metrics()
-    r = c.chat.completions.create(model="x", messages=loops, max_tokens=400, temperature=0)
+    r = c.chat.completions.create(model="r1-test", messages=loops, max_tokens=400, temperature=0)
     assert r.choices[0].finish_reason == "length"
     mid = smol_server.metrics()
     assert mid['r1_degenerate_generations_total{action="counted"}'] == before[
         'r1_degenerate_generations_total{action="counted"}'] + 1
-    r = c.chat.completions.create(model="x", messages=loops, max_tokens=400, temperature=0, extra_body={"stop_on_loop": True})
+    r = c.chat.completions.create(model="r1-test", messages=loops, max_tokens=400, temperature=0, extra_body={"stop_on_loop": True})
     assert r.choices[0].finish_reason == "repetition"
     assert r.usage.completion_tokens < 400
     after = smol_server.metrics()
@@ -307,11 +364,11 @@ def r1_server(r1_mini):
 
 def test_r1_reasoning_content_is_split_from_content(r1_server):
     c = r1_server.openai()
-    r = c.chat.completions.create(model="x", messages=PROMPT, max_tokens=20, **greedy())
+    r = c.chat.completions.create(model="r1-test", messages=PROMPT, max_tokens=20, **greedy())
     msg = r.choices[0].message
     # R1's template ends the prompt with "<think>\n": everything until </think> is reasoning
     assert msg.reasoning_content and msg.content == ""
-    chunks = list(c.chat.completions.create(model="x", messages=PROMPT, max_tokens=20, stream=True, **greedy()))
+    chunks = list(c.chat.completions.create(model="r1-test", messages=PROMPT, max_tokens=20, stream=True, **greedy()))
     deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
     assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == msg.reasoning_content
     assert "".join(d.content or "" for d in deltas) == ""
@@ -322,7 +379,7 @@ def test_r1_closing_think_tag_moves_output_to_content(r1_server):
     tok = httpx.post(r1_server.url + "/tokenize", json={"content": "</think>", "parse_special": True}).json()["tokens"]
     assert len(tok) == 1
     c = r1_server.openai()
-    r = c.chat.completions.create(model="x", messages=PROMPT, max_tokens=6, temperature=0,
+    r = c.chat.completions.create(model="r1-test", messages=PROMPT, max_tokens=6, temperature=0,
                                   logit_bias={str(tok[0]): 100}, extra_body={"ignore_eos": True})
     msg = r.choices[0].message
     assert msg.reasoning_content == ""  # the first token closed the block
@@ -335,10 +392,10 @@ def test_r1_prompt_has_exactly_one_bos(r1_server):
     tokens = httpx.post(r1_server.url + "/tokenize", json={"content": applied["prompt"], "as_prompt": True}).json()["tokens"]
     bos = tokens[0]
     assert tokens.count(bos) == 1
-    r = r1_server.openai().chat.completions.create(model="x", messages=PROMPT, max_tokens=1, **greedy())
+    r = r1_server.openai().chat.completions.create(model="r1-test", messages=PROMPT, max_tokens=1, **greedy())
     assert r.usage.prompt_tokens == len(tokens)
     # a raw completion prompt that already starts with the BOS text gets no second BOS
-    comp = r1_server.openai().completions.create(model="x", prompt=applied["prompt"], max_tokens=1, **greedy())
+    comp = r1_server.openai().completions.create(model="r1-test", prompt=applied["prompt"], max_tokens=1, **greedy())
     assert comp.usage.prompt_tokens == len(tokens)
 
 
@@ -381,6 +438,6 @@ def test_serves_shard_1_of_a_split_set(tmp_path):
     answers = []
     for model in (shards[0], whole):
         with running_server(model) as s:
-            r = s.openai().chat.completions.create(model="x", messages=PROMPT, max_tokens=12, **greedy())
+            r = s.openai().chat.completions.create(model="r1-test", messages=PROMPT, max_tokens=12, **greedy())
             answers.append(r.choices[0].message.reasoning_content)
     assert answers[0] and answers[0] == answers[1]

@@ -17,7 +17,7 @@ from r1_runtime import __version__
 from r1_runtime.server.engine import PromptTooLong, QueueFull
 from r1_runtime.server.generation import Runtime
 from r1_runtime.server.schemas import ChatRequest, CommonRequest, CompletionRequest, TemplateRequest, \
-    TokenizeRequest, err, error_body, message_text
+    TokenizeRequest, chat_messages, err, error_body, refused_field
 
 
 def _usage(d: dict) -> dict:
@@ -176,7 +176,9 @@ def create_app(rt: Runtime) -> FastAPI:
             return resp
         if (resp := _too_many(rt, "chat", body.messages)) is not None:
             return resp
-        messages = [{"role": m.role, "content": message_text(m.content)} for m in body.messages]
+        messages, bad = chat_messages(body.messages)
+        if bad is not None:
+            return _invalid_request(rt, "chat", bad[1], bad[0], code="unsupported_content")
         return {"prompt": await asyncio.to_thread(rt.prompt.render_text, messages)}
 
     @app.post("/v1/chat/completions")
@@ -185,7 +187,11 @@ def create_app(rt: Runtime) -> FastAPI:
             return resp
         if (resp := _too_many(rt, "chat", body.messages)) is not None:
             return resp
-        messages = [{"role": m.role, "content": message_text(m.content)} for m in body.messages]
+        if (resp := _refused(rt, "chat", body)) is not None:
+            return resp
+        messages, bad = chat_messages(body.messages)
+        if bad is not None:
+            return _invalid_request(rt, "chat", bad[1], bad[0], code="unsupported_content")
         try:  # templating and tokenizing run beside the event loop: /health answers meanwhile
             prompt = await asyncio.to_thread(rt.prompt.render_chat, messages)
         except UnicodeError:
@@ -197,6 +203,8 @@ def create_app(rt: Runtime) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
         if (resp := _not_ready(rt)) is not None:
+            return resp
+        if (resp := _refused(rt, "completions", body)) is not None:
             return resp
         text = body.prompt if isinstance(body.prompt, str) else "".join(body.prompt[:1])
         if isinstance(body.prompt, list) and len(body.prompt) != 1:
@@ -214,6 +222,18 @@ def _endpoint(request: Request) -> str:
 def _invalid_request(rt: Runtime, endpoint: str, message: str, param: str, code: str | None = None) -> JSONResponse:
     rt.metrics.requests.labels(endpoint, "invalid").inc()
     return err(400, message, param=param, code=code)
+
+
+def _refused(rt: Runtime, endpoint: str, body: CommonRequest) -> JSONResponse | None:
+    """A model this server does not serve (404), or a field it would otherwise ignore (400)."""
+    if body.model is not None and body.model != rt.model_id:
+        rt.metrics.requests.labels(endpoint, "invalid").inc()
+        return err(404, f"model {body.model!r} does not exist; this server serves {rt.model_id!r}", param="model",
+                   code="model_not_found")
+    bad = refused_field(body)
+    if bad is not None:
+        return _invalid_request(rt, endpoint, bad[1], bad[0], code="unsupported_parameter")
+    return None
 
 
 def _too_many(rt: Runtime, endpoint: str, messages: list) -> JSONResponse | None:

@@ -50,6 +50,49 @@ class TemplateRequest(BaseModel):
     messages: list[Message] = Field(min_length=1)
 
 
+# OpenAI request fields this runtime does not implement yet: a request that asks for one is refused with a 400 that
+# names the field, never answered as if it had not asked. A value that asks for nothing (null, false, 0, [], "none",
+# {"type": "text"}) is accepted.
+UNSUPPORTED = ("logprobs", "top_logprobs", "response_format", "tools", "tool_choice", "functions", "function_call",
+               "parallel_tool_calls", "presence_penalty", "frequency_penalty", "repetition_penalty", "repeat_penalty",
+               "echo", "suffix", "best_of", "n_probs", "grammar", "json_schema", "audio", "modalities", "prediction",
+               "reasoning_effort", "web_search_options", "cache_prompt")
+# Fields accepted without effect, as OpenAI's own are for one self-hosted model: who asked, and what to keep.
+INERT = ("user", "metadata", "store", "service_tier")
+
+
+def _asks_nothing(value) -> bool:
+    return value in (None, False, 0, "", "none", [], {}) or value == {"type": "text"}
+
+
+def refused_field(body: BaseModel) -> tuple[str, str] | None:
+    """(field, message) for the first field of the request this runtime would otherwise ignore, or None."""
+    for name, value in (body.model_extra or {}).items():
+        if name in INERT:
+            continue
+        if name in UNSUPPORTED:
+            if _asks_nothing(value):
+                continue
+            return name, f"{name}: not supported by this server (r1-runtime serve); send the request without it"
+        return name, f"{name}: not a field of this endpoint; check its spelling, or send the request without it"
+    return None
+
+
+def chat_messages(messages: list[Message]) -> tuple[list[dict], tuple[str, str] | None]:
+    """The messages as the chat template takes them, and (field, message) for the first one it cannot take:
+    `developer` (OpenAI's newer name) is the system role; text parts are joined; any other part is refused."""
+    out = []
+    for i, m in enumerate(messages):
+        if isinstance(m.content, list):
+            for j, part in enumerate(m.content):
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind != "text":
+                    return [], (f"messages[{i}].content[{j}]", f"messages[{i}].content[{j}]: a {kind or 'non-object'} "
+                                "part; this model takes text parts only")
+        out.append({"role": "system" if m.role == "developer" else m.role, "content": message_text(m.content)})
+    return out, None
+
+
 def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
                code: str | None = None) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
