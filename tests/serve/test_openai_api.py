@@ -123,8 +123,7 @@ HI = [{"role": "user", "content": "hi"}]
     ("/chat/completions", {"response_format": {"type": "json_object"}}, "response_format"),
     ("/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"},
      "tools"),
-    ("/chat/completions", {"presence_penalty": 2.0}, "presence_penalty"),
-    ("/chat/completions", {"frequency_penalty": 0.5}, "frequency_penalty"),
+    ("/chat/completions", {"repetition_penalty": 1.3}, "repetition_penalty"),
     ("/chat/completions", {"temprature": 0.2}, "temprature"),  # a misspelt field is not a silent default
     ("/completions", {"echo": True}, "echo"),
     ("/completions", {"suffix": " end"}, "suffix"),
@@ -144,6 +143,31 @@ def test_fields_that_ask_for_nothing_are_accepted(smol_server):
     r = c.chat.completions.create(model="r1-test", messages=HI, max_tokens=2, presence_penalty=0, frequency_penalty=0,
                                   logprobs=False, response_format={"type": "text"}, user="someone")
     assert r.choices[0].finish_reason in ("length", "stop")
+
+
+def test_penalties_change_a_repetitive_greedy_answer_and_their_range_is_checked(smol_server):
+    """OpenAI's presence and frequency penalties through llama.cpp's penalties sampler: greedy decoding of a prompt
+    that invites repetition repeats tokens; at 2.0 the answer changes and repeats fewer."""
+    c = smol_server.openai()
+    ask = [{"role": "user", "content": "Repeat the word 'apple' twenty times, separated by spaces."}]
+
+    def answer(**kw) -> str:
+        return c.chat.completions.create(model="r1-test", messages=ask, max_tokens=48, temperature=0, seed=1,
+                                         **kw).choices[0].message.content
+
+    plain = answer()
+    assert answer() == plain  # greedy: the same each time
+    for kw in ({"presence_penalty": 2.0}, {"frequency_penalty": 2.0}):
+        penalised = answer(**kw)
+        assert penalised != plain, kw
+        words = lambda t: t.lower().split()  # noqa: E731
+        assert len(set(words(penalised))) / max(len(words(penalised)), 1) > \
+            len(set(words(plain))) / max(len(words(plain)), 1), (kw, plain, penalised)
+    assert answer(presence_penalty=0, frequency_penalty=0) == plain  # zero asks for nothing
+    for field in ("presence_penalty", "frequency_penalty"):
+        r = httpx.post(smol_server.v1 + "/chat/completions",
+                       json={"model": "r1-test", "messages": ask, "max_tokens": 2, field: 2.5})
+        assert r.status_code == 400 and r.json()["error"]["param"] == field
 
 
 def test_an_unknown_model_is_404_model_not_found(smol_server):

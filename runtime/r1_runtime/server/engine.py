@@ -64,6 +64,8 @@ class Sampling:
     max_tokens: int = 512
     ignore_eos: bool = False
     logit_bias: dict[int, float] = field(default_factory=dict)
+    presence_penalty: float = 0.0  # OpenAI's, over the tokens this request generated (llama.cpp's penalties sampler)
+    frequency_penalty: float = 0.0
 
 
 @dataclass
@@ -294,6 +296,9 @@ class Engine:
         if sp.logit_bias:
             arr = (L.llama_logit_bias * len(sp.logit_bias))(*[L.llama_logit_bias(t, b) for t, b in sp.logit_bias.items()])
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_logit_bias(self.n_vocab, len(sp.logit_bias), arr))
+        if sp.presence_penalty or sp.frequency_penalty:  # before any cut, greedy included: each token it sampled
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_penalties(
+                self.n_vocab, self.n_ctx_slot, 1.0, sp.frequency_penalty, sp.presence_penalty))
         if sp.temperature <= 0:
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
         else:

@@ -189,7 +189,8 @@ class Runtime:
             top_k=self.s.top_k if req.top_k is None else req.top_k,
             min_p=self.s.min_p if req.min_p is None else req.min_p,
             seed=req.seed, max_tokens=max(1, min(max_tokens or cap, cap)), ignore_eos=req.ignore_eos,
-            logit_bias=bias,
+            logit_bias=bias, presence_penalty=req.presence_penalty or 0.0,
+            frequency_penalty=req.frequency_penalty or 0.0,
         )
 
     def retry_after(self) -> int:

@@ -25,6 +25,9 @@ class CommonRequest(BaseModel):
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=1)
     logit_bias: dict[str, float] | None = None
+    # OpenAI's penalties on the tokens generated so far: presence once per token seen, frequency per occurrence
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
     ignore_eos: bool = False
     stream_options: dict | None = None
     stop_on_loop: bool | None = None
@@ -54,7 +57,7 @@ class TemplateRequest(BaseModel):
 # names the field, never answered as if it had not asked. A value that asks for nothing (null, false, 0, [], "none",
 # {"type": "text"}) is accepted.
 UNSUPPORTED = ("logprobs", "top_logprobs", "response_format", "tools", "tool_choice", "functions", "function_call",
-               "parallel_tool_calls", "presence_penalty", "frequency_penalty", "repetition_penalty", "repeat_penalty",
+               "parallel_tool_calls", "repetition_penalty", "repeat_penalty",
                "echo", "suffix", "best_of", "n_probs", "grammar", "json_schema", "audio", "modalities", "prediction",
                "reasoning_effort", "web_search_options", "cache_prompt")
 # Fields accepted without effect, as OpenAI's own are for one self-hosted model: who asked, and what to keep.
