@@ -156,7 +156,6 @@ def drop_namespace(kube: Kube, name: str) -> None:
 
 def keda_crd(kind: str = "scaledobjects") -> Path:
     """KEDA's CRD file as `make setup` leaves it (hack/build-cluster.sh builds KEDA from its Go module)."""
-    path = BIN.parent / "share" / "keda-crds" / f"keda.sh_{kind}.yaml"
-    if not path.is_file():
-        raise AssertionError(f"{path} is missing: run 'make setup' (it builds KEDA and installs its CRDs)")
-    return path
+    from r1_operator.dev.keda import crd_dir
+
+    return crd_dir() / f"keda.sh_{kind}.yaml"

@@ -19,10 +19,8 @@ from pathlib import Path
 class Tally:
     ok: int = 0
     failed: int = 0
-    tokens: int = 0
     errors: list[str] = field(default_factory=list)
-    done_at: list[float] = field(default_factory=list)  # monotonic end of each successful request
-    tokens_at: list[tuple[float, int]] = field(default_factory=list)
+    tokens_at: list[tuple[float, int]] = field(default_factory=list)  # (monotonic end, tokens) of each success
 
 
 class Load:
@@ -78,8 +76,6 @@ class Load:
                 with self._lock:
                     now = time.monotonic()
                     self.tally.ok += 1
-                    self.tally.tokens += tokens
-                    self.tally.done_at.append(now)
                     self.tally.tokens_at.append((now, tokens))
             except Exception as exc:  # noqa: BLE001 - every failure is counted and kept, whatever it is
                 with self._lock:

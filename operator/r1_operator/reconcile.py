@@ -323,15 +323,12 @@ class Reconciler:
         runtimes = [(p, observe.runtime(self.api, ns, live)) for p, live in zip(placements, results)]
         waiting = [c for c in caches.values() if c.ready is None]
         rt = combine(runtimes)
-        fix = self._correction(plan, rt)
+        fix = correction_for(plan, rt.load_oom, _now()) if rt.load_oom else None
         if fix == "gave up":
             rt = replace(rt, failing=f"{rt.failing}; the plan was corrected {fx.MAX_PER_NODE} times on that node "
                          "already, the most the operator does")
         self._write(body, desired, ((waiting or list(caches.values()))[0], rt))
         return fix if isinstance(fix, dict) else None
-
-    def _correction(self, plan: dict[str, Any], rt: RuntimeObservation) -> dict[str, Any] | str | None:
-        return correction_for(plan, rt.load_oom, _now()) if rt.load_oom else None
 
     def _read(self, ref: ch.Ref) -> dict[str, Any] | None:
         return k.get(self.api, *ref)

@@ -19,12 +19,13 @@ def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range():
 
 
 def test_free_ports_skip_a_port_held_by_a_listener(monkeypatch):
+    taken, a, b = processes.free_ports(3)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
-        held.bind(("127.0.0.1", 12345))
+        held.bind(("127.0.0.1", taken))
         held.listen()
-        picks = iter([12345, 12346, 12347])
-        monkeypatch.setattr(processes.random, "randrange", lambda a, b: next(picks))
-        assert processes.free_ports(2) == [12346, 12347]
+        picks = iter([taken, a, b])
+        monkeypatch.setattr(processes.random, "randrange", lambda lo, hi: next(picks))
+        assert processes.free_ports(2) == [a, b]
 
 
 def test_log_tail_gives_the_last_lines_and_nothing_for_a_missing_log(tmp_path):
