@@ -39,9 +39,14 @@ async def replan_loop(deployments: Callable[[], Iterable[tuple[str, str]]], node
         digest = inventory_digest(nodes(), pods())
         if digest == last and loop.time() - last_full < resync_s:
             continue
+        why = "the inventory changed" if digest != last else "the periodic resync"
         last, last_full = digest, loop.time()
-        for namespace, name in list(deployments()):
+        todo = list(deployments())
+        started = loop.time()
+        for namespace, name in todo:
             try:
                 await loop.run_in_executor(None, replan, namespace, name)
             except Exception as exc:  # one deployment's failure must not stop the others' checks
                 log.warning("re-plan of %s/%s failed: %s", namespace, name, exc)
+        log.info("re-checked the plans of %d R1Deployment(s) (%s) in %.1f s: %s", len(todo), why,
+                 loop.time() - started, ", ".join(f"{ns}/{n}" for ns, n in todo)[:2000])

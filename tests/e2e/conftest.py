@@ -58,8 +58,11 @@ def e2e_ns(request, kube, operator) -> Iterator[str]:
     yield name
     if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
         lines = operator.log.read_text(errors="replace").splitlines()
-        print("--- operator log (warnings and errors) ---\n" + "\n".join(
-            ln for ln in lines if "WARNING" in ln or "ERROR" in ln)[-6000:])
+        print("--- operator log (warnings, errors and this test's namespace) ---\n" + "\n".join(
+            ln for ln in lines if "WARNING" in ln or "ERROR" in ln or name in ln)[-8000:])
+        for what in (["get", "r1d", "-n", name, "-o", "jsonpath={range .items[*]}{.metadata.name} "
+                      "{.status.conditions}{'\\n'}{end}"], ["get", "nodes", "-o", "wide"]):
+            print(f"--- kubectl {' '.join(what[:2])} ---\n" + kube.run(*what, check=False).stdout[-3000:])
     drop_namespace(kube, name)
 
 

@@ -167,7 +167,7 @@ def test_node_loss_sets_a_condition_and_replans_when_it_returns(kube, e2e_ns):
         assert d["status"] == "True" and d["reason"] == "NoFeasiblePlan"
     finally:
         kube.run("uncordon", "gpu-80g")
-    c = kube.wait_condition(e2e_ns, "r1-iq2", "Planned", "True", timeout=30)
+    c = kube.wait_condition(e2e_ns, "r1-iq2", "Planned", "True", timeout=60)
     assert c["reason"] == "Replanned"
     assert kube.condition(e2e_ns, "r1-iq2", "Degraded")["status"] == "False"
     kube.run("wait", "--for=condition=Ready", "r1d/r1-iq2", "-n", e2e_ns, "--timeout=60s")
