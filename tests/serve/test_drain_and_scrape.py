@@ -76,23 +76,27 @@ def test_prometheus_scrape_matches_client_usage(smollm2):
         with running_prometheus([f"127.0.0.1:{port}"], free_port()) as prom:
             base_pred = prom.value("llamacpp:tokens_predicted_total")
             base_prompt = prom.value("llamacpp:prompt_tokens_total")
+            base_cached = prom.value("r1_prompt_cached_tokens_total")
             c = s.openai()
-            seen = {"prompt": 0, "completion": 0}
+            seen = {"prompt": 0, "completion": 0, "cached": 0}
 
             def one(i):
                 r = c.chat.completions.create(model="r1-test", messages=[{"role": "user", "content": f"Say {i}."}],
                                               max_tokens=10 + i)
-                return r.usage.prompt_tokens, r.usage.completion_tokens
+                return r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.prompt_tokens_details.cached_tokens
 
             with cf.ThreadPoolExecutor(6) as pool:
-                for p, n in pool.map(one, range(6)):
+                for p, n, cached in pool.map(one, range(6)):
                     seen["prompt"] += p
                     seen["completion"] += n
+                    seen["cached"] += cached
+            assert seen["cached"] > 0  # six chats sharing a template's opening: the later ones reuse a slot's prefix
             want_pred = base_pred + seen["completion"]
-            want_prompt = base_prompt + seen["prompt"]
+            want_prompt = base_prompt + seen["prompt"] - seen["cached"]  # llama-server's: the tokens evaluated
             wait_for(lambda: prom.value("llamacpp:tokens_predicted_total") == want_pred, 30,
                      f"Prometheus to scrape tokens_predicted_total == {want_pred}")
             assert prom.value("llamacpp:prompt_tokens_total") == want_prompt
+            assert prom.value("r1_prompt_cached_tokens_total") == base_cached + seen["cached"]
             assert prom.value('sum(r1_requests_total{outcome=~"success|length"})') >= 6
             assert prom.value("histogram_quantile(0.5, sum by (le) (r1_time_to_first_token_seconds_bucket))") > 0
             assert prom.value("llamacpp:n_decode_total") > 0

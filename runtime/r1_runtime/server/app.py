@@ -22,7 +22,8 @@ from r1_runtime.server.schemas import ChatRequest, CommonRequest, CompletionRequ
 
 def _usage(d: dict) -> dict:
     return {"prompt_tokens": d["prompt_tokens"], "completion_tokens": d["completion_tokens"],
-            "total_tokens": d["prompt_tokens"] + d["completion_tokens"]}
+            "total_tokens": d["prompt_tokens"] + d["completion_tokens"],
+            "prompt_tokens_details": {"cached_tokens": d.get("cached_tokens", 0)}}
 
 
 OPEN_PATHS = frozenset(("/health", "/ready", "/metrics"))

@@ -4,9 +4,17 @@ One thread owns the llama context. Each of `parallel` slots is a sequence id in
 the KV cache. Every step builds one ``llama_batch`` holding the next token of
 every generating slot plus prompt chunks of newly admitted slots, calls
 ``llama_decode`` once, and samples each slot with its own sampler chain. A slot
-is freed (its KV cells removed) as soon as its request finishes or is
-cancelled, and the next queued request takes it in the same step. Requests past
-the slots wait in a bounded queue; past the queue, submit() raises QueueFull.
+is freed as soon as its request finishes or is cancelled, and the next queued
+request takes it in the same step. Requests past the slots wait in a bounded
+queue; past the queue, submit() raises QueueFull.
+
+Prefix caching, as llama-server's ``cache_prompt``: a freed slot keeps its KV
+cells and remembers the tokens they hold. A request takes the free slot whose
+cached tokens share the longest prefix with its prompt (when that covers more
+than PROMPT_SIMILARITY of the prompt; else the least recently used slot, so
+the other slots' caches live on), the cells past the common prefix are removed,
+and only the rest of the prompt is evaluated. The last prompt token is always
+evaluated again: its logits give the first token.
 
 As in llama-server, ``ctx_size`` is the whole KV cache and each slot gets
 ``ctx_size / parallel`` tokens.
@@ -27,6 +35,9 @@ import llama_cpp as L
 from r1_operator.api.contract import CACHE_TYPES, SAMPLING_DEFAULTS, SERVE_FLAGS
 from r1_runtime.llamalog import LoadFailure, captured_log, classify_load_failure, parse_load_report
 from r1_runtime.server.textproc import LoopDetector
+
+
+PROMPT_SIMILARITY = 0.1  # llama-server's --slot-prompt-similarity default
 
 
 class QueueFull(Exception):
@@ -77,7 +88,9 @@ class Job:
     emit: Callable[[str, dict], None]
     stop_on_loop: bool = False
     deadline: float | None = None  # time.monotonic() after which the job is stopped
+    cache_prompt: bool = True  # reuse a slot's cached prefix (llama-server's field); False evaluates the whole prompt
     cancelled: threading.Event = field(default_factory=threading.Event)
+    cached: int = 0  # prompt tokens whose KV cells came from the slot's cache, set when a slot takes the job
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -99,6 +112,8 @@ class _Slot:
     decoder: object = None
     loops: LoopDetector | None = None
     loop_reported: bool = False
+    kv: list[int] = field(default_factory=list)  # the tokens the sequence's KV cells hold, position by position
+    used_at: float = 0.0  # when its last job left
 
 
 class LoadOutOfMemory(RuntimeError):
@@ -160,8 +175,9 @@ class Engine:
                                "check that the file is a complete GGUF")
         cp = L.llama_context_default_params()
         cp.n_ctx = self.s.ctx_size
-        cp.n_batch = self.s.n_batch
-        cp.n_ubatch = min(self.s.n_batch, 512)
+        # a step holds one token of every generating slot, so a batch never holds fewer than `parallel`
+        self.n_batch = cp.n_batch = max(self.s.n_batch, self.s.parallel)
+        cp.n_ubatch = min(cp.n_batch, 512)
         cp.n_seq_max = self.s.parallel
         cp.kv_unified = False
         cp.type_k = CACHE_TYPES[self.s.cache_type_k]
@@ -178,7 +194,7 @@ class Engine:
         self.mem = L.llama_get_memory(self.ctx)
         self.n_ctx_slot = L.llama_n_ctx_seq(self.ctx)
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
-        self.batch = L.llama_batch_init(max(self.s.n_batch, self.s.parallel), 0, 1)
+        self.batch = L.llama_batch_init(self.n_batch, 0, 1)
         self.bos = L.llama_vocab_bos(self.vocab)
         self.add_bos = bool(L.llama_vocab_get_add_bos(self.vocab))
         self.load_seconds = time.monotonic() - started
@@ -272,23 +288,22 @@ class Engine:
             return
         self.metrics.deferred.set(len(self._queue))
         self.metrics.processing.set(self.busy())
-        used = sum(sl.n_past for sl in self.slots if sl.job is not None)
+        used = sum(len(sl.kv) for sl in self.slots)  # cached prefixes of free slots hold cells too
         self.metrics.kv_tokens.set(used)
         ratio = used / (self.n_ctx_slot * self.s.parallel)
         self.metrics.kv_usage.set(ratio)
         self.metrics.kv_usage_llamacpp.set(ratio)
 
     def _admit(self) -> None:
-        for sl in self.slots:
-            if sl.job is not None:
+        free = [sl for sl in self.slots if sl.job is None]
+        while free and self._queue:
+            job = self._queue.popleft()
+            if job.cancelled.is_set():
+                job.emit("done", {"finish_reason": "cancelled", **self._usage(job, 0)})
                 continue
-            while self._queue:
-                job = self._queue.popleft()
-                if job.cancelled.is_set():
-                    job.emit("done", {"finish_reason": "cancelled", **self._usage(job, 0)})
-                    continue
-                self._assign(sl, job)
-                break
+            sl = pick_slot(free, job.prompt if job.cache_prompt else [])
+            free.remove(sl)
+            self._assign(sl, job)
 
     def _assign(self, sl: _Slot, job: Job) -> None:
         sp = job.sampling
@@ -313,8 +328,15 @@ class Engine:
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         if sl.sampler:
             L.llama_sampler_free(sl.sampler)
-        sl.job, sl.sampler = job, chain  # the slot's KV cells were removed when it was released
-        sl.n_past = sl.fed = sl.n_gen = 0
+        keep = max(0, min(common_prefix(sl.kv, job.prompt), len(job.prompt) - 1)) if job.cache_prompt else 0
+        if keep < len(sl.kv) and not L.llama_memory_seq_rm(self.mem, sl.seq, keep, -1):
+            L.llama_memory_seq_rm(self.mem, sl.seq, -1, -1)  # a cache that cannot drop a tail drops it all
+            keep = 0
+        del sl.kv[keep:]
+        sl.job, sl.sampler = job, chain
+        job.cached = keep
+        sl.n_past = sl.fed = keep
+        sl.n_gen = 0
         sl.last = -1
         sl.admitted = time.monotonic()
         sl.first = sl.last_t = 0.0
@@ -359,8 +381,9 @@ class Engine:
             b.token[n], b.pos[n], b.n_seq_id[n] = sl.last, sl.n_past, 1
             b.seq_id[n][0], b.logits[n] = sl.seq, True
             sl.batch_idx = n
+            sl.kv.append(sl.last)
             n += 1
-        budget = self.s.n_batch - n
+        budget = self.n_batch - n
         prompting = [sl for sl in self.slots if sl.job and sl.fed < len(sl.job.prompt)]
         for sl in prompting:
             if budget <= 0:
@@ -373,6 +396,7 @@ class Engine:
                 b.seq_id[n][0] = sl.seq
                 b.logits[n] = i == len(p) - 1
                 n += 1
+            sl.kv.extend(p[sl.fed:sl.fed + take])
             sl.fed += take
             sl.n_past = sl.fed
             budget -= take
@@ -420,20 +444,42 @@ class Engine:
             self._finish(sl, "length")
 
     def _usage(self, job: Job, n_gen: int) -> dict:
-        return {"prompt_tokens": len(job.prompt), "completion_tokens": n_gen}
+        return {"prompt_tokens": len(job.prompt), "completion_tokens": n_gen, "cached_tokens": job.cached}
 
     def _finish(self, sl: _Slot, reason: str) -> None:
         job = sl.job
         tail = sl.decoder.decode(b"", final=True) if sl.decoder else ""
         if self.metrics is not None and sl.first:
-            self.metrics.finished(len(job.prompt), sl.first - sl.admitted, sl.n_gen, max(sl.last_t - sl.first, 0.0))
+            self.metrics.finished(len(job.prompt) - job.cached, sl.first - sl.admitted, sl.n_gen,
+                                  max(sl.last_t - sl.first, 0.0), cached=job.cached)
         job.emit("done", {"finish_reason": reason, "tail": tail, **self._usage(job, sl.n_gen),
                           "degenerate": bool(sl.loops and sl.loops.detected)})
         self._release(sl, reason)
 
     def _release(self, sl: _Slot, reason: str) -> None:
-        L.llama_memory_seq_rm(self.mem, sl.seq, -1, -1)
+        if reason == "error":  # a failed decode leaves cells of unknown content; otherwise they are kept for reuse
+            L.llama_memory_seq_rm(self.mem, sl.seq, -1, -1)
+            sl.kv.clear()
+        sl.used_at = time.monotonic()
         sl.job = None
         sl.n_past = sl.fed = sl.n_gen = 0
         sl.last = -1
         self._gauges()
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens a and b share."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def pick_slot(free: list[_Slot], prompt: list[int]) -> _Slot:
+    """The free slot whose cache shares the longest prefix with `prompt`, when that covers more than
+    PROMPT_SIMILARITY of it; otherwise the least recently used one (llama-server's choice)."""
+    best = max(free, key=lambda sl: common_prefix(sl.kv, prompt))
+    if prompt and common_prefix(best.kv, prompt) > PROMPT_SIMILARITY * len(prompt):
+        return best
+    return min(free, key=lambda sl: sl.used_at)

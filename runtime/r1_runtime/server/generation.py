@@ -208,7 +208,7 @@ class Runtime:
         q: asyncio.Queue = asyncio.Queue()
         stop_on_loop = self.s.stop_on_loop if req.stop_on_loop is None else req.stop_on_loop
         job = Job(prompt, sampling, self._emitter(loop, q), stop_on_loop=stop_on_loop,
-                  deadline=arrived + self.s.request_timeout)
+                  deadline=arrived + self.s.request_timeout, cache_prompt=req.cache_prompt)
         self.engine.submit(job)  # QueueFull / PromptTooLong propagate to the handler
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         matcher = StopMatcher(stops)

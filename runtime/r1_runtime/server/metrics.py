@@ -29,6 +29,9 @@ class Metrics:
         self._totals = [0.0, 0.0, 0.0, 0.0]  # prompt tokens, prompt s, predicted tokens, predicted s
         self.prompt_tokens = Counter("llamacpp:prompt_tokens", "Number of prompt tokens processed.", registry=r)
         self.prompt_seconds = Counter("llamacpp:prompt_seconds", "Prompt process time.", registry=r)
+        self.prompt_cached = Counter("r1_prompt_cached_tokens", "Prompt tokens taken from a slot's cached prefix "
+                                     "instead of evaluated (llamacpp:prompt_tokens counts the evaluated ones).",
+                                     registry=r)
         self.tokens_predicted = Counter("llamacpp:tokens_predicted", "Number of generation tokens processed.",
                                         registry=r)
         self.tokens_predicted_seconds = Counter("llamacpp:tokens_predicted_seconds", "Predict process time.",
@@ -78,8 +81,10 @@ class Metrics:
                 self.buffer_bytes.labels(device, kind).set(n)
         self.offloaded_layers.set(report.offloaded or 0)
 
-    def finished(self, n_prompt: int, t_prompt: float, n_gen: int, t_gen: float) -> None:
+    def finished(self, n_prompt: int, t_prompt: float, n_gen: int, t_gen: float, cached: int = 0) -> None:
+        """One request done: `n_prompt` prompt tokens evaluated (beyond `cached` reused ones) in `t_prompt`."""
         self.prompt_tokens.inc(n_prompt)
+        self.prompt_cached.inc(cached)
         self.prompt_seconds.inc(t_prompt)
         self.tokens_predicted.inc(n_gen)
         self.tokens_predicted_seconds.inc(t_gen)

@@ -31,6 +31,7 @@ class CommonRequest(BaseModel):
     ignore_eos: bool = False
     stream_options: dict | None = None
     stop_on_loop: bool | None = None
+    cache_prompt: bool = True  # llama-server's: reuse the longest cached prefix of a slot; false evaluates it all
 
 
 class ChatRequest(CommonRequest):
@@ -59,7 +60,7 @@ class TemplateRequest(BaseModel):
 UNSUPPORTED = ("logprobs", "top_logprobs", "response_format", "tools", "tool_choice", "functions", "function_call",
                "parallel_tool_calls", "repetition_penalty", "repeat_penalty",
                "echo", "suffix", "best_of", "n_probs", "grammar", "json_schema", "audio", "modalities", "prediction",
-               "reasoning_effort", "web_search_options", "cache_prompt")
+               "reasoning_effort", "web_search_options")
 # Fields accepted without effect, as OpenAI's own are for one self-hosted model: who asked, and what to keep.
 INERT = ("user", "metadata", "store", "service_tier")
 
