@@ -190,6 +190,9 @@ def create_app(rt: Runtime) -> FastAPI:
             return resp
         if (resp := _refused(rt, "chat", body)) is not None:
             return resp
+        if body.top_logprobs and not body.logprobs:
+            return _invalid_request(rt, "chat", "top_logprobs: set logprobs to true to get top_logprobs",
+                                    "top_logprobs")
         messages, bad = chat_messages(body.messages)
         if bad is not None:
             return _invalid_request(rt, "chat", bad[1], bad[0], code="unsupported_content")
@@ -272,12 +275,13 @@ async def _respond(rt: Runtime, endpoint: str, body: CommonRequest, prompt: list
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         return StreamingResponse(_sse(rt, endpoint, rid, created, first, events, include_usage),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    reasoning, content = [], []
+    reasoning, content, probs = [], [], []
     ev = first
     async for ev in _chain(first, events):
         if ev[0] == "delta":
             reasoning.append(ev[1]["reasoning"])
             content.append(ev[1]["content"])
+            probs.extend(ev[1].get("logprobs", ()))
     kind, payload = ev
     if kind == "error":
         return err(500, payload.get("message", "generation failed"), type_="server_error")
@@ -288,13 +292,30 @@ async def _respond(rt: Runtime, endpoint: str, body: CommonRequest, prompt: list
         msg = {"role": "assistant", "content": "".join(content)}
         if rt.prompt.think:
             msg["reasoning_content"] = "".join(reasoning)
-        choice = {"index": 0, "message": msg, "finish_reason": payload["finish_reason"], "logprobs": None}
+        choice = {"index": 0, "message": msg, "finish_reason": payload["finish_reason"],
+                  "logprobs": _logprobs(endpoint, probs) if body.wanted_probs() >= 0 else None}
         obj = "chat.completion"
     else:
-        choice = {"index": 0, "text": "".join(content), "finish_reason": payload["finish_reason"], "logprobs": None}
+        choice = {"index": 0, "text": "".join(content), "finish_reason": payload["finish_reason"],
+                  "logprobs": _logprobs(endpoint, probs) if body.wanted_probs() >= 0 else None}
         obj = "text_completion"
     return {"id": rid, "object": obj, "created": created, "model": rt.model_id, "choices": [choice],
             "usage": _usage(payload)}
+
+
+def _logprobs(endpoint: str, entries: list[dict], offset: int = 0) -> dict:
+    """OpenAI's logprobs object: chat's `content` list, or the legacy completions' parallel lists (text_offset
+    counts characters of the completion's text from `offset`)."""
+    if endpoint == "chat":
+        return {"content": [{"token": e["token"], "logprob": e["logprob"], "bytes": e["bytes"],
+                             "top_logprobs": [{k: t[k] for k in ("token", "logprob", "bytes")} for t in e["top"]]}
+                            for e in entries], "refusal": None}
+    offsets = []
+    for e in entries:
+        offsets.append(offset)
+        offset += len(e["token"])
+    return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in e["top"]} for e in entries], "text_offset": offsets}
 
 
 async def _chain(first, rest):
@@ -316,19 +337,23 @@ async def _sse(rt: Runtime, endpoint: str, rid: str, created: int, first, events
 
     if endpoint == "chat":
         yield chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None})
+    offset = 0  # characters of the completion's text so far (the legacy logprobs' text_offset)
     async for kind, payload in _chain(first, events):
         if kind == "delta":
-            if not (payload["reasoning"] or payload["content"]):
+            probs = payload.get("logprobs")
+            if not (payload["reasoning"] or payload["content"] or probs):
                 continue
+            lp = _logprobs(endpoint, probs, offset) if probs else None
             if endpoint == "chat":
                 delta = {}
                 if payload["reasoning"]:
                     delta["reasoning_content"] = payload["reasoning"]
-                if payload["content"]:
+                if payload["content"] or not delta:
                     delta["content"] = payload["content"]
-                yield chunk({"index": 0, "delta": delta, "finish_reason": None})
+                yield chunk({"index": 0, "delta": delta, "finish_reason": None, **({"logprobs": lp} if lp else {})})
             else:
-                yield chunk({"index": 0, "text": payload["content"], "finish_reason": None, "logprobs": None})
+                yield chunk({"index": 0, "text": payload["content"], "finish_reason": None, "logprobs": lp})
+                offset += sum(len(e["token"]) for e in probs or ())
         elif kind == "error" or payload.get("finish_reason") == "timeout":
             message = payload.get("message") or f"the request ran past --request-timeout ({rt.s.request_timeout:g} s)"
             yield f"data: {json.dumps(error_body(message, 'server_error'))}\n\n"

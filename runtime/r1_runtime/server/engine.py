@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import llama_cpp as L
+import numpy as np
 
 from r1_operator.api.contract import CACHE_TYPES, SAMPLING_DEFAULTS, SERVE_FLAGS
 from r1_runtime.llamalog import LoadFailure, captured_log, classify_load_failure, parse_load_report
@@ -77,6 +78,7 @@ class Sampling:
     logit_bias: dict[int, float] = field(default_factory=dict)
     presence_penalty: float = 0.0  # OpenAI's, over the tokens this request generated (llama.cpp's penalties sampler)
     frequency_penalty: float = 0.0
+    n_probs: int = -1  # >= 0: each token's logprob with this many most likely alternatives (OpenAI's logprobs)
 
 
 @dataclass
@@ -432,7 +434,10 @@ class Engine:
         sl.last = tok
         text = sl.decoder.decode(self.piece(tok))
         looped = sl.loops.add(tok)
-        job.emit("token", {"text": text, "token": tok})
+        event = {"text": text, "token": tok}
+        if job.sampling.n_probs >= 0:
+            event["logprob"] = self._logprob(sl.batch_idx, tok, job.sampling.n_probs)
+        job.emit("token", event)
         if looped and not sl.loop_reported:
             sl.loop_reported = True
             if self.metrics is not None:
@@ -442,6 +447,24 @@ class Engine:
                 return
         if sl.n_gen >= job.sampling.max_tokens or sl.n_past + 1 >= self.n_ctx_slot:
             self._finish(sl, "length")
+
+    def _logprob(self, idx: int, tok: int, k: int) -> dict:
+        """The model's log-probability of `tok` at batch row `idx` (the log-softmax of its raw logits, before any
+        sampler: temperature, penalties and biases change the choice, not the model's distribution), and the k
+        most likely tokens with theirs."""
+        logits = np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx, idx), shape=(self.n_vocab,))
+        m = float(logits.max())
+        lse = m + float(np.log(np.exp(logits - m, dtype=np.float64).sum()))
+        top = []
+        if k:
+            ids = np.argpartition(logits, -k)[-k:]
+            ids = ids[np.argsort(-logits[ids], kind="stable")]
+            top = [self._entry(int(t), float(logits[t]) - lse) for t in ids]
+        return {**self._entry(tok, float(logits[tok]) - lse), "top": top}
+
+    def _entry(self, tok: int, logprob: float) -> dict:
+        raw = self.piece(tok)
+        return {"token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw)}
 
     def _usage(self, job: Job, n_gen: int) -> dict:
         return {"prompt_tokens": len(job.prompt), "completion_tokens": n_gen, "cached_tokens": job.cached}

@@ -190,7 +190,7 @@ class Runtime:
             min_p=self.s.min_p if req.min_p is None else req.min_p,
             seed=req.seed, max_tokens=max(1, min(max_tokens or cap, cap)), ignore_eos=req.ignore_eos,
             logit_bias=bias, presence_penalty=req.presence_penalty or 0.0,
-            frequency_penalty=req.frequency_penalty or 0.0,
+            frequency_penalty=req.frequency_penalty or 0.0, n_probs=req.wanted_probs(),
         )
 
     def retry_after(self) -> int:
@@ -229,7 +229,10 @@ class Runtime:
                     text, stopped = matcher.feed(payload["text"])
                     if stopped:
                         job.cancel()
-                    yield "delta", self._split(splitter, text)
+                    delta = self._split(splitter, text)
+                    if "logprob" in payload:  # with the delta its token arrived in, even if a stop string holds its text
+                        delta["logprobs"] = [payload["logprob"]]
+                    yield "delta", delta
                     continue
                 if kind == "error":
                     finished = True

@@ -33,14 +33,27 @@ class CommonRequest(BaseModel):
     stop_on_loop: bool | None = None
     cache_prompt: bool = True  # llama-server's: reuse the longest cached prefix of a slot; false evaluates it all
 
+    def wanted_probs(self) -> int:
+        """How many alternatives each generated token's logprob comes with: -1 for no logprobs at all."""
+        return -1
+
 
 class ChatRequest(CommonRequest):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    def wanted_probs(self) -> int:
+        return (self.top_logprobs or 0) if self.logprobs else -1
 
 
 class CompletionRequest(CommonRequest):
     prompt: str | list[str]
+    logprobs: int | None = Field(None, ge=0, le=5)  # the legacy API's: the chosen token's and this many others
+
+    def wanted_probs(self) -> int:
+        return -1 if self.logprobs is None else self.logprobs
 
 
 class TokenizeRequest(BaseModel):
@@ -57,7 +70,7 @@ class TemplateRequest(BaseModel):
 # OpenAI request fields this runtime does not implement yet: a request that asks for one is refused with a 400 that
 # names the field, never answered as if it had not asked. A value that asks for nothing (null, false, 0, [], "none",
 # {"type": "text"}) is accepted.
-UNSUPPORTED = ("logprobs", "top_logprobs", "response_format", "tools", "tool_choice", "functions", "function_call",
+UNSUPPORTED = ("response_format", "tools", "tool_choice", "functions", "function_call",
                "parallel_tool_calls", "repetition_penalty", "repeat_penalty",
                "echo", "suffix", "best_of", "n_probs", "grammar", "json_schema", "audio", "modalities", "prediction",
                "reasoning_effort", "web_search_options")
