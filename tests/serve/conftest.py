@@ -27,3 +27,9 @@ def r1_mini(tmp_path_factory) -> Path:
 def smol_server(smollm2):
     with running_server(smollm2, "--parallel", "4", "--ctx-size", "4096", "--max-queue", "8") as s:
         yield s
+
+
+@pytest.fixture(scope="module")
+def r1_server(r1_mini):
+    with running_server(r1_mini, "--parallel", "2", "--ctx-size", "2048", "--variant", "UD-IQ1_S") as s:
+        yield s

@@ -119,7 +119,7 @@ HI = [{"role": "user", "content": "hi"}]
 
 
 @pytest.mark.parametrize("path, extra, field", [
-    ("/chat/completions", {"response_format": {"type": "json_object"}}, "response_format"),
+    ("/completions", {"response_format": {"type": "json_object"}}, "response_format"),  # chat's field only
     ("/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"},
      "tools"),
     ("/chat/completions", {"repetition_penalty": 1.3}, "repetition_penalty"),
@@ -378,12 +378,6 @@ def test_loop_guard_counts_and_stops_loops(smol_server):
 
 
 # ---- the miniature R1: template, BOS, reasoning_content, loops -------------------------------
-
-@pytest.fixture(scope="module")
-def r1_server(r1_mini):
-    with running_server(r1_mini, "--parallel", "2", "--ctx-size", "2048", "--variant", "UD-IQ1_S") as s:
-        yield s
-
 
 def test_r1_reasoning_content_is_split_from_content(r1_server):
     c = r1_server.openai()

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from r1_runtime import __version__
 from r1_runtime.server.engine import PromptTooLong, QueueFull
 from r1_runtime.server.generation import Runtime
+from r1_runtime.server.structured import grammar_for
 from r1_runtime.server.schemas import ChatRequest, CommonRequest, CompletionRequest, TemplateRequest, \
     TokenizeRequest, chat_messages, err, error_body, refused_field
 
@@ -193,6 +194,15 @@ def create_app(rt: Runtime) -> FastAPI:
         if body.top_logprobs and not body.logprobs:
             return _invalid_request(rt, "chat", "top_logprobs: set logprobs to true to get top_logprobs",
                                     "top_logprobs")
+        try:
+            grammar = grammar_for(body.response_format)
+            if grammar is not None:
+                if rt.prompt.think:
+                    raise ValueError("response_format: this model reasons in <think> before it answers, and a "
+                                     "grammar would constrain the reasoning too; ask for JSON in the prompt instead")
+                await asyncio.to_thread(rt.engine.check_grammar, grammar)
+        except ValueError as exc:
+            return _invalid_request(rt, "chat", str(exc), str(exc).split(":")[0])
         messages, bad = chat_messages(body.messages)
         if bad is not None:
             return _invalid_request(rt, "chat", bad[1], bad[0], code="unsupported_content")
@@ -202,7 +212,8 @@ def create_app(rt: Runtime) -> FastAPI:
             raise  # the app's handler: not valid Unicode
         except Exception as exc:  # noqa: BLE001 - template errors are the caller's messages
             return _invalid_request(rt, "chat", f"messages: the chat template rejected them: {exc}", "messages")
-        return await _respond(rt, "chat", body, prompt, body.max_completion_tokens or body.max_tokens, request)
+        return await _respond(rt, "chat", body, prompt, body.max_completion_tokens or body.max_tokens, request,
+                              grammar)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -255,9 +266,9 @@ def _not_ready(rt: Runtime) -> JSONResponse | None:
 
 
 async def _respond(rt: Runtime, endpoint: str, body: CommonRequest, prompt: list[int], max_tokens: int | None,
-                   request: Request):
+                   request: Request, grammar: str | None = None):
     try:
-        events = rt.run(endpoint, body, prompt, max_tokens, request)
+        events = rt.run(endpoint, body, prompt, max_tokens, request, grammar)
         first = await events.__anext__()  # submits the job; errors surface here
     except PromptTooLong as exc:
         param = "messages" if endpoint == "chat" else "prompt"

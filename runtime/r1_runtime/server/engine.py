@@ -79,6 +79,7 @@ class Sampling:
     presence_penalty: float = 0.0  # OpenAI's, over the tokens this request generated (llama.cpp's penalties sampler)
     frequency_penalty: float = 0.0
     n_probs: int = -1  # >= 0: each token's logprob with this many most likely alternatives (OpenAI's logprobs)
+    grammar: str | None = None  # GBNF the output must match (response_format, through structured.grammar_for)
 
 
 @dataclass
@@ -232,6 +233,16 @@ class Engine:
             n = L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         return buf.raw[:n]
 
+    def grammar_sampler(self, grammar: str):
+        """llama.cpp's grammar sampler for `grammar`; a ValueError when llama.cpp cannot parse it."""
+        sampler = L.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
+        if not sampler:
+            raise ValueError("response_format: llama.cpp could not parse the grammar made from it; simplify the schema")
+        return sampler
+
+    def check_grammar(self, grammar: str) -> None:
+        L.llama_sampler_free(self.grammar_sampler(grammar))
+
     def is_eog(self, token: int) -> bool:
         return bool(L.llama_vocab_is_eog(self.vocab, token))
 
@@ -310,6 +321,8 @@ class Engine:
     def _assign(self, sl: _Slot, job: Job) -> None:
         sp = job.sampling
         chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        if sp.grammar:  # first: every later sampler chooses among the tokens the grammar allows
+            L.llama_sampler_chain_add(chain, self.grammar_sampler(sp.grammar))
         if sp.logit_bias:
             arr = (L.llama_logit_bias * len(sp.logit_bias))(*[L.llama_logit_bias(t, b) for t, b in sp.logit_bias.items()])
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_logit_bias(self.n_vocab, len(sp.logit_bias), arr))

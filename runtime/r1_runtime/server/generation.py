@@ -176,7 +176,8 @@ class Runtime:
                                f"{self.s.canary_seed}); the quant or the sampling settings produce degenerate output")
 
     # ---- requests ------------------------------------------------------------------------
-    def sampling(self, req: CommonRequest, max_tokens: int | None, n_prompt: int) -> Sampling:
+    def sampling(self, req: CommonRequest, max_tokens: int | None, n_prompt: int, grammar: str | None = None) \
+            -> Sampling:
         cap = min(self.s.max_tokens_cap, self.engine.n_ctx_slot - n_prompt - 1)
         bias = {}
         for k, v in (req.logit_bias or {}).items():
@@ -190,7 +191,7 @@ class Runtime:
             min_p=self.s.min_p if req.min_p is None else req.min_p,
             seed=req.seed, max_tokens=max(1, min(max_tokens or cap, cap)), ignore_eos=req.ignore_eos,
             logit_bias=bias, presence_penalty=req.presence_penalty or 0.0,
-            frequency_penalty=req.frequency_penalty or 0.0, n_probs=req.wanted_probs(),
+            frequency_penalty=req.frequency_penalty or 0.0, n_probs=req.wanted_probs(), grammar=grammar,
         )
 
     def retry_after(self) -> int:
@@ -200,10 +201,10 @@ class Runtime:
         return max(1, min(120, math.ceil(avg * waves)))
 
     async def run(self, endpoint: str, req: CommonRequest, prompt: list[int], max_tokens: int | None,
-                  request: Request) -> AsyncIterator[tuple[str, dict]]:
+                  request: Request, grammar: str | None = None) -> AsyncIterator[tuple[str, dict]]:
         """Yield ('delta', {reasoning, content}) events then one ('done', {...}) or ('error', {...})."""
         arrived = time.monotonic()
-        sampling = self.sampling(req, max_tokens, len(prompt))
+        sampling = self.sampling(req, max_tokens, len(prompt), grammar)
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         stop_on_loop = self.s.stop_on_loop if req.stop_on_loop is None else req.stop_on_loop

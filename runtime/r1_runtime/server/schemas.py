@@ -43,6 +43,7 @@ class ChatRequest(CommonRequest):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    response_format: dict | None = None  # structured.grammar_for reads it
 
     def wanted_probs(self) -> int:
         return (self.top_logprobs or 0) if self.logprobs else -1
@@ -70,7 +71,8 @@ class TemplateRequest(BaseModel):
 # OpenAI request fields this runtime does not implement yet: a request that asks for one is refused with a 400 that
 # names the field, never answered as if it had not asked. A value that asks for nothing (null, false, 0, [], "none",
 # {"type": "text"}) is accepted.
-UNSUPPORTED = ("response_format", "tools", "tool_choice", "functions", "function_call",
+UNSUPPORTED = ("response_format",  # on completions: chat has it
+               "tools", "tool_choice", "functions", "function_call",
                "parallel_tool_calls", "repetition_penalty", "repeat_penalty",
                "echo", "suffix", "best_of", "n_probs", "grammar", "json_schema", "audio", "modalities", "prediction",
                "reasoning_effort", "web_search_options")
