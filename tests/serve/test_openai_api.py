@@ -122,7 +122,7 @@ HI = [{"role": "user", "content": "hi"}]
     ("/completions", {"response_format": {"type": "json_object"}}, "response_format"),  # chat's field only
     ("/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"},
      "tools"),
-    ("/chat/completions", {"repetition_penalty": 1.3}, "repetition_penalty"),
+    ("/completions", {"best_of": 3}, "best_of"),
     ("/chat/completions", {"temprature": 0.2}, "temprature"),  # a misspelt field is not a silent default
     ("/completions", {"echo": True}, "echo"),
     ("/completions", {"suffix": " end"}, "suffix"),
@@ -145,7 +145,8 @@ def test_fields_that_ask_for_nothing_are_accepted(smol_server):
 
 
 def test_penalties_change_a_repetitive_greedy_answer_and_their_range_is_checked(smol_server):
-    """OpenAI's presence and frequency penalties through llama.cpp's penalties sampler: greedy decoding of a prompt
+    """OpenAI's presence and frequency penalties and the repetition penalty (vLLM's and llama-server's names) through
+    llama.cpp's penalties sampler: greedy decoding of a prompt
     that invites repetition repeats tokens; at 2.0 the answer changes and repeats fewer."""
     c = smol_server.openai()
     ask = [{"role": "user", "content": "Repeat the word 'apple' twenty times, separated by spaces."}]
@@ -156,17 +157,23 @@ def test_penalties_change_a_repetitive_greedy_answer_and_their_range_is_checked(
 
     plain = answer()
     assert answer() == plain  # greedy: the same each time
-    for kw in ({"presence_penalty": 2.0}, {"frequency_penalty": 2.0}):
+    for kw in ({"presence_penalty": 2.0}, {"frequency_penalty": 2.0}, {"extra_body": {"repetition_penalty": 1.8}},
+               {"extra_body": {"repeat_penalty": 1.8}}):
         penalised = answer(**kw)
         assert penalised != plain, kw
         words = lambda t: t.lower().split()  # noqa: E731
         assert len(set(words(penalised))) / max(len(words(penalised)), 1) > \
             len(set(words(plain))) / max(len(words(plain)), 1), (kw, plain, penalised)
     assert answer(presence_penalty=0, frequency_penalty=0) == plain  # zero asks for nothing
-    for field in ("presence_penalty", "frequency_penalty"):
+    assert answer(extra_body={"repetition_penalty": 1.0}) == plain  # 1 is none
+    for field, bad in (("presence_penalty", 2.5), ("frequency_penalty", 2.5), ("repetition_penalty", 0),
+                       ("repeat_penalty", 11)):
         r = httpx.post(smol_server.v1 + "/chat/completions",
-                       json={"model": "r1-test", "messages": ask, "max_tokens": 2, field: 2.5})
-        assert r.status_code == 400 and r.json()["error"]["param"] == field
+                       json={"model": "r1-test", "messages": ask, "max_tokens": 2, field: bad})
+        assert r.status_code == 400 and r.json()["error"]["param"] == field, (field, r.text)
+    r = httpx.post(smol_server.v1 + "/chat/completions", json={"model": "r1-test", "messages": ask, "max_tokens": 2,
+                                                               "repetition_penalty": 1.2, "repeat_penalty": 1.5})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "repeat_penalty", r.text
 
 
 def test_an_unknown_model_is_404_model_not_found(smol_server):

@@ -78,6 +78,7 @@ class Sampling:
     logit_bias: dict[int, float] = field(default_factory=dict)
     presence_penalty: float = 0.0  # OpenAI's, over the tokens this request generated (llama.cpp's penalties sampler)
     frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0  # llama.cpp's repetition penalty over the same tokens; 1 is none
     n_probs: int = -1  # >= 0: each token's logprob with this many most likely alternatives (OpenAI's logprobs)
     grammar: str | None = None  # GBNF the output must match (response_format, through structured.grammar_for)
 
@@ -326,9 +327,10 @@ class Engine:
         if sp.logit_bias:
             arr = (L.llama_logit_bias * len(sp.logit_bias))(*[L.llama_logit_bias(t, b) for t, b in sp.logit_bias.items()])
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_logit_bias(self.n_vocab, len(sp.logit_bias), arr))
-        if sp.presence_penalty or sp.frequency_penalty:  # before any cut, greedy included: each token it sampled
+        if sp.presence_penalty or sp.frequency_penalty or sp.repeat_penalty != 1.0:
+            # before any cut, greedy included: over each token this request generated
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_penalties(
-                self.n_vocab, self.n_ctx_slot, 1.0, sp.frequency_penalty, sp.presence_penalty))
+                self.n_vocab, self.n_ctx_slot, sp.repeat_penalty, sp.frequency_penalty, sp.presence_penalty))
         if sp.temperature <= 0:
             L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
         else:

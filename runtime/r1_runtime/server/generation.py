@@ -179,6 +179,8 @@ class Runtime:
     def sampling(self, req: CommonRequest, max_tokens: int | None, n_prompt: int, grammar: str | None = None) \
             -> Sampling:
         cap = min(self.s.max_tokens_cap, self.engine.n_ctx_slot - n_prompt - 1)
+        if req.repetition_penalty and req.repeat_penalty and req.repetition_penalty != req.repeat_penalty:
+            raise ValueError("repeat_penalty: repetition_penalty is the same setting; send one of the two")
         bias = {}
         for k, v in (req.logit_bias or {}).items():
             if not k.lstrip("-").isdigit() or not 0 <= int(k) < self.engine.n_vocab:
@@ -192,6 +194,7 @@ class Runtime:
             seed=req.seed, max_tokens=max(1, min(max_tokens or cap, cap)), ignore_eos=req.ignore_eos,
             logit_bias=bias, presence_penalty=req.presence_penalty or 0.0,
             frequency_penalty=req.frequency_penalty or 0.0, n_probs=req.wanted_probs(), grammar=grammar,
+            repeat_penalty=req.repetition_penalty or req.repeat_penalty or 1.0,
         )
 
     def retry_after(self) -> int:

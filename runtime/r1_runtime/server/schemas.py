@@ -28,6 +28,9 @@ class CommonRequest(BaseModel):
     # OpenAI's penalties on the tokens generated so far: presence once per token seen, frequency per occurrence
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    # divides a repeated token's positive logit (multiplies a negative one): vLLM's name, and llama-server's
+    repetition_penalty: float | None = Field(None, gt=0, le=10)
+    repeat_penalty: float | None = Field(None, gt=0, le=10)
     ignore_eos: bool = False
     stream_options: dict | None = None
     stop_on_loop: bool | None = None
@@ -73,7 +76,7 @@ class TemplateRequest(BaseModel):
 # {"type": "text"}) is accepted.
 UNSUPPORTED = ("response_format",  # on completions: chat has it
                "tools", "tool_choice", "functions", "function_call",
-               "parallel_tool_calls", "repetition_penalty", "repeat_penalty",
+               "parallel_tool_calls",
                "echo", "suffix", "best_of", "n_probs", "grammar", "json_schema", "audio", "modalities", "prediction",
                "reasoning_effort", "web_search_options")
 # Fields accepted without effect, as OpenAI's own are for one self-hosted model: who asked, and what to keep.
