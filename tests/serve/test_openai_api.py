@@ -48,6 +48,16 @@ def test_models_chat_and_completions(smol_server):
         model="r1-test", prompt="The capital of France is", max_tokens=6, stream=True, **greedy()) if ch.choices)
     assert streamed == comp.choices[0].text
 
+    # echo: the prompt's text, then the same completion
+    echoed = c.completions.create(model="r1-test", prompt="The capital of France is", max_tokens=6, echo=True,
+                                  **greedy())
+    assert echoed.choices[0].text == "The capital of France is" + comp.choices[0].text
+    assert "".join(ch.choices[0].text for ch in c.completions.create(
+        model="r1-test", prompt="The capital of France is", max_tokens=6, stream=True, echo=True, **greedy())
+        if ch.choices) == echoed.choices[0].text
+    r = httpx.post(smol_server.v1 + "/completions", json={"prompt": "hi", "echo": True, "logprobs": 1})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "echo"
+
 
 def test_sampling_defaults_and_overrides(smol_server):
     c = smol_server.openai()
@@ -124,7 +134,7 @@ HI = [{"role": "user", "content": "hi"}]
      "tools"),
     ("/completions", {"best_of": 3}, "best_of"),
     ("/chat/completions", {"temprature": 0.2}, "temprature"),  # a misspelt field is not a silent default
-    ("/completions", {"echo": True}, "echo"),
+    ("/chat/completions", {"echo": True}, "echo"),  # the legacy completions' field
     ("/completions", {"suffix": " end"}, "suffix"),
     ("/completions", {"n_probs": 3}, "n_probs"),  # llama-server's name for logprobs: the OpenAI field works
 ])

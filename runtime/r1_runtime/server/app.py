@@ -224,8 +224,12 @@ def create_app(rt: Runtime) -> FastAPI:
         text = body.prompt if isinstance(body.prompt, str) else "".join(body.prompt[:1])
         if isinstance(body.prompt, list) and len(body.prompt) != 1:
             return _invalid_request(rt, "completions", "prompt: give one prompt per request", "prompt")
+        if body.echo and body.logprobs is not None:
+            return _invalid_request(rt, "completions", "echo: the prompt's logprobs are not computed; send echo or "
+                                    "logprobs, not both", "echo", code="unsupported_parameter")
         prompt = await asyncio.to_thread(rt.prompt.tokenize_prompt, text)
-        return await _respond(rt, "completions", body, prompt, body.max_tokens, request)
+        return await _respond(rt, "completions", body, prompt, body.max_tokens, request,
+                              echo=text if body.echo else "")
 
     return app
 
@@ -266,7 +270,7 @@ def _not_ready(rt: Runtime) -> JSONResponse | None:
 
 
 async def _respond(rt: Runtime, endpoint: str, body: CommonRequest, prompt: list[int], max_tokens: int | None,
-                   request: Request, grammar: str | None = None):
+                   request: Request, grammar: str | None = None, echo: str = ""):
     try:
         events = rt.run(endpoint, body, prompt, max_tokens, request, grammar)
         first = await events.__anext__()  # submits the job; errors surface here
@@ -284,7 +288,7 @@ async def _respond(rt: Runtime, endpoint: str, body: CommonRequest, prompt: list
     created = int(time.time())
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
-        return StreamingResponse(_sse(rt, endpoint, rid, created, first, events, include_usage),
+        return StreamingResponse(_sse(rt, endpoint, rid, created, first, events, include_usage, echo),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     reasoning, content, probs = [], [], []
     ev = first
@@ -307,7 +311,7 @@ async def _respond(rt: Runtime, endpoint: str, body: CommonRequest, prompt: list
                   "logprobs": _logprobs(endpoint, probs) if body.wanted_probs() >= 0 else None}
         obj = "chat.completion"
     else:
-        choice = {"index": 0, "text": "".join(content), "finish_reason": payload["finish_reason"],
+        choice = {"index": 0, "text": echo + "".join(content), "finish_reason": payload["finish_reason"],
                   "logprobs": _logprobs(endpoint, probs) if body.wanted_probs() >= 0 else None}
         obj = "text_completion"
     return {"id": rid, "object": obj, "created": created, "model": rt.model_id, "choices": [choice],
@@ -335,7 +339,8 @@ async def _chain(first, rest):
         yield ev
 
 
-async def _sse(rt: Runtime, endpoint: str, rid: str, created: int, first, events, include_usage: bool):
+async def _sse(rt: Runtime, endpoint: str, rid: str, created: int, first, events, include_usage: bool,
+               echo: str = ""):
     obj = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
     # The envelope is the same for every chunk of a stream: encode it once, then only the choice per token.
     head = "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": rt.model_id},
@@ -348,6 +353,8 @@ async def _sse(rt: Runtime, endpoint: str, rid: str, created: int, first, events
 
     if endpoint == "chat":
         yield chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None})
+    elif echo:
+        yield chunk({"index": 0, "text": echo, "finish_reason": None, "logprobs": None})
     offset = 0  # characters of the completion's text so far (the legacy logprobs' text_offset)
     async for kind, payload in _chain(first, events):
         if kind == "delta":

@@ -55,6 +55,7 @@ class ChatRequest(CommonRequest):
 class CompletionRequest(CommonRequest):
     prompt: str | list[str]
     logprobs: int | None = Field(None, ge=0, le=5)  # the legacy API's: the chosen token's and this many others
+    echo: bool = False  # the prompt's text before the completion's
 
     def wanted_probs(self) -> int:
         return -1 if self.logprobs is None else self.logprobs
@@ -77,7 +78,7 @@ class TemplateRequest(BaseModel):
 UNSUPPORTED = ("response_format",  # on completions: chat has it
                "tools", "tool_choice", "functions", "function_call",
                "parallel_tool_calls",
-               "echo", "suffix", "best_of", "n_probs", "grammar", "json_schema", "audio", "modalities", "prediction",
+               "echo", "suffix",  # echo: on chat (completions has it) "best_of", "n_probs", "grammar", "json_schema", "audio", "modalities", "prediction",
                "reasoning_effort", "web_search_options")
 # Fields accepted without effect, as OpenAI's own are for one self-hosted model: who asked, and what to keep.
 INERT = ("user", "metadata", "store", "service_tier")
