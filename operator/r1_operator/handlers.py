@@ -87,7 +87,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, nodes_index:
     memo.child_events = ChildEvents()
     deployments = lambda: [(ns, name) for ns in list(r1d_index) for name in r1d_index.get(ns, [])]  # noqa: E731
     memo.replan_task = asyncio.create_task(replan_loop(deployments, inv.nodes, inv.pods, memo.reconciler.replan,
-                                                       s.replan_interval_s, s.resync_interval_s))
+                                                       s.replan_interval_s, s.resync_interval_s,
+                                                       memo.reconciler.unplanned))
     state = memo.get("readiness") or readiness.Readiness()
     api, namespaces = memo.reconciler.api, list(memo.get("namespaces") or [])
     memo.readiness_task = asyncio.create_task(readiness.watch_api(lambda: check_api(api, namespaces), state))

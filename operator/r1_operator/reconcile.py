@@ -63,14 +63,21 @@ class Reconciler:
     _absent: set[ch.Ref] = field(default_factory=set)  # optional children seen absent or deleted by this process
     _waiting: set[str] = field(default_factory=set)
     _applied: dict[ch.Ref, str] = field(default_factory=dict)  # child → its version right after our last apply
+    _unplanned: set[tuple[str, str]] = field(default_factory=set)  # no feasible plan at their last reconcile
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(f"{namespace}/{name}", threading.Lock())
 
+    def unplanned(self) -> list[tuple[str, str]]:
+        """(namespace, name) of the R1Deployments whose last reconcile found no feasible plan."""
+        with self._guard:
+            return sorted(self._unplanned)
+
     def forget(self, namespace: str, name: str) -> None:
         with self._guard:
             self._locks.pop(f"{namespace}/{name}", None)
+            self._unplanned.discard((namespace, name))
             mine = (names.runtime_name(name), names.dashboard_name(name))
             ours = lambda ref: ref[2] == namespace and (  # noqa: E731 - a placement's Deployment is NAME-pN
                 ref[3] in mine or ref[3].startswith(names.placement_name(name, 1)[:-1]))
@@ -184,6 +191,8 @@ class Reconciler:
             self._write(body, self._desired(body, spec, stored, str(exc)), None)
             return
         plan = outcome.plan
+        with self._guard:
+            (self._unplanned.discard if plan.get("fits") else self._unplanned.add)((ns, name))
         if correction is not None and outcome.changed:
             plan = {**plan, "why": f"re-planned: {fx.describe(correction)}"}
         desired = self._desired(body, spec, plan, "")
