@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import socket
 import subprocess
 import time
 
@@ -238,6 +239,32 @@ def test_queue_overflow_429_and_disconnect_frees_the_slot(smollm2):
         assert m['r1_requests_total{endpoint="chat",outcome="cancelled"}'] == 1
         assert m['r1_requests_total{endpoint="chat",outcome="rejected"}'] == 1
         assert m["llamacpp:requests_processing"] == 0
+
+
+def test_a_streaming_client_that_leaves_while_queued_gets_nothing_generated(smollm2):
+    """A stream's response starts with its first token, so while queued its handler waits: a client that goes away
+    then must still be noticed, or its tokens are generated for nobody when a slot frees."""
+    with running_server(smollm2, "--parallel", "1") as s:
+        base = s.metrics()["llamacpp:tokens_predicted_total"]
+        c = s.openai(timeout=60)
+        first = c.chat.completions.create(model="r1-test", messages=PROMPT, max_tokens=200, stream=True, **greedy())
+        chunks = iter(first)
+        next(chunks)  # the slot is busy
+        host, port = s.url.removeprefix("http://").split(":")
+        body = json.dumps({"model": "r1-test", "messages": PROMPT, "max_tokens": 300, "stream": True,
+                           "ignore_eos": True}).encode()
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            wait_for(lambda: s.metrics()["llamacpp:requests_deferred"] == 1, 30, "the second stream queued")
+        # its client is gone; the first stream runs on to its end
+        got = sum(1 for ch in chunks if ch.choices and ch.choices[0].delta.content is not None) + 1
+        wait_for(lambda: s.metrics()['r1_requests_total{endpoint="chat",outcome="cancelled"}'] == 1, 30,
+                 "the queued stream counted as cancelled")
+        wait_for(lambda: s.metrics()["llamacpp:requests_processing"] == 0, 30, "the engine idle")
+        m = s.metrics()
+        assert m["llamacpp:requests_deferred"] == 0
+        assert m["llamacpp:tokens_predicted_total"] - base == 200, got  # the first stream's tokens, none beyond
 
 
 def test_api_key_protects_the_api_but_not_probes(smollm2):

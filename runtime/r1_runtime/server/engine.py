@@ -367,6 +367,7 @@ class Engine:
                 self._admit()
                 while not self._stop and not any(sl.job for sl in self.slots) and not self._queue:
                     self._gauges()
+                    self.after_step()  # hand over what admitting emitted (a cancelled queued job's end)
                     self._cv.wait(0.5)
                     self._admit()
                 if self._stop:

@@ -220,7 +220,9 @@ class Runtime:
         stopped = False
         first = True
         finished = False
-        watcher = None if req.stream else asyncio.create_task(_cancel_on_disconnect(request, job))
+        # A client that goes away is noticed here until its first token; past that, a stream's response has started
+        # and Starlette notices (the generator is closed, and `finally` cancels the job).
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
         try:
             while True:
                 kind, payload = await q.get()
@@ -228,6 +230,8 @@ class Runtime:
                     if first:
                         self.metrics.ttft.labels(endpoint).observe(time.monotonic() - arrived)
                         first = False
+                        if req.stream:
+                            watcher.cancel()  # one reader of the client's messages at a time
                     if stopped:
                         continue
                     text, stopped = matcher.feed(payload["text"])
@@ -262,8 +266,7 @@ class Runtime:
                 yield "done", {**payload, "finish_reason": reason}
                 return
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            watcher.cancel()
             job.cancel()  # no-op when finished; frees the slot when the client went away
             if not finished:
                 self.metrics.requests.labels(endpoint, "cancelled").inc()
@@ -298,7 +301,7 @@ def _dispatch(items: list) -> None:
 
 
 async def _cancel_on_disconnect(request: Request, job: Job) -> None:
-    """Non-streaming requests: free the slot if the client goes away while it waits."""
+    """Drop the job (from the queue, or free its slot) if the client goes away while it waits for an answer."""
     while not job.cancelled.is_set():
         if await request.is_disconnected():
             job.cancel()
