@@ -76,8 +76,8 @@ def test_two_interleaved_conversations_each_keep_their_slot(two_slots):
               {"role": "user", "content": f"One fact about {topic}?"}] for topic in ("cats", "ships")]
     for conv in convs:
         conv.append({"role": "assistant", "content": chat(s, conv).choices[0].message.content})
-    for turn in range(2):  # A, B, A, B: each follow-up finds its own history in the slot it left
-        for conv in convs:
+    for turn in range(2):  # A, B, then B, A: B's second follow-up finds its slot although A's is the older one
+        for conv in (convs if turn == 0 else convs[::-1]):
             conv.append({"role": "user", "content": f"Another one ({turn})?"})
             r = chat(s, conv)
             assert r.usage.prompt_tokens_details.cached_tokens > 0.8 * r.usage.prompt_tokens, (turn, r.usage)

@@ -518,7 +518,7 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 def pick_slot(free: list[_Slot], prompt: list[int]) -> _Slot:
     """The free slot whose cache shares the longest prefix with `prompt`, when that covers more than
     PROMPT_SIMILARITY of it; otherwise the least recently used one (llama-server's choice)."""
-    best = max(free, key=lambda sl: common_prefix(sl.kv, prompt))
-    if prompt and common_prefix(best.kv, prompt) > PROMPT_SIMILARITY * len(prompt):
+    shared, best = max(((common_prefix(sl.kv, prompt), sl) for sl in free), key=lambda x: x[0])
+    if prompt and shared > PROMPT_SIMILARITY * len(prompt):
         return best
     return min(free, key=lambda sl: sl.used_at)
