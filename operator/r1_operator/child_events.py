@@ -33,10 +33,14 @@ def deployment_summary(body: Any) -> list:
 
 
 def pod_summary(body: Any) -> list:
-    # Readiness reaches the Deployment status too; pods add why they wait (Unschedulable, CrashLoopBackOff).
+    # Readiness reaches the Deployment status too; pods add why they wait (Unschedulable, CrashLoopBackOff) and
+    # how their containers last ended (OOMKilled, an exit code): a restart the Deployment's status never shows.
     st = body.get("status") or {}
     waiting = [((c.get("state") or {}).get("waiting") or {}).get("reason") for c in st.get("containerStatuses") or []]
-    return [st.get("phase"), _conditions(st), waiting]
+    ended = [(c.get("restartCount"), ((c.get("lastState") or {}).get("terminated") or {}).get("reason"),
+              ((c.get("state") or {}).get("terminated") or {}).get("reason"))
+             for c in st.get("containerStatuses") or []]
+    return [st.get("phase"), _conditions(st), waiting, ended]
 
 
 def owners(body: Any) -> list[str]:

@@ -193,7 +193,7 @@ class Reconciler:
         plan = outcome.plan
         with self._guard:
             (self._unplanned.discard if plan.get("fits") else self._unplanned.add)((ns, name))
-        if correction is not None and outcome.changed:
+        if correction is not None and (outcome.changed or fx.kind(correction) == fx.MEMORY):
             plan = {**plan, "why": f"re-planned: {fx.describe(correction)}"}
         desired = self._desired(body, spec, plan, "")
         if not plan.get("fits"):
@@ -214,7 +214,7 @@ class Reconciler:
             msg = _api_message(exc)
             self._write(body, replace(desired, apply_error=f"creating or updating a child failed: {msg}"), None)
             raise
-        if fix is not None:  # a load ran out of GPU memory: re-plan with the correction, and say so
+        if fix is not None:  # a runtime ran out of memory: re-plan with the correction, and say so
             log.warning("%s/%s: %s", body["metadata"]["namespace"], body["metadata"]["name"], fx.describe(fix))
             try:
                 k.post_event(self.api, body, "Warning", "PlanCorrected", fx.describe(fix)[:1024], names.MANAGED_BY,
@@ -278,10 +278,10 @@ class Reconciler:
             cache = mf.cache_ref(spec, p)[0]
             if cache not in caches:
                 caches[cache] = self._ensure_cache(ns, spec, p, owner)
-        dev_gpu_free = _dev_gpu_free(meta) if s.dev_simulated_gpus else 0
+        dev_mocks = _dev_mocks(meta) if s.dev_simulated_gpus else {}
         deployments = [mf.build_deployment(name, ns, uid, spec, p, s,
                                            cache_ready=caches[mf.cache_ref(spec, p)[0]].ready is not None,
-                                           dev_gpu_free=dev_gpu_free)
+                                           dev_mocks=dev_mocks)
                        for p in placements]
         wanted: list[dict[str, Any]] = [*deployments, mf.build_service(name, ns, uid, s)]
         unwanted: list[tuple[ch.Ref, str]] = []
@@ -332,10 +332,14 @@ class Reconciler:
         runtimes = [(p, observe.runtime(self.api, ns, live)) for p, live in zip(placements, results)]
         waiting = [c for c in caches.values() if c.ready is None]
         rt = combine(runtimes)
-        fix = correction_for(plan, rt.load_oom, _now()) if rt.load_oom else None
+        pinned = mf.memory_pinned(spec)
+        fix = correction_for(plan, rt.load_oom, _now(), pinned) if rt.load_oom else None
         if fix == "gave up":
             rt = replace(rt, failing=f"{rt.failing}; the plan was corrected {fx.MAX_PER_NODE} times on that node "
                          "already, the most the operator does")
+        elif rt.load_oom and fx.kind(rt.load_oom) == fx.MEMORY and pinned:
+            rt = replace(rt, failing=f"{rt.failing}; spec.resources sets the runtime's memory, so the operator "
+                         "leaves it: raise spec.resources.limits.memory, or lower spec.inference.ctxSize or parallel")
         self._write(body, desired, ((waiting or list(caches.values()))[0], rt))
         return fix if isinstance(fix, dict) else None
 
@@ -382,12 +386,15 @@ class Reconciler:
             metrics.transition(ev.reason)
 
 
-def _dev_gpu_free(meta: dict[str, Any]) -> int:
-    """DEV CLUSTERS ONLY: the bytes free on each simulated GPU, from the R1Deployment's annotation (0: none)."""
-    try:
-        return max(int((meta.get("annotations") or {}).get(names.ANN_DEV_GPU_FREE) or 0), 0)
-    except ValueError:
-        return 0
+def _dev_mocks(meta: dict[str, Any]) -> dict[str, int]:
+    """DEV CLUSTERS ONLY: the runtime's mocks the R1Deployment's annotations ask for (names.DEV_MOCKS), by flag."""
+    out = {}
+    for ann, flag in names.DEV_MOCKS.items():
+        try:
+            out[flag] = max(int((meta.get("annotations") or {}).get(ann) or 0), 0)
+        except ValueError:
+            out[flag] = 0
+    return out
 
 
 def _api_message(exc: ApiException) -> str:

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, fields
 
 MB = 10**6
+GiB = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,10 @@ class OperatorSettings:
     shutdown_grace_s: int = 60  # runtime drain window after SIGTERM
     prestop_sleep_s: int = 5  # lets Service endpoints drop the pod before SIGTERM
     load_bytes_per_second: int = 100 * MB  # slowest expected model load, sizes the startup probe
+    # The runtime process beyond the plan's buffers (Python, llama.cpp, the HTTP server, a CUDA runtime's host
+    # memory): added to the plan's resident bytes for the runtime's memory request and limit. A container
+    # OOMKilled at that limit raises it for its node (planning.corrections).
+    runtime_memory_margin_bytes: int = 2 * GiB
     fetch_backoff_limit: int = 6
     run_as_user: int = 65532  # the image's user (Dockerfile)
     dashboard_label: str = "grafana_dashboard=1"

@@ -1,4 +1,11 @@
-"""A MOCK OF A GPU, for dev clusters only (their GPUs are simulated: no CUDA device exists there).
+"""MOCKS OF WHAT DEV CLUSTERS LACK, for dev clusters only: a GPU, and a real model's host memory.
+
+A real model's host memory: dev clusters serve small test models, far below what the plan of a DeepSeek-R1
+variant predicts, so a runtime there never reaches its memory limit. `--dev-simulated-host-bytes N` holds N
+bytes, every page written, from before the load, as a load whose real use the plan under-predicted would: the
+container's memory cgroup then OOMKills it for real at its limit (`host_ballast`).
+
+A GPU (their GPUs are simulated: no CUDA device exists there):
 
 `--dev-simulated-gpu-free-bytes N` makes a load fail as llama.cpp's fails when a GPU has N bytes free and the plan
 (`--planned-memory`) puts more than that on it: the CUDA allocator's log lines, in llama.cpp's order (weights,
@@ -39,3 +46,9 @@ def simulated_failure_log(planned: dict, free_bytes: int, n_gpu_layers: int) -> 
                                      f"{index} buffer of size {size}\n"}[kind])
             return "".join(lines)
     return None
+
+
+def host_ballast(n: int) -> bytes:
+    """n bytes with every page written (resident, not a lazily mapped zero page); kept by the caller for the
+    process's life."""
+    return b"\xa5" * n

@@ -138,9 +138,11 @@ def test_a_runtime_oomkilled_by_its_memory_limit_says_so_in_the_status(real_kube
     kube.apply(r1d, ns)
     kube.wait_condition(ns, "r1-real", "Planned", timeout=60)  # written once the Job exists
     kube.run("wait", "--for=condition=Complete", f"job/{CACHE}", "-n", ns, "--timeout=120s")
-    cond = kube.wait_condition(ns, "r1-real", "Degraded", "True", timeout=180, reason="RuntimeFailing")
+    cond = kube.wait_condition(ns, "r1-real", "Degraded", "True", timeout=180, reason="OutOfMemory")
     assert "container runtime was OOMKilled (exit 137" in cond["message"]
-    assert "at its memory limit 48Mi" in cond["message"] and "spec.resources.limits.memory" in cond["message"]
+    assert "at its memory limit 48Mi" in cond["message"] and "raise spec.resources.limits.memory" in cond["message"]
+    assert "spec.resources sets the runtime's memory, so the operator leaves it" in cond["message"]
+    assert not kube.r1d(ns, "r1-real")["status"]["plan"].get("corrections")  # the user's limit is not changed
     (cs,) = _runtime_pod(kube, ns)["status"]["containerStatuses"]
     term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
     assert term["reason"] == "OOMKilled" and term["exitCode"] == 137  # the kernel's OOM killer, for real

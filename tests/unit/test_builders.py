@@ -102,13 +102,12 @@ def test_runtime_renders_the_plan_and_requests_its_gpus_on_its_node():
 
 
 def test_runtime_memory_is_bounded_by_the_plan_and_mmap_leaves_the_weights_out():
-    gib = 1 << 30
     for ram, mode in (("512Gi", "hybrid"), ("64Gi", "mmap")):
         s = spec(model={"variant": "UD-IQ1_S"})
         plan = decide(s, 1, inv(node("n", 1, 24576, memory=ram)), None).plan
         assert plan["mode"] == mode
-        r = mf.runtime_resources(s, plan)
-        want = f"{-(-(plan['cpuMemoryBytes'] + mf.RUNTIME_MEMORY_MARGIN) // gib)}Gi"
+        r = mf.runtime_resources(s, plan, S)
+        want = f"{-(-(plan['cpuMemoryBytes'] + S.runtime_memory_margin_bytes) // (1 << 20))}Mi"
         assert r["limits"]["memory"] == r["requests"]["memory"] == want  # bounded: a limit, equal to the request
         weights = plan["modelBytes"]
         if mode == "mmap":  # the model's pages are reclaimable page cache: not in the limit
@@ -118,9 +117,9 @@ def test_runtime_memory_is_bounded_by_the_plan_and_mmap_leaves_the_weights_out()
     # spec.resources overrides key by key; a larger memory request raises the limit with it
     s = spec(model={"variant": "UD-IQ1_S"}, resources={"requests": {"memory": "900Gi"}})
     plan = decide(s, 1, inv(node("n", 1, 24576)), None).plan
-    assert mf.runtime_resources(s, plan)["limits"]["memory"] == "900Gi"
+    assert mf.runtime_resources(s, plan, S)["limits"]["memory"] == "900Gi"
     s = spec(model={"variant": "UD-IQ1_S"}, resources={"limits": {"memory": "48Mi"}, "requests": {"memory": "48Mi"}})
-    assert mf.runtime_resources(s, plan)["limits"]["memory"] == "48Mi"
+    assert mf.runtime_resources(s, plan, S)["limits"]["memory"] == "48Mi"
 
 
 def test_runtime_has_no_replicas_until_the_cache_is_ready():

@@ -1,4 +1,5 @@
-"""Plan corrections (pure): a load out of GPU memory → the bytes missing plus a margin → a smaller plan there."""
+"""Plan corrections (pure): a load out of GPU memory → the bytes missing plus a margin → a smaller plan there;
+a container OOMKilled at its memory limit → more memory for the runtimes on its node, or a plan that needs less."""
 
 from __future__ import annotations
 
@@ -102,3 +103,91 @@ def test_what_is_corrected_and_when_the_operator_stops():
     assert correction_for({**plan, "corrections": three}, oom, "t2") == "gave up"
     elsewhere = [{**x, "node": "another"} for x in three]
     assert isinstance(correction_for({**plan, "corrections": elsewhere}, oom, "t2"), dict)  # per node
+
+
+# ---------------------------------------------------------------- a container OOMKilled at its memory limit
+
+def _killed(p, limit: int, plan_hash_: str | None = None) -> dict:
+    """What observe reads from an OOMKilled runtime container: its pod's limit, plan hash and placement."""
+    return {"kind": "memory", "limitBytes": limit, "planHash": plan_hash_ or plan_hash(p), "placement": 0,
+            "pod": "r1-0-abc", "container": "runtime"}
+
+
+@pytest.mark.parametrize("limit,raise_", [
+    pytest.param(GiB, fx.MIN_MEMORY_RAISE, id="small limit: the minimum raise"),
+    pytest.param(100 * GiB, 10 * GiB, id="large limit: a tenth of it"),
+    pytest.param(3001 * MiB, 301 * MiB, id="rounded up to whole MiB"),
+])
+def test_an_oomkill_raises_the_memory_by_a_margin_of_the_limit_it_hit(limit, raise_):
+    _, p = _first()
+    c = fx.memory_correction(_killed(p, limit), p, "t0")
+    assert (c["kind"], c["device"], c["node"], c["placement"]) == ("memory", "cpu", p["node"], 0)
+    assert c["bytes"] == raise_ and c["plannedBytes"] == limit and c["memoryBytes"] == limit + raise_
+    assert "OOMKilled at its memory limit" in fx.describe(c)
+
+
+def test_the_raised_memory_goes_to_every_runtime_on_that_node_and_survives_the_status():
+    from r1_operator.builders import manifests as mf
+    from r1_operator.settings import OperatorSettings
+
+    s = OperatorSettings()
+    plan, p = _first()
+    before = mf.runtime_memory_bytes(p, s)
+    assert before == p["cpuMemoryBytes"] + s.runtime_memory_margin_bytes
+    c = fx.memory_correction(_killed(p, before), p, "t0")
+    stored = json.loads(json.dumps({**plan, "corrections": [c]}))  # as the API server hands it back
+    again = decide(SPEC, 1, NODES, stored)
+    q = placement_plans(again.plan)[0]
+    assert (q["node"], q["nGpuLayers"], q["mode"]) == (p["node"], p["nGpuLayers"], p["mode"])  # RAM to spare
+    assert mf.runtime_memory_bytes(q, s) == before + c["bytes"] == c["memoryBytes"]
+    res = mf.runtime_resources(SPEC, q, s)
+    assert res["limits"]["memory"] == res["requests"]["memory"] == f"{-(-c['memoryBytes'] // MiB)}Mi"
+    # another node's runtimes are not raised
+    other = {**q, "node": "another"}
+    assert mf.runtime_memory_bytes(other, s) == q["cpuMemoryBytes"] + s.runtime_memory_margin_bytes
+    # a later plan (the spec changed) starts from it
+    later = decide(SPEC, 2, NODES, again.plan)
+    assert mf.runtime_memory_bytes(placement_plans(later.plan)[0], s) == c["memoryBytes"]
+
+
+def test_a_node_without_the_raised_memory_gets_memory_mapped_weights():
+    plan, p = _first()
+    # a node with just enough RAM for the hybrid plan: the CPU side plus the planner's reserve, and 1 GiB
+    from r1_operator.planning.evaluate import PlanRequest
+    ram = p["memory"][-1]["total"] + PlanRequest().ram_reserve_bytes + GiB
+    shape = {"name": "tight", "gpus": 2, "gpuMemoryMiB": 24576, "memory": str(ram), "cpu": "32"}
+    n = NodeShape.model_validate(shape).to_node()
+    n["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+    tight = inventory([n], [], "nvidia.com/gpu")
+    first = decide(SPEC, 1, tight, None).plan
+    assert first["mode"] == "hybrid" and first["node"] == "tight"
+    fp = placement_plans(first)[0]
+    c = fx.memory_correction(_killed(fp, fp["cpuMemoryBytes"] + 2 * GiB), fp, "t0")
+    assert c["bytes"] > GiB  # more than the node has beyond the hybrid plan
+    after = decide(SPEC, 1, tight, {**first, "corrections": [c]})
+    assert after.changed and after.plan["fits"] and after.plan["mode"] == "mmap"
+    assert after.plan["cpuMemoryBytes"] + c["bytes"] <= ram - PlanRequest().ram_reserve_bytes
+
+
+def test_which_oomkills_are_corrected_and_when_the_operator_stops():
+    from r1_operator.planning.decide import correction_for
+
+    plan, p = _first()
+    c = correction_for(plan, _killed(p, 3 * GiB), "t0")
+    assert isinstance(c, dict) and c["kind"] == "memory" and c["memoryBytes"] > 3 * GiB
+    assert correction_for(plan, _killed(p, 3 * GiB), "t0", memory_pinned=True) is None  # the spec's limit
+    assert correction_for(plan, _killed(p, 3 * GiB, "an-older-plan"), "t0") is None
+    assert correction_for(plan, {**_killed(p, 0), "limitBytes": None}, "t0") is None  # no limit: the node ran out
+    done = {**plan, "corrections": [c]}
+    assert correction_for(done, _killed(p, 3 * GiB), "t1") is None  # the pod from before the raise
+    second = correction_for(done, _killed(p, c["memoryBytes"]), "t1")  # the raised pod, killed again
+    assert isinstance(second, dict) and second["plannedBytes"] == c["memoryBytes"]
+    three = [{**c, "plannedBytes": c["plannedBytes"] + i} for i in range(fx.MAX_PER_NODE)]
+    assert correction_for({**plan, "corrections": three}, _killed(p, 9 * GiB), "t2") == "gave up"
+    # the kinds are counted apart: three GPU corrections there leave memory corrections to do, and the other way
+    gpu = [{"node": p["node"], "placement": 0, "device": "gpu0", "limitBytes": 20 * GiB, "planHash": f"h{i}"}
+           for i in range(fx.MAX_PER_NODE)]
+    assert isinstance(correction_for({**plan, "corrections": gpu}, _killed(p, 3 * GiB), "t2"), dict)
+    gpu_oom = {"planDevice": "gpu0", "what": "KV cache", "requestedBytes": 2 * GiB, "plannedBytes": GiB,
+               "planHash": plan_hash(p), "placement": 0}
+    assert isinstance(correction_for({**plan, "corrections": three}, gpu_oom, "t2"), dict)

@@ -243,6 +243,8 @@ SERVE_FLAGS = _flags(
          "write a short JSON of a failed load here if the file exists (Kubernetes termination message)", _LIMITS),
     Flag("dev_simulated_gpu_free_bytes", int, 0, "DEV CLUSTERS ONLY, a mock of a GPU: fail the load as llama.cpp "
          "does when --planned-memory puts more than this on a GPU (0: off)", _PLACE, lo=0),
+    Flag("dev_simulated_host_bytes", int, 0, "DEV CLUSTERS ONLY, a stand-in for a real model's host memory: hold "
+         "this many bytes, written, from before the load to the end (0: off)", _PLACE, lo=0),
     Flag("stop_on_loop", bool, False, "stop looping generations (finish_reason 'repetition')", _LOOPS),
     Flag("canary", bool, False, "at start-up, fail readiness if a fixed prompt's output loops", _LOOPS),
     Flag("canary_seed", int, SAMPLING_DEFAULTS["seed"], "seed of the canary prompt", _LOOPS, lo=0, hi=2**32 - 1),

@@ -80,16 +80,25 @@ _STATUS = {
                         "gpuLayers": {"type": "string"}, "tensorSplit": {"type": "array", "items": {"type": "integer"}},
                         "mode": {"type": "string"}, "cpuMemoryBytes": {"type": "integer", "format": "int64"},
                         "memory": _MEMORY}}},
-                "corrections": {"type": "array", "description": "Loads that ran out of GPU memory, and the most "
-                                "each GPU of their node holds since (planning.corrections).", "items": {
+                "corrections": {"type": "array", "description": "Runtimes that ran out of memory, and what the "
+                                "plans of their node allow since (planning.corrections): for a load out of GPU "
+                                "memory, the most each GPU holds; for a container OOMKilled at its memory limit, "
+                                "the bytes each runtime there gets beyond its plan.", "items": {
                     "type": "object", "properties": {
+                        "kind": {"type": "string", "description": "gpu (also when absent) or memory."},
                         "node": {"type": "string"}, "placement": {"type": "integer"}, "device": {"type": "string"},
-                        "what": {"type": "string"}, "bytes": {"type": "integer", "format": "int64"},
+                        "what": {"type": "string"},
+                        "bytes": {"type": "integer", "format": "int64",
+                                  "description": "What the correction takes off the GPU, or adds to the memory."},
                         "limitBytes": {"type": "integer", "format": "int64",
-                                       "description": "The most any later plan puts on each GPU of the node."},
+                                       "description": "gpu: the most any later plan puts on each GPU of the node."},
+                        "memoryBytes": {"type": "integer", "format": "int64",
+                                        "description": "memory: the runtime's memory request and limit after it."},
                         "requestedBytes": {"type": "integer", "format": "int64", "nullable": True},
                         "freeBytes": {"type": "integer", "format": "int64", "nullable": True},
-                        "plannedBytes": {"type": "integer", "format": "int64"}, "planHash": {"type": "string"},
+                        "plannedBytes": {"type": "integer", "format": "int64", "description": "gpu: what the plan "
+                                         "put on the device; memory: the limit the container was killed at."},
+                        "planHash": {"type": "string"},
                         "at": {"type": "string"}}}},
                 "settings": {"type": "object", "properties": {
                     "ctxSize": {"type": "integer"}, "cacheTypeK": {"type": "string"}, "cacheTypeV": {"type": "string"},

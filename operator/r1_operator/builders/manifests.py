@@ -14,11 +14,13 @@ from typing import Any
 from r1_operator.api import contract
 from r1_operator.api.types import GROUP, KIND, VERSION, R1DeploymentSpec
 from r1_operator.builders import names
+from r1_operator.planning.corrections import memory_extra
 from r1_operator.planning.decide import placement_plans, plan_hash
 from r1_operator.planning.inventory import parse_quantity
 from r1_operator.settings import OperatorSettings
 
 GiB = 1 << 30
+MiB = 1 << 20
 CACHE_MOUNT = "/cache"
 PROBE_PERIOD_S = 10
 DEFAULT_CPU_REQUEST = 2  # without spec.inference.threads
@@ -97,8 +99,8 @@ def _secret_env(env_name: str, ref) -> dict[str, Any]:
     return {"name": env_name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
 
 
-def _quantity_gib(n: int) -> str:
-    return f"{max(math.ceil(n / GiB), 1)}Gi"
+def _quantity_mib(n: int) -> str:
+    return f"{max(math.ceil(n / MiB), 1)}Mi"
 
 
 # The fetch's working set is bounded: a 1 MiB chunk per download connection and an 8 MiB hashing buffer, the
@@ -156,9 +158,10 @@ def build_fetch_job(namespace: str, spec: R1DeploymentSpec, plan: dict[str, Any]
 
 
 def runtime_command(name: str, spec: R1DeploymentSpec, plan: dict[str, Any], s: OperatorSettings,
-                    dev_gpu_free: int = 0) -> list[str]:
+                    dev_mocks: dict[str, int] | None = None) -> list[str]:
     """`r1-runtime serve` with every spec field the runtime takes, rendered by the contract (bounds checked).
-    dev_gpu_free: DEV CLUSTERS ONLY, the runtime's mock of a GPU with that many bytes free (0: none)."""
+    dev_mocks: DEV CLUSTERS ONLY, the runtime's mocks (names.DEV_MOCKS: flag -> value), rendered only with
+    OperatorSettings.dev_simulated_gpus."""
     inf, smp = spec.inference, spec.inference.sampling
     values: dict[str, Any] = {
         "model": CACHE_MOUNT, "host": "0.0.0.0", "port": s.runtime_port, "metrics_port": s.runtime_metrics_port,
@@ -174,8 +177,8 @@ def runtime_command(name: str, spec: R1DeploymentSpec, plan: dict[str, Any], s: 
         values["planned_memory"] = planned_memory(plan)
     if plan.get("tensorSplit"):
         values["tensor_split"] = ",".join(str(x) for x in plan["tensorSplit"])
-    if dev_gpu_free and s.dev_simulated_gpus:
-        values["dev_simulated_gpu_free_bytes"] = dev_gpu_free
+    if s.dev_simulated_gpus:
+        values.update({flag: n for flag, n in (dev_mocks or {}).items() if n})
     return ["r1-runtime", "serve", *contract.render(contract.SERVE_FLAGS, values)]
 
 
@@ -198,17 +201,27 @@ def _scheduling(pod: dict[str, Any], spec: R1DeploymentSpec, plan: dict[str, Any
         pod["affinity"] = sch.affinity
 
 
-RUNTIME_MEMORY_MARGIN = 2 * GiB  # the runtime process beyond the plan's buffers: Python, llama.cpp, the HTTP server
+def memory_pinned(spec: R1DeploymentSpec) -> bool:
+    """spec.resources sets the runtime's memory: the user sizes it, and an OOMKill there is theirs to fix."""
+    r = spec.resources
+    return r is not None and ("memory" in r.limits or "memory" in r.requests)
 
 
-def runtime_resources(spec: R1DeploymentSpec, plan: dict[str, Any]) -> dict[str, Any]:
-    """The plan's GPUs, CPUs for the threads, and a memory request and limit both equal to the plan's CPU-side
-    resident bytes plus RUNTIME_MEMORY_MARGIN. In mmap mode the resident bytes leave the weights out: they are
-    pages of the model file, charged to the pod but reclaimable, so at the limit the kernel drops and re-reads
-    them instead of killing the runtime. spec.resources overrides key by key; a memory request raised above the
-    limit raises the limit with it."""
+def runtime_memory_bytes(plan: dict[str, Any], s: OperatorSettings) -> int:
+    """The runtime's memory request and limit unless the spec sets them: the plan's CPU-side resident bytes, the
+    operator's margin for the process beyond its buffers (OperatorSettings.runtime_memory_margin_bytes), and what
+    memory corrections on the plan's node added (planning.corrections). In mmap mode the resident bytes leave the
+    weights out: they are pages of the model file, charged to the pod but reclaimable, so at the limit the kernel
+    drops and re-reads them instead of killing the runtime."""
+    return (int(plan.get("cpuMemoryBytes") or 0) + s.runtime_memory_margin_bytes
+            + memory_extra(plan.get("corrections") or [], plan.get("node") or ""))
+
+
+def runtime_resources(spec: R1DeploymentSpec, plan: dict[str, Any], s: OperatorSettings) -> dict[str, Any]:
+    """The plan's GPUs, CPUs for the threads, and a memory request and limit both of runtime_memory_bytes, in MiB.
+    spec.resources overrides key by key; a memory request raised above the limit raises the limit with it."""
     gpu = spec.scheduling.gpu_resource_name
-    memory = _quantity_gib(plan.get("cpuMemoryBytes", 0) + RUNTIME_MEMORY_MARGIN)
+    memory = _quantity_mib(runtime_memory_bytes(plan, s))
     requests = {"cpu": str(spec.inference.threads or DEFAULT_CPU_REQUEST), "memory": memory}
     limits: dict[str, str] = {"memory": memory}
     if plan.get("gpus"):
@@ -223,7 +236,7 @@ def startup_failure_threshold(plan: dict[str, Any], s: OperatorSettings) -> int:
 
 
 def build_deployment(name: str, namespace: str, uid: str, spec: R1DeploymentSpec, plan: dict[str, Any],
-                     s: OperatorSettings, cache_ready: bool, dev_gpu_free: int = 0) -> dict[str, Any]:
+                     s: OperatorSettings, cache_ready: bool, dev_mocks: dict[str, int] | None = None) -> dict[str, Any]:
     """The runtime of one placement (decide.placement_plans; a plain plan is placement 0 with spec.replicas),
     pinned to its node with its own offload; 0 replicas until its cache holds the verified model (a pod could
     only crash-loop before)."""
@@ -236,10 +249,10 @@ def build_deployment(name: str, namespace: str, uid: str, spec: R1DeploymentSpec
     http = {"port": "http", "path": "/health"}
     container = {
         "name": "runtime", "image": s.runtime_image, "imagePullPolicy": s.image_pull_policy,
-        "command": runtime_command(name, spec, plan, s, dev_gpu_free), "env": env,
+        "command": runtime_command(name, spec, plan, s, dev_mocks), "env": env,
         "ports": [{"name": "http", "containerPort": s.runtime_port, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": s.runtime_metrics_port, "protocol": "TCP"}],
-        "volumeMounts": _MOUNTS, "resources": runtime_resources(spec, plan),
+        "volumeMounts": _MOUNTS, "resources": runtime_resources(spec, plan, s),
         "securityContext": _container_security(s),
         "startupProbe": {"httpGet": {**http, "path": "/ready"}, "periodSeconds": PROBE_PERIOD_S,
                          "failureThreshold": startup_failure_threshold(plan, s), "timeoutSeconds": 5},

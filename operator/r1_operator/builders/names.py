@@ -18,6 +18,11 @@ ANN_CACHE_SOURCE = f"{GROUP}/cache-source"  # on the PVC: repo@revision/variant
 # DEV CLUSTERS ONLY (read only with R1_DEV_SIMULATED_GPUS): on an R1Deployment, the bytes free on each of its
 # simulated GPUs; the runtime's mock of a GPU (r1_runtime.devgpu) fails a load that plans more there.
 ANN_DEV_GPU_FREE = f"{GROUP}/dev-simulated-gpu-free-bytes"
+# DEV CLUSTERS ONLY (the same): the host bytes the runtime holds beyond its small test model, standing in for what
+# a real model's load would use that the plan did not predict (r1_runtime.devgpu.host_ballast).
+ANN_DEV_HOST_BYTES = f"{GROUP}/dev-simulated-host-bytes"
+# Each dev-only annotation and the runtime flag it becomes.
+DEV_MOCKS = {ANN_DEV_GPU_FREE: "dev_simulated_gpu_free_bytes", ANN_DEV_HOST_BYTES: "dev_simulated_host_bytes"}
 
 
 def _dns(text: str, limit: int) -> str:

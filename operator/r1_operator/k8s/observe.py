@@ -11,6 +11,7 @@ from r1_operator.api.contract import PROGRESS_MARK, Exit
 from r1_operator.builders import names
 from r1_operator.builders.status import CacheObservation, RuntimeObservation
 from r1_operator.k8s import apply as k
+from r1_operator.planning.inventory import parse_quantity
 
 _STUCK = ("CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "InvalidImageName")
 
@@ -90,17 +91,25 @@ def cache(api, namespace: str, pvc_name: str, pvc: dict[str, Any] | None, job: d
                             last_message=message, progress=progress)
 
 
-def _oom_killed(pod: dict[str, Any], cs: dict[str, Any]) -> str:
-    """Why a container was OOMKilled, naming it and its memory limit, or ""."""
+def _oom_killed(pod: dict[str, Any], cs: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+    """Why a container was OOMKilled, naming it and its memory limit, and the limit with the pod's plan hash and
+    placement (what planning.corrections reads); ("", None) when it was not."""
     term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
     if term.get("reason") != "OOMKilled":
-        return ""
+        return "", None
     spec = next((c for c in (pod.get("spec") or {}).get("containers") or [] if c.get("name") == cs["name"]), {})
     limit = ((spec.get("resources") or {}).get("limits") or {}).get("memory")
     where = f"its memory limit {limit}" if limit else "no memory limit: the node ran out of memory"
+    detail = {**_plan_of(pod), "kind": "memory", "container": cs["name"],
+              "limitBytes": int(parse_quantity(limit, "memory limit")) if limit else None}
     return (f"pod {pod['metadata']['name']}: container {cs['name']} was OOMKilled (exit {term.get('exitCode', 137)}, "
-            f"{cs.get('restartCount', 0)} restarts) at {where}; raise spec.resources.limits.memory, or lower "
-            "spec.inference.ctxSize or parallel")
+            f"{cs.get('restartCount', 0)} restarts) at {where}"), detail
+
+
+def _plan_of(pod: dict[str, Any]) -> dict[str, Any]:
+    meta = pod.get("metadata") or {}
+    return {"pod": meta.get("name", ""), "planHash": (meta.get("annotations") or {}).get(names.ANN_PLAN_HASH, ""),
+            "placement": int((meta.get("labels") or {}).get(names.LABEL_PLACEMENT) or 0)}
 
 
 def _load_out_of_memory(pod: dict[str, Any], cs: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
@@ -115,9 +124,7 @@ def _load_out_of_memory(pod: dict[str, Any], cs: dict[str, Any]) -> tuple[str, d
         m = {}
     if not isinstance(m, dict):
         m = {}
-    meta = pod.get("metadata") or {}
-    detail = {**m, "pod": meta.get("name", ""), "planHash": (meta.get("annotations") or {}).get(names.ANN_PLAN_HASH, ""),
-              "placement": int((meta.get("labels") or {}).get(names.LABEL_PLACEMENT) or 0)}
+    detail = {**m, **_plan_of(pod)}
     mib = lambda n: f"{n / (1 << 20):.1f} MiB" if isinstance(n, int) else "an unknown size"  # noqa: E731
     planned = f", the plan predicted {mib(m['plannedBytes'])} there" if m.get("plannedBytes") else ""
     return (f"pod {pod['metadata']['name']}: the runtime ran out of memory loading the model: the "
@@ -205,12 +212,12 @@ def runtime(api, namespace: str, dep: dict[str, Any] | None) -> RuntimeObservati
                         unschedulable = waiting
             for cs in pst.get("containerStatuses") or []:
                 reason = ((cs.get("state") or {}).get("waiting") or {}).get("reason", "")
-                oom = _oom_killed(pod, cs)
+                killed, killed_detail = _oom_killed(pod, cs)
                 load_oom, detail = _load_out_of_memory(pod, cs)
                 if load_oom:
                     failing, failing_reason, oom_detail = load_oom, "OutOfMemory", detail
-                elif oom:
-                    failing = oom
+                elif killed:
+                    failing, failing_reason, oom_detail = killed, "OutOfMemory", killed_detail
                 elif reason in _STUCK:
                     failing = f"pod {pod['metadata']['name']}: container {cs['name']} {reason}"
     return RuntimeObservation(

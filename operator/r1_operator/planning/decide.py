@@ -170,16 +170,28 @@ def decide(spec: R1DeploymentSpec, generation: int, nodes: list[NodeCapacity], s
     return PlanOutcome(plan, changed, why)
 
 
-def correction_for(plan: dict[str, Any], oom: dict[str, Any], now: str) -> dict[str, Any] | str | None:
-    """What to do about a load that ran out of memory (observe: its termination message, plan hash and placement):
-    a new correction for a GPU failure under the current plan; "gave up" after fx.MAX_PER_NODE on its node; None
-    for a pod of an earlier plan, one corrected already, or a CPU-side failure."""
+def correction_for(plan: dict[str, Any], oom: dict[str, Any], now: str, memory_pinned: bool = False) \
+        -> dict[str, Any] | str | None:
+    """What to do about a runtime that ran out of memory (observe: a load's termination message, or an OOMKilled
+    container's limit, with the pod's plan hash and placement): a new correction under the current plan; "gave up"
+    after fx.MAX_PER_NODE of its kind on its node; None for a pod of an earlier plan, one corrected already, a
+    CPU-side load failure, or an OOMKill at a memory figure the spec sets (`memory_pinned`)."""
     placement = next((p for p in placement_plans(plan) if p["id"] == oom.get("placement")), None)
     if placement is None or oom.get("planHash") != plan_hash(placement):
         return None  # a pod of an earlier plan, on its way out
-    done = plan.get("corrections") or []
-    if any(c.get("planHash") == oom["planHash"] for c in done):
+    what = fx.kind(oom)
+    if what == fx.MEMORY and (memory_pinned or not oom.get("limitBytes")):
+        return None  # the user's limit (the condition says to raise it), or no limit to raise
+    done = [c for c in plan.get("corrections") or [] if fx.kind(c) == what]
+    if what == fx.MEMORY:
+        # killed at a limit already corrected: a pod of the same plan from before the raise
+        if any(c.get("planHash") == oom["planHash"] and c.get("node") == placement["node"]
+               and int(c.get("plannedBytes") or 0) >= int(oom["limitBytes"]) for c in done):
+            return None
+    elif any(c.get("planHash") == oom["planHash"] for c in done):
         return None  # corrected already; the re-planned pod replaces it
     if sum(c.get("node") == placement["node"] for c in done) >= fx.MAX_PER_NODE:
         return "gave up"
+    if what == fx.MEMORY:
+        return fx.memory_correction(oom, placement, now)
     return fx.correction(oom, placement, now)

@@ -48,6 +48,7 @@ class ServeSettings:
     reasoning_format: str = SERVE_FLAGS["reasoning_format"].default  # auto | deepseek | none
     planned_memory: dict = field(default_factory=dict)  # the plan's bytes per device and kind (--planned-memory)
     dev_simulated_gpu_free_bytes: int = 0  # DEV ONLY, a mock of a GPU (r1_runtime.devgpu); 0: off
+    dev_simulated_host_bytes: int = 0  # DEV ONLY, host memory a real model would hold (r1_runtime.devgpu); 0: off
     termination_log: str = SERVE_FLAGS["termination_log"].default
 
 
@@ -69,6 +70,7 @@ class Runtime:
         self.engine.after_step = self._flush
         self._lock = threading.Lock()
         self._pending: list = []
+        self._ballast = b""  # DEV ONLY (--dev-simulated-host-bytes)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.state = State()
         self.model_id = s.alias or os.path.basename(s.engine.model)
@@ -132,6 +134,10 @@ class Runtime:
                 print(log, end="", flush=True)
                 raise LoadOutOfMemory(classify_load_failure(log), "a simulated GPU (--dev-simulated-gpu-free-bytes "
                                       f"{self.s.dev_simulated_gpu_free_bytes})")
+        if self.s.dev_simulated_host_bytes:  # DEV ONLY: what a real model's load would hold on the host
+            from r1_runtime.devgpu import host_ballast
+
+            self._ballast = host_ballast(self.s.dev_simulated_host_bytes)
         self.engine.load()
         e = self.engine
         self.metrics.load_seconds.set(e.load_seconds)
