@@ -129,6 +129,13 @@ def test_runtime_defaults_reach_the_operator():
 
     s = OperatorSettings.from_env({k: v for k, v in env.items() if k.startswith("R1_") and v is not None})
     assert s.default_storage_class == "fast-nvme" and s.hub_endpoint == "http://hf-mirror.models.svc:8080"
+    assert s.runtime_memory_margin_bytes == OperatorSettings().runtime_memory_margin_bytes  # the chart's default
+    # a large margin renders as an integer the operator reads (not YAML's float notation)
+    docs = render("--set", "runtime.memoryMarginBytes=17179869184")
+    env = {e["name"]: e.get("value") for e in
+           next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert OperatorSettings.from_env({"R1_RUNTIME_MEMORY_MARGIN_BYTES": env["R1_RUNTIME_MEMORY_MARGIN_BYTES"]}) \
+        .runtime_memory_margin_bytes == 16 << 30
 
 
 def test_the_operator_is_ready_only_when_its_readiness_endpoint_says_so():
@@ -151,6 +158,7 @@ def test_the_operator_is_ready_only_when_its_readiness_endpoint_says_so():
     (["--set", "watch.namespaces[0]=Bad_NS"], "/watch/namespaces/0"),
     (["--set", "prometheusRule.tokenRateDropRatio=2"], "/prometheusRule/tokenRateDropRatio"),
     (["--set", "runtime.hubEndpoint=ftp://mirror"], "/runtime/hubEndpoint"),
+    (["--set", "runtime.memoryMarginBytes=-1"], "/runtime/memoryMarginBytes"),
     (["--set", "replicaCount=2"], "needs ha.enabled=true"),
 ])
 def test_bad_values_are_rejected_naming_the_key(args, message):
