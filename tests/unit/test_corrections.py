@@ -150,7 +150,11 @@ def test_the_raised_memory_goes_to_every_runtime_on_that_node_and_survives_the_s
     assert mf.runtime_memory_bytes(placement_plans(later.plan)[0], s) == c["memoryBytes"]
 
 
-def test_a_node_without_the_raised_memory_gets_memory_mapped_weights():
+@pytest.mark.parametrize("variant", ["UD-IQ1_S", "auto"])
+def test_a_node_without_the_raised_memory_gets_memory_mapped_weights(variant):
+    """The variant stays (its cache is on the node; a smaller one would download again) with its weights
+    memory-mapped, pinned or chosen by the policy."""
+    spec = R1DeploymentSpec.model_validate({"model": {"variant": variant}})
     plan, p = _first()
     # a node with just enough RAM for the hybrid plan: the CPU side plus the planner's reserve, and 1 GiB
     from r1_operator.planning.evaluate import PlanRequest
@@ -159,14 +163,33 @@ def test_a_node_without_the_raised_memory_gets_memory_mapped_weights():
     n = NodeShape.model_validate(shape).to_node()
     n["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
     tight = inventory([n], [], "nvidia.com/gpu")
-    first = decide(SPEC, 1, tight, None).plan
-    assert first["mode"] == "hybrid" and first["node"] == "tight"
+    first = decide(spec, 1, tight, None).plan
+    assert first["mode"] == "hybrid" and first["node"] == "tight" and first["variant"] == "UD-IQ1_S"
     fp = placement_plans(first)[0]
     c = fx.memory_correction(_killed(fp, fp["cpuMemoryBytes"] + 2 * GiB), fp, "t0")
     assert c["bytes"] > GiB  # more than the node has beyond the hybrid plan
-    after = decide(SPEC, 1, tight, {**first, "corrections": [c]})
-    assert after.changed and after.plan["fits"] and after.plan["mode"] == "mmap"
+    after = decide(spec, 1, tight, {**first, "corrections": [c]})
+    assert after.changed and after.plan["fits"]
+    assert after.plan["mode"] == "mmap" and after.plan["variant"] == "UD-IQ1_S"
     assert after.plan["cpuMemoryBytes"] + c["bytes"] <= ram - PlanRequest().ram_reserve_bytes
+
+
+def test_a_node_that_cannot_memory_map_and_lacks_the_raised_memory_has_no_plan_saying_why():
+    """Below 20 GiB of RAM nothing is memory-mapped: the raise leaves the smallest variant no fit there."""
+    shape = {"name": "small-ram", "gpus": 2, "gpuMemoryMiB": 81920, "memory": "19Gi", "cpu": "32"}
+    n = NodeShape.model_validate(shape).to_node()
+    n["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+    nodes = inventory([n], [], "nvidia.com/gpu")
+    spec = R1DeploymentSpec.model_validate({"model": {"variant": "auto"}})
+    first = decide(spec, 1, nodes, None).plan
+    assert first["fits"] and first["variant"] == "UD-IQ1_S" and first["mode"] == "hybrid"  # the smallest
+    fp = placement_plans(first)[0]
+    three = [{**fx.memory_correction(_killed(fp, fp["cpuMemoryBytes"] + (2 + i) * GiB), fp, f"t{i}"), "bytes": 2 * GiB}
+             for i in range(2)]
+    after = decide(spec, 1, nodes, {**first, "corrections": three})
+    assert not after.plan["fits"] and after.changed
+    assert after.plan["reasons"][0].startswith("memory corrections give each runtime on small-ram 4.0 GiB more")
+    assert any("small-ram" in r and "RAM minus reserve" in r for r in after.plan["reasons"][1:])
 
 
 def test_which_oomkills_are_corrected_and_when_the_operator_stops():

@@ -90,6 +90,14 @@ def apply(nodes: Iterable[NodeCapacity], corrections: Iterable[dict[str, Any]], 
     return out
 
 
+def ram_notes(corrections: Iterable[dict[str, Any]]) -> list[str]:
+    """What the plan's RAM figures leave out: per node, the memory corrections taken off it."""
+    corrections = list(corrections)
+    nodes = sorted({c.get("node") or "" for c in corrections if kind(c) == MEMORY})
+    return [f"memory corrections give each runtime on {n} {memory_extra(corrections, n) / (1 << 30):.1f} GiB more "
+            "than its plan (status.plan.corrections); the RAM figures for it here are less that" for n in nodes]
+
+
 def describe(c: dict[str, Any]) -> str:
     if kind(c) == MEMORY:
         return (f"the runtime on {c['node']} was OOMKilled at its memory limit of {c['plannedBytes'] / MiB:.0f} MiB; "

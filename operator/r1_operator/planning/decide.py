@@ -164,6 +164,8 @@ def decide(spec: R1DeploymentSpec, generation: int, nodes: list[NodeCapacity], s
                                                                      plan_request(spec, variant=before), before):
         best = kept  # nothing places more than the stored variant does: keep it
     plan = plan_to_status(best, generation, why, corrections)
+    if not plan.get("fits") and fx.ram_notes(corrections):
+        plan["reasons"] = [*fx.ram_notes(corrections), *plan.get("reasons", [])]
     changed = stored is None or placements_hash(plan) != placements_hash(stored) or plan.get("fits") != stored.get("fits")
     if not changed:
         plan["why"] = stored.get("why", why)  # the same plan for a new generation is no news
