@@ -6,7 +6,7 @@ import gguf
 import pytest
 
 from r1_operator.modelinfo.describe import describe_local
-from r1_operator.modelinfo.gguf_header import GGUFError, SkippedArray, read_local
+from r1_operator.api.gguf_header import GGUFError, SkippedArray, read_local
 from r1_devtools.testmodel import ModelShape, write_test_model
 
 
@@ -16,7 +16,7 @@ def split(tmp_path_factory):
 
 
 def test_matches_gguf_py(tmp_path, monkeypatch):
-    from r1_operator.modelinfo import gguf_header
+    from r1_operator.api import gguf_header
 
     monkeypatch.setattr(gguf_header, "MAX_KEEP_ARRAY", 16)  # summarise the vocabulary as real R1 headers are
     (path,) = write_test_model(tmp_path / "m.gguf", ModelShape(weight_type="q8_0"))

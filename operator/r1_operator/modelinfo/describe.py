@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from r1_operator.api.contract import parse_split
-from r1_operator.modelinfo.gguf_header import GGUFError, GGUFHeader, read_header, read_local
+from r1_operator.api.gguf_header import GGUFError, GGUFHeader, read_header, read_local
 from r1_operator.planning.model import ModelFacts, facts_from_gguf
 
 def set_paths(any_shard: Path) -> list[Path]:

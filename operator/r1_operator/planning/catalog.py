@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from r1_operator.api import contract
-from r1_operator.planning import ggml
+from r1_operator.api import ggml
 from r1_operator.planning.model import ModelFacts, TensorInfo, facts_from_gguf
 
 GiB = 1 << 30

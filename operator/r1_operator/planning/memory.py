@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from r1_operator.api import contract
-from r1_operator.planning import ggml
+from r1_operator.api import ggml
 from r1_operator.planning.model import ModelFacts
 
 MiB = 1 << 20

@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from r1_operator.planning import ggml
+from r1_operator.api.gguf_header import TensorInfo
 
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    type: int
-    dims: tuple[int, ...]  # GGUF ne order
-    nbytes: int
-    offset: int = 0
-
-    @classmethod
-    def make(cls, name: str, type_: int, dims: tuple[int, ...], offset: int = 0) -> TensorInfo:
-        return cls(name, type_, tuple(dims), ggml.nbytes(type_, math.prod(dims)), offset)
 
 
 @dataclass(frozen=True)

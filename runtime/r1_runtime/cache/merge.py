@@ -36,9 +36,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import gguf
-
 from r1_operator.api.contract import MERGE_WINDOW_BYTES, MERGED_MARKER_SUFFIX, Exit, parse_split, partial_name
+from r1_operator.api.gguf_header import GGUFError, GGUFHeader, read_local
 from r1_runtime.cache.files import CacheError, fsync_dir, write_json_atomic
 
 SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
@@ -77,7 +76,7 @@ def marker_path(output: Path) -> Path:
     return output.with_name(output.name + MERGED_MARKER_SUFFIX)
 
 
-def _read_shard(path: Path, index: int, count: int) -> tuple[gguf.GGUFReader, dict]:
+def _read_shard(path: Path, index: int, count: int) -> tuple[GGUFHeader, dict]:
     if not path.is_file():
         raise MergeError(f"{path}: shard {index + 1} of {count} is missing; fetch it again")
     with open(path, "rb") as f:
@@ -85,26 +84,27 @@ def _read_shard(path: Path, index: int, count: int) -> tuple[gguf.GGUFReader, di
     if magic != b"GGUF":
         raise MergeError(f"{path}: not a GGUF file (magic {magic!r}); the download is corrupt, fetch it again")
     try:
-        reader = gguf.GGUFReader(path)
-    except Exception as exc:  # noqa: BLE001 - gguf-py raises plain ValueError/IndexError on damaged headers
-        raise MergeError(f"{path}: truncated or corrupt GGUF ({exc}); fetch it again") from None
+        header = read_local(str(path))
+    except GGUFError as exc:
+        raise MergeError(f"{path}: truncated or corrupt GGUF ({str(exc).removeprefix(f'{path}: ')}); "
+                         "fetch it again") from None
     meta = {}
     for key in SPLIT_KEYS:
-        field = reader.fields.get(key)
-        if field is None:
+        value = header.kv.get(key)
+        if value is None:
             raise MergeError(f"{path}: no {key} key; this is not part of a split set")
-        meta[key] = int(field.contents())
+        meta[key] = int(value)  # type: ignore[call-overload]
     if meta["split.no"] != index:
         raise MergeError(f"{path}: split.no is {meta['split.no']}, expected {index}; the file is misnamed or from another set")
     if meta["split.count"] != count:
         raise MergeError(f"{path}: split.count is {meta['split.count']} but the set has {count} shards; "
                          "the shards come from different split sets")
     size = path.stat().st_size
-    for t in reader.tensors:
-        if int(t.data_offset) + int(t.n_bytes) > size:
+    for t in header.tensors:
+        if header.data_offset + t.offset + t.nbytes > size:
             raise MergeError(f"{path}: truncated ({size} bytes, tensor {t.name} ends at "
-                             f"{int(t.data_offset) + int(t.n_bytes)}); fetch it again")
-    return reader, meta
+                             f"{header.data_offset + t.offset + t.nbytes}); fetch it again")
+    return header, meta
 
 
 def _string(s: str) -> bytes:
@@ -115,38 +115,30 @@ def _string(s: str) -> bytes:
 def plan_merge(first: Path) -> tuple[list[Path], bytes, list[_Tensor], int]:
     """Read and check every shard; return (shards, raw KV bytes, tensors, kv count). Writes nothing."""
     paths = shard_paths(first)
-    readers = []
-    for i, p in enumerate(paths):
-        readers.append(_read_shard(p, i, len(paths)))
-    reader0, meta0 = readers[0]
+    headers = [_read_shard(p, i, len(paths)) for i, p in enumerate(paths)]
+    header0, meta0 = headers[0]
     expected = meta0["split.tensors.count"]
-    kv_raw = b""
-    n_kv = 0
+    kept = [(a, b) for key, (a, b) in header0.kv_spans.items() if key not in SPLIT_KEYS]
     with open(paths[0], "rb") as f:
-        for key, field in reader0.fields.items():
-            if key.startswith("GGUF.") or key in SPLIT_KEYS:
-                continue
-            f.seek(field.offset)
-            kv_raw += f.read(sum(int(p.nbytes) for p in field.parts))
-            n_kv += 1
+        raw = f.read(max((b for _, b in kept), default=0))
+    kv_raw = b"".join(raw[a:b] for a, b in kept)  # byte for byte, in the file's order
     tensors: list[_Tensor] = []
     seen: set[str] = set()
-    for (reader, meta), path in zip(readers, paths):
+    for (header, meta), path in zip(headers, paths):
         if meta["split.tensors.count"] != expected:
             raise MergeError(f"{path}: split.tensors.count {meta['split.tensors.count']} differs from shard 1's {expected}; "
                              "the shards come from different models")
-        for t in reader.tensors:
+        for t in header.tensors:
             if t.name in seen:
                 raise MergeError(f"{path}: tensor {t.name} appears in two shards; the shards come from different models")
             seen.add(t.name)
-            dims = [int(d) for d in t.shape]
-            info = _string(t.name) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d) for d in dims)
-            info += struct.pack("<I", int(t.tensor_type))
-            tensors.append(_Tensor(t.name, path, int(t.data_offset), int(t.n_bytes), info))
+            info = _string(t.name) + struct.pack("<I", len(t.dims)) + b"".join(struct.pack("<Q", d) for d in t.dims)
+            info += struct.pack("<I", t.type)
+            tensors.append(_Tensor(t.name, path, header.data_offset + t.offset, t.nbytes, info))
     if len(tensors) != expected:
         raise MergeError(f"{paths[0]}: the shards hold {len(tensors)} tensors but split.tensors.count is {expected}; "
                          "a shard is from another model")
-    return paths, kv_raw, tensors, n_kv
+    return paths, kv_raw, tensors, len(kept)
 
 
 def _pad(n: int, align: int) -> int:
@@ -524,9 +516,12 @@ def _table_digest(entries) -> str:
 
 def _verify(path: Path, journal: dict) -> None:
     """Re-read the merged header: the shards' tensor table (names and sizes), no split keys."""
-    reader = gguf.GGUFReader(path)
-    if any(k in reader.fields for k in SPLIT_KEYS):
+    try:
+        header = read_local(str(path))
+    except GGUFError as exc:
+        raise MergeError(f"merged header unreadable: {exc}") from None
+    if any(k in header.kv for k in SPLIT_KEYS):
         raise MergeError(f"{path}: merged header still has split keys")
-    if len(reader.tensors) != journal["tensors"] or \
-            _table_digest((t.name, t.n_bytes) for t in reader.tensors) != journal["tensor_table"]:
+    if len(header.tensors) != journal["tensors"] or \
+            _table_digest((t.name, t.nbytes) for t in header.tensors) != journal["tensor_table"]:
         raise MergeError(f"{path}: merged tensor table does not match the shards'")

@@ -1,19 +1,21 @@
-"""A GGUF header reader that needs only the header bytes.
+"""A GGUF header reader that needs only the header bytes: the one both planes use (the GGUF format is a fact
+they share, beside the contract).
 
-gguf-py's GGUFReader memory-maps the whole file; the planner must describe a
-131-212 GB split set from its headers alone, read locally or with HTTP range
-requests. This reads the key-value section and the tensor table through a
-`read(offset, size)` callable, in buffered chunks, and never touches tensor data.
-Large string arrays (the vocabulary, merges) are skipped, keeping only their length.
+gguf-py's GGUFReader memory-maps the whole file and imports numpy; the planner must describe a 131-212 GB split
+set from its headers alone, read locally or with HTTP range requests, and the runtime's merge must start at
+once. This reads the key-value section and the tensor table through a `read(offset, size)` callable, in
+buffered chunks, and never touches tensor data. Large arrays (the vocabulary, merges) are skipped, keeping only
+their length. Each key's byte span is kept, so a merge can copy a header's key-values byte for byte.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from r1_operator.planning.model import TensorInfo
+from r1_operator.api import ggml
 
 GGUF_MAGIC = b"GGUF"
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -23,6 +25,19 @@ MAX_KEEP_ARRAY = 4096  # longer arrays are summarised as their length
 
 class GGUFError(ValueError):
     """The file is not a readable GGUF header; the message names the file and the byte offset."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    type: int
+    dims: tuple[int, ...]  # GGUF ne order
+    nbytes: int
+    offset: int = 0  # from the start of the data section
+
+    @classmethod
+    def make(cls, name: str, type_: int, dims: tuple[int, ...], offset: int = 0) -> TensorInfo:
+        return cls(name, type_, tuple(dims), ggml.nbytes(type_, math.prod(dims)), offset)
 
 
 @dataclass(frozen=True)
@@ -38,6 +53,7 @@ class GGUFHeader:
     kv: dict[str, object]
     tensors: list[TensorInfo]
     data_offset: int
+    kv_spans: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> [start, end) of its entry
 
 
 class _Cursor:
@@ -80,11 +96,26 @@ def _value(cur: _Cursor, vtype: int):
         etype = cur.unpack("<I")
         count = cur.unpack("<Q")
         if count > MAX_KEEP_ARRAY:
-            for _ in range(count):
-                _value(cur, etype)
+            _skip(cur, etype, count)
             return SkippedArray(etype, count)
         return [_value(cur, etype) for _ in range(count)]
     raise GGUFError(f"{cur.source}: unknown GGUF value type {vtype} at byte {cur.pos - 4}")
+
+
+def _skip(cur: _Cursor, etype: int, count: int) -> None:
+    """Step over `count` values of type etype: scalars in one stride, strings by their lengths."""
+    if etype in _SCALARS:
+        cur.take(struct.calcsize(_SCALARS[etype]) * count)
+        return
+    if etype != _STRING:
+        for _ in range(count):
+            _value(cur, etype)
+        return
+    for _ in range(count):
+        n = cur.unpack("<Q")
+        if n > 1 << 24:
+            raise GGUFError(f"{cur.source}: implausible string length {n} at byte {cur.pos - 8}")
+        cur.take(n)
 
 
 def read_header(read: Callable[[int, int], bytes], source: str) -> GGUFHeader:
@@ -100,9 +131,12 @@ def read_header(read: Callable[[int, int], bytes], source: str) -> GGUFHeader:
     if n_tensors > 1 << 20 or n_kv > 1 << 20:
         raise GGUFError(f"{source}: implausible counts (tensors {n_tensors}, keys {n_kv})")
     kv: dict[str, object] = {}
+    spans: dict[str, tuple[int, int]] = {}
     for _ in range(n_kv):
+        start = cur.pos
         key = cur.string()
         kv[key] = _value(cur, cur.unpack("<I"))
+        spans[key] = (start, cur.pos)
     tensors = []
     for _ in range(n_tensors):
         name = cur.string()
@@ -118,7 +152,8 @@ def read_header(read: Callable[[int, int], bytes], source: str) -> GGUFHeader:
             raise GGUFError(f"{source}: tensor {name}: {exc}") from None
     align = int(kv.get("general.alignment", 32))  # type: ignore[arg-type]
     data_offset = (cur.pos + align - 1) // align * align
-    return GGUFHeader(source=source, version=version, kv=kv, tensors=tensors, data_offset=data_offset)
+    return GGUFHeader(source=source, version=version, kv=kv, tensors=tensors, data_offset=data_offset,
+                      kv_spans=spans)
 
 
 def read_local(path: str) -> GGUFHeader:
