@@ -78,12 +78,13 @@ def parse_split(name: str) -> SplitName | None:
 # copies the next. The merged copy and the remaining shards therefore never hold more than the set plus two
 # windows.
 FETCH_SEGMENT_BYTES = 64 << 20  # a download's byte ranges: one connection fetches one at a time
-MERGE_WINDOW_BYTES = 256 << 20
-MERGE_SLACK_BYTES = 2 * MERGE_WINDOW_BYTES
+MERGE_WINDOW_BYTES = 128 << 20
+MERGE_SLACK_WINDOWS = 3  # merged windows whose shard bytes may still be held: one freed, one recorded, one copied
+MERGE_SLACK_BYTES = MERGE_SLACK_WINDOWS * MERGE_WINDOW_BYTES
 
 
 def cache_peak_bytes(files_bytes: int, split_set_bytes: int, merge: bool, keep_shards: bool = False) -> int:
-    """The most the cache volume holds during fetch (+ merge): every file, plus two merge windows of a split set
+    """The most the cache volume holds during fetch (+ merge): every file, plus MERGE_SLACK_WINDOWS merge windows of a split set
     (`MERGE_SLACK_BYTES`), or with keep_shards the whole merged copy (two copies of the set).
 
     The operator sizes `cache.size: auto` from this; the fetch checks free space against it.

@@ -8,9 +8,10 @@ model size.
 
 The copy advances a window (`contract.MERGE_WINDOW_BYTES`) at a time: copy, fdatasync, record the
 merged bytes done in a journal, then punch holes over the window's source bytes in the shards
-(unless keep_shards), in a thread of its own while the next window is copied. The merged copy plus
-what is left of the shards therefore never holds more than the set plus two windows, the figure
-`contract.cache_peak_bytes` gives the operator and the fetch. A process killed at any point resumes
+(unless keep_shards), the record and the freeing each in a thread of its own while the next window is
+copied. The merged copy plus what is left of the shards therefore never holds more than the set plus
+`contract.MERGE_SLACK_WINDOWS` windows, the figure `contract.cache_peak_bytes` gives the operator and the
+fetch. A process killed at any point resumes
 from the journal: it re-hashes the merged bytes already done (the only extra read, and only after a
 kill), and produces the same bytes. On a filesystem that cannot punch holes each shard is deleted
 once it is wholly copied instead (a peak of the set plus its largest shard).
@@ -393,11 +394,15 @@ def _copy_all(shard_dir: Path, tmp: Path, journal: dict, window: int,
            for s in journal["shards"] if (shard_dir / s["file"]).exists()}
     out = os.open(tmp, os.O_RDWR)  # read back by the hash, from the page cache
     punch = {"ok": True}
-    # A window's commit (fdatasync, journal, freeing its shard bytes) runs in a thread of its own while the next
-    # window is copied; a commit waits for the previous one, so the shards hold at most two windows already
-    # merged (contract.cache_peak_bytes), and the copy never stalls on the disk.
+    # A window's commit is a pipeline beside the copy of the next one: its fdatasync and journal record in one
+    # thread, then the freeing of its shard bytes in another (only once the journal has it). A commit waits for
+    # the previous window's record and the freeing of the one before, so a window's freeing never holds up the
+    # next one's fdatasync, and the shards hold at most MERGE_SLACK_WINDOWS windows already merged: one being
+    # freed, one being recorded, one being copied (contract.cache_peak_bytes).
     committer = ThreadPoolExecutor(1, thread_name_prefix="commit")
-    last: list[Future] = []
+    freer = ThreadPoolExecutor(1, thread_name_prefix="free")
+    recorded: list[tuple[int, Future]] = []  # the window being recorded: its end, and the future
+    freeing: list[Future] = []
     jpath = journal_path(tmp.with_name(journal["file"]))
     try:
         os.ftruncate(out, done)  # bytes past the last commit are rewritten
@@ -405,13 +410,24 @@ def _copy_all(shard_dir: Path, tmp: Path, journal: dict, window: int,
         def durable(pos: int) -> None:
             os.fdatasync(out)  # every byte written before this call, so all of [0, pos)
             write_json_atomic(jpath, {**journal, "done": pos})
+
+        def free(pos: int) -> None:
+            _free(shard_dir, fds, {**journal, "done": pos}, punch)
+
+        def settle_previous() -> None:
+            """The window being recorded is durable; its freeing starts once the one before has finished."""
+            if not recorded:
+                return
+            pos, future = recorded.pop()
+            future.result()
             if consume:
-                _free(shard_dir, fds, {**journal, "done": pos}, punch)
+                if freeing:
+                    freeing.pop().result()
+                freeing.append(freer.submit(free, pos))
 
         def commit(pos: int) -> None:
-            if last:
-                last.pop().result()
-            last.append(committer.submit(durable, pos))
+            settle_previous()
+            recorded.append((pos, committer.submit(durable, pos)))
 
         writer = _HashingWriter(out, done, digest)
         try:
@@ -436,12 +452,15 @@ def _copy_all(shard_dir: Path, tmp: Path, journal: dict, window: int,
                 if pad and writer.pos < end:
                     writer.write(b"\0" * (end - writer.pos))
             commit(writer.pos)
-            last.pop().result()
+            settle_previous()
+            if freeing:
+                freeing.pop().result()
             journal["done"] = writer.pos
             writer.drain()
         finally:
             writer.close()
             committer.shutdown()
+            freer.shutdown()
     finally:
         os.close(out)
         for fd in fds.values():
