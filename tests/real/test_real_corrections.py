@@ -35,6 +35,18 @@ NAME = "r1-fix"
 GiB, MiB = 1 << 30, 1 << 20
 
 
+def _plan_corrected_events(kube, ns: str, name: str) -> list[dict]:
+    events = kube.json("get", "events", "-n", ns, "--field-selector", f"involvedObject.name={name}")["items"]
+    return [e for e in events if e["reason"] == "PlanCorrected"]
+
+
+def _serving_pod(kube, ns: str, name: str) -> dict:
+    """The one runtime pod left once the corrected plan serves."""
+    (pod,) = [p for p in kube.json("get", "pods", "-n", ns, "-l", names.selector_string(names.selector(name)))["items"]
+              if not p["metadata"].get("deletionTimestamp")]
+    return pod
+
+
 def test_a_load_out_of_gpu_memory_is_replanned_with_fewer_layers_and_the_second_try_serves(real_kube, real_ns,
                                                                                            real_hub):
     kube, ns = real_kube, real_ns
@@ -66,13 +78,10 @@ def test_a_load_out_of_gpu_memory_is_replanned_with_fewer_layers_and_the_second_
     planned = next(x for x in st["conditions"] if x["type"] == "Planned")
     assert planned["message"].startswith(f"re-planned: the runtime on {first['node']} ran out of GPU memory")
     assert plan["corrections"] == st["plan"]["corrections"]
-    events = kube.json("get", "events", "-n", ns, "--field-selector", f"involvedObject.name={NAME}")["items"]
-    fixed = [e for e in events if e["reason"] == "PlanCorrected"]
+    fixed = _plan_corrected_events(kube, ns, NAME)
     assert len(fixed) == 1 and fixed[0]["type"] == "Warning" and "16384 MiB free" in fixed[0]["message"]
     # the pod that serves ran the corrected plan, with the same mock of a GPU
-    pods = [p for p in kube.json("get", "pods", "-n", ns, "-l", names.selector_string(names.selector(NAME)))["items"]
-            if not p["metadata"].get("deletionTimestamp")]
-    (pod,) = pods
+    pod = _serving_pod(kube, ns, NAME)
     cmd = pod["spec"]["containers"][0]["command"]
     assert cmd[cmd.index("--n-gpu-layers") + 1] == str(after["nGpuLayers"])
     assert cmd[cmd.index("--dev-simulated-gpu-free-bytes") + 1] == str(free)
@@ -121,13 +130,10 @@ def test_a_runtime_oomkilled_at_its_memory_limit_gets_more_memory_and_serves(rea
     assert planned["message"].startswith(f"re-planned: the runtime on {first['node']} was OOMKilled at its memory "
                                          f"limit of {limit // MiB} MiB")
     assert next(x for x in st["conditions"] if x["type"] == "Degraded")["status"] == "False"
-    events = kube.json("get", "events", "-n", ns, "--field-selector", f"involvedObject.name={name}")["items"]
-    fixed = [e for e in events if e["reason"] == "PlanCorrected"]
+    fixed = _plan_corrected_events(kube, ns, name)
     assert len(fixed) == 1 and fixed[0]["type"] == "Warning" and "OOMKilled" in fixed[0]["message"]
     # the pod that serves has the raised memory, and still holds what the mock stands for
-    pods = [p for p in kube.json("get", "pods", "-n", ns, "-l", names.selector_string(names.selector(name)))["items"]
-            if not p["metadata"].get("deletionTimestamp")]
-    (pod,) = pods
+    pod = _serving_pod(kube, ns, name)
     res = pod["spec"]["containers"][0]["resources"]
     assert res["limits"]["memory"] == res["requests"]["memory"] == f"{c['memoryBytes'] // MiB}Mi"
     cmd = pod["spec"]["containers"][0]["command"]
