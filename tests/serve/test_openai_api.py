@@ -150,6 +150,29 @@ def test_a_field_the_server_would_ignore_is_refused_naming_it(smol_server, path,
     assert err["message"].startswith(f"{field}: ")
 
 
+def test_tools_to_a_template_without_tool_support_say_so():
+    """SmolLM2's template never renders tools; one that does is told apart (jinja's own parse of the template)."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from r1_runtime.server.prompt import renders_tools
+    from r1_runtime.server.schemas import ChatRequest, refused_field
+
+    env = ImmutableSandboxedEnvironment()
+    assert not renders_tools(env, "{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    assert renders_tools(env, "{% if tools %}{{ tools | tojson }}{% endif %}{% for m in messages %}{{ m.content }}"
+                         "{% endfor %}")
+    body = ChatRequest.model_validate({"messages": HI, "tools": [{"type": "function", "function": {"name": "f"}}]})
+    assert "no tool support" in refused_field(body, template_tools=False)[1]
+    assert "not supported by this server" in refused_field(body, template_tools=True)[1]
+
+
+def test_tools_to_smollm2_are_refused_saying_its_template_has_no_tool_support(smol_server):
+    r = httpx.post(smol_server.v1 + "/chat/completions", json={"messages": HI, "max_tokens": 2,
+                                                               "tools": [{"type": "function", "function": {"name": "f"}}]})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"].startswith("tools: this model's chat template has no tool support")
+
+
 def test_fields_that_ask_for_nothing_are_accepted(smol_server):
     c = smol_server.openai()
     r = c.chat.completions.create(model="r1-test", messages=HI, max_tokens=2, presence_penalty=0, frequency_penalty=0,

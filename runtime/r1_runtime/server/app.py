@@ -249,7 +249,7 @@ def _refused(rt: Runtime, endpoint: str, body: CommonRequest) -> JSONResponse | 
         rt.metrics.requests.labels(endpoint, "invalid").inc()
         return err(404, f"model {body.model!r} does not exist; this server serves {rt.model_id!r}", param="model",
                    code="model_not_found")
-    bad = refused_field(body)
+    bad = refused_field(body, rt.prompt.renders_tools)
     if bad is not None:
         return _invalid_request(rt, endpoint, bad[1], bad[0], code="unsupported_parameter")
     return None

@@ -9,6 +9,13 @@ def _raise(message: str):
     raise ValueError(message)
 
 
+def renders_tools(env, template: str) -> bool:
+    """The chat template reads a `tools` variable: it can show the model tool definitions."""
+    from jinja2 import meta
+
+    return "tools" in meta.find_undeclared_variables(env.parse(template))
+
+
 @dataclass
 class Prompter:
     engine: object  # the loaded Engine
@@ -17,6 +24,7 @@ class Prompter:
     bos_text: str = ""
     eos_text: str = ""
     think: bool = False  # the model writes <think> reasoning (R1's template, or --reasoning-format deepseek)
+    renders_tools: bool = False  # the chat template reads a `tools` variable (tool definitions)
 
     @classmethod
     def from_engine(cls, e, reasoning_format: str) -> Prompter:
@@ -30,6 +38,7 @@ class Prompter:
             env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
             env.globals["raise_exception"] = _raise
             p.compiled_template = env.from_string(p.chat_template)
+            p.renders_tools = renders_tools(env, p.chat_template)
         tpl = p.chat_template or ""
         p.think = reasoning_format == "deepseek" or (reasoning_format == "auto" and ("<think>" in tpl or "<｜Assistant｜>" in tpl))
         return p

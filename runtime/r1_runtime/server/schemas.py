@@ -88,14 +88,21 @@ def _asks_nothing(value) -> bool:
     return value in (None, False, 0, "", "none", [], {}) or value == {"type": "text"}
 
 
-def refused_field(body: BaseModel) -> tuple[str, str] | None:
-    """(field, message) for the first field of the request this runtime would otherwise ignore, or None."""
+TOOL_FIELDS = ("tools", "tool_choice", "functions", "function_call", "parallel_tool_calls")
+
+
+def refused_field(body: BaseModel, template_tools: bool = False) -> tuple[str, str] | None:
+    """(field, message) for the first field of the request this runtime would otherwise ignore, or None.
+    template_tools: the model's chat template renders tools (else a tool field says the template has none)."""
     for name, value in (body.model_extra or {}).items():
         if name in INERT:
             continue
         if name in UNSUPPORTED:
             if _asks_nothing(value):
                 continue
+            if name in TOOL_FIELDS and not template_tools:
+                return name, (f"{name}: this model's chat template has no tool support (it never renders tools), "
+                              "so no answer could call one; send the request without it")
             return name, f"{name}: not supported by this server (r1-runtime serve); send the request without it"
         return name, f"{name}: not a field of this endpoint; check its spelling, or send the request without it"
     return None
