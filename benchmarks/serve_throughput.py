@@ -43,6 +43,7 @@ import json
 import os
 import platform
 import random
+import re
 import socket
 import statistics
 import sys
@@ -61,6 +62,7 @@ from r1_devtools.serving import running_server
 BS = (1, 2, 4, 8)
 CTX = 4096
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+CONTENT = re.compile(rb'"delta":\s*\{"content":\s*"')  # a token's chunk, in r1-runtime's and llama-server's JSON
 
 
 def raw_loop(model_path: str, prompt: list[int], b: int, n: int, threads: int) -> dict:
@@ -128,7 +130,7 @@ def stream(url: str, n: int, out: list, barrier: threading.Barrier) -> None:
         if not seen:
             seen = data[:64]
         *events, buf = (buf + data).split(b"\n\n")
-        stamps += [now for ev in events if b'"delta": {"content"' in ev]  # the role chunk has no content key
+        stamps += [now for ev in events if CONTENT.search(ev)]  # the role chunk has no content key
     sock.close()
     assert seen.startswith(b"HTTP/1.1 200"), seen
     out.append((t_send, stamps, time.thread_time() - cpu0))
