@@ -101,15 +101,18 @@ class Reconciler:
     # ------------------------------------------------------------------ entry points
 
     def reconcile(self, body: dict[str, Any]) -> None:
+        """Reconcile the R1Deployment `body` names, as the API server holds it once this one has the lock: an
+        event's body, or one read before waiting, can predate a status another reconcile just wrote (a plan
+        correction would then be made, and announced, twice)."""
         meta = body["metadata"]
-        with self._lock(meta["namespace"], meta["name"]), metrics.timed("reconcile"):
-            self._reconcile(body)
+        self.replan(meta["namespace"], meta["name"])
 
     def replan(self, namespace: str, name: str) -> None:
         """The periodic check: reconcile from the live object (re-plans only if the plan broke)."""
-        body = k.get(self.api, f"{GROUP}/{VERSION}", "R1Deployment", namespace, name)
-        if body is not None and not body["metadata"].get("deletionTimestamp"):
-            self.reconcile(body)
+        with self._lock(namespace, name), metrics.timed("reconcile"):
+            body = k.get(self.api, f"{GROUP}/{VERSION}", "R1Deployment", namespace, name)
+            if body is not None and not body["metadata"].get("deletionTimestamp"):
+                self._reconcile(body)
 
     def refresh(self, namespace: str, name: str) -> None:
         """A child changed: converge the children on the stored plan and recompute status; never re-plans.

@@ -24,7 +24,10 @@ def test_hypothetical_hardware_table_and_json():
     res = r1ctl("--gpu-count", "1", "--gpu-memory-gb", "80", "--ram-gb", "512")
     assert res.returncode == 0, res.stderr
     assert "UD-Q2_K_XL" in res.stdout and "20/62" in res.stdout and "--n-gpu-layers 20" in res.stdout
-    assert "reasons:" in res.stdout and "213 GiB" in res.stdout  # the cache peak: 212 GiB of shards + two merge windows
+    from r1_operator.api import contract
+
+    peak = contract.cache_peak_bytes(212 << 30, 212 << 30, merge=True)  # 212.0 GiB of shards + the merge's slack
+    assert "reasons:" in res.stdout and f"  {peak / (1 << 30):.0f} GiB\n" in res.stdout
     res = r1ctl("--gpu-count", "1", "--gpu-memory-gb", "80", "--ram-gb", "512", "--offload", "formula", "-o", "json")
     plan = json.loads(res.stdout)
     # the blog's formula: floor(80 / 212 × 61) − 4 = 19 blocks, plus the output head
