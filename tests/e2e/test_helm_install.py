@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from r1_devtools.kit import REPO, drop_namespace, keda_crd, make_namespace, star
 from r1_devtools.waiting import wait_for
 
 HELM = str(Path(sys.executable).parent / "helm")
+RELEASE = "r1-operator"
 
 
 def helm(kube, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -39,19 +41,20 @@ def sa_kubeconfig(kube, namespace: str, sa: str, path: Path) -> str:
     return str(path)
 
 
-@pytest.mark.cluster
-def test_helm_install_operator_with_chart_rbac_then_helm_test_and_uninstall(kube, hub, tmp_path):
+@contextmanager
+def installed(kube, hub, tmp_path, *sets: str):
+    """The chart installed (with `sets`) into a new system namespace, watching a new namespace, and an operator
+    process running with the chart's args, env and ServiceAccount token; yields (watched namespace, operator).
+    KEDA's CRD alone is installed, so ScaledObjects are checked by the API server."""
     suffix = uuid.uuid4().hex[:6]
     system = make_namespace(kube, f"r1-system-{suffix}")
     watched = make_namespace(kube, f"helm-{suffix}")
-    release = "r1-operator"
     op = None
     try:
-        kube.run("apply", "--server-side", "-f", str(keda_crd()))  # KEDA's CRD alone: the ScaledObject is checked
-        helm(kube, "install", release, str(REPO / "charts" / "r1-operator"), "-n", system, "--wait", "--timeout=90s",
-             "--set", f"watch.namespaces={{{watched}}}", "--set", f"runtime.hubEndpoint={hub}",
-             "--set", "autoscaling.enabled=true", "--set", "autoscaling.prometheusAddress=http://prometheus.monitoring:9090")
-        dep = kube.json("get", "deploy", release, "-n", system)
+        kube.run("apply", "--server-side", "-f", str(keda_crd()))
+        helm(kube, "install", RELEASE, str(REPO / "charts" / "r1-operator"), "-n", system, "--wait", "--timeout=90s",
+             "--set", f"watch.namespaces={{{watched}}}", "--set", f"runtime.hubEndpoint={hub}", *sets)
+        dep = kube.json("get", "deploy", RELEASE, "-n", system)
         container = dep["spec"]["template"]["spec"]["containers"][0]
         args = [a for a in container["args"] if not a.startswith(("--liveness", "--readiness", "--metrics-port"))]
         env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
@@ -65,6 +68,20 @@ def test_helm_install_operator_with_chart_rbac_then_helm_test_and_uninstall(kube
         assert denied.returncode != 0 and "forbidden" in denied.stderr.lower()
 
         op = start_operator(kubeconfig, tmp_path / "operator.log", *args, env={**env, "R1_REPLAN_INTERVAL_S": "2"})
+        yield system, watched, op
+    finally:
+        if op is not None:
+            op.stop()
+        helm(kube, "uninstall", RELEASE, "-n", system, check=False)
+        drop_namespace(kube, watched)
+        kube.run("delete", "crd", "scaledobjects.keda.sh", "--ignore-not-found", check=False)
+        kube.run("delete", "namespace", system, "--wait=false", check=False)
+
+
+@pytest.mark.cluster
+def test_helm_install_operator_with_chart_rbac_then_helm_test_and_uninstall(kube, hub, tmp_path):
+    with installed(kube, hub, tmp_path, "--set", "autoscaling.enabled=true",
+                   "--set", "autoscaling.prometheusAddress=http://prometheus.monitoring:9090") as (system, watched, op):
         sample = yaml.safe_load((REPO / "examples" / "cpu-only.yaml").read_text())
         kube.apply(sample, watched)
         kube.wait_condition(watched, "r1-cpu", "Planned", timeout=30)
@@ -89,23 +106,43 @@ def test_helm_install_operator_with_chart_rbac_then_helm_test_and_uninstall(kube
         log = op.log.read_text()
         assert "403" not in log and "orbidden" not in log, op.tail(40)
 
-        helm(kube, "test", release, "-n", system, "--timeout=90s")
+        helm(kube, "test", RELEASE, "-n", system, "--timeout=90s")
 
         kube.run("delete", "r1d", "--all", "-n", watched, "--wait=true")
         op.stop()
-        op = None
-        helm(kube, "uninstall", release, "-n", system, "--wait", "--timeout=90s")
-        sel = f"app.kubernetes.io/instance={release}"
+        helm(kube, "uninstall", RELEASE, "-n", system, "--wait", "--timeout=90s")
+        sel = f"app.kubernetes.io/instance={RELEASE}"
         left = kube.json("get", "deploy,svc,sa,configmap,rolebinding", "-n", system, "-l", sel)["items"]
         left += kube.json("get", "clusterrole,clusterrolebinding", "-l", sel)["items"]
         left += kube.json("get", "rolebinding", "-n", watched, "-l", sel)["items"]
         assert not left, [f"{i['kind']}/{i['metadata']['name']}" for i in left]
         # the CRD policy: CRDs come from the chart's crds/ directory and stay (R1Deployments would go with them)
         kube.run("get", "crd", "r1deployments.r1.inference.dev")
-    finally:
-        if op is not None:
-            op.stop()
-        helm(kube, "uninstall", release, "-n", system, check=False)
-        drop_namespace(kube, watched)
-        kube.run("delete", "crd", "scaledobjects.keda.sh", "--ignore-not-found", check=False)
-        kube.run("delete", "namespace", system, "--wait=false", check=False)
+
+
+@pytest.mark.cluster
+def test_spec_autoscaling_without_the_charts_scaledobject_grant_says_forbidden_and_serves_spec_replicas(
+        kube, hub, tmp_path):
+    """The chart's default (autoscaling.enabled=false) grants no ScaledObjects while KEDA is installed: the API
+    server answers 403. The R1Deployment still serves its replicas, the Autoscaling condition says why and how to
+    mend it, and turning spec.autoscaling off again (the ScaledObject it may not even read) reconciles cleanly."""
+    with installed(kube, hub, tmp_path) as (_system, watched, op):
+        sample = yaml.safe_load((REPO / "examples" / "cpu-only.yaml").read_text())
+        sample["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 2}
+        kube.apply(sample, watched)
+        cond = kube.wait_condition(watched, "r1-cpu", "Autoscaling", status="False", timeout=60, reason="Forbidden")
+        assert "autoscaling.enabled=true" in cond["message"] and "scaledobjects" in cond["message"], cond
+        kube.wait_condition(watched, "r1-cpu", "Degraded", timeout=30, reason="AutoscalingUnavailable")
+        # spec.replicas (minReplicas here) is served all the same
+        kube.wait_condition(watched, "r1-cpu", "CacheReady", timeout=60)
+        wait_for(lambda: kube.r1d(watched, "r1-cpu").get("status", {}).get("readyReplicas") == 1, 60,
+                 "one ready replica")
+        assert kube.json("get", "scaledobject", "-n", watched)["items"] == []  # read as admin: none was made
+        kube.run("patch", "r1d/r1-cpu", "-n", watched, "--type=json", "-p",
+                 '[{"op": "remove", "path": "/spec/autoscaling"}]')
+        wait_for(lambda: "Autoscaling" not in {c["type"] for c in kube.r1d(watched, "r1-cpu")["status"]["conditions"]},
+                 30, "the Autoscaling condition to go")
+        kube.wait_condition(watched, "r1-cpu", "Degraded", status="False", timeout=30)
+        kube.run("wait", "--for=condition=Ready", "r1d/r1-cpu", "-n", watched, "--timeout=60s")
+        log = op.log.read_text()
+        assert "Traceback" not in log, op.tail(60)

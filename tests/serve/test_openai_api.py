@@ -133,8 +133,7 @@ HI = [{"role": "user", "content": "hi"}]
 
 @pytest.mark.parametrize("path, extra, field", [
     ("/completions", {"response_format": {"type": "json_object"}}, "response_format"),  # chat's field only
-    ("/chat/completions", {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"},
-     "tools"),
+    ("/completions", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),  # chat's field only
     ("/completions", {"best_of": 3}, "best_of"),
     ("/chat/completions", {"temprature": 0.2}, "temprature"),  # a misspelt field is not a silent default
     ("/chat/completions", {"echo": True}, "echo"),  # the legacy completions' field
@@ -150,27 +149,20 @@ def test_a_field_the_server_would_ignore_is_refused_naming_it(smol_server, path,
     assert err["message"].startswith(f"{field}: ")
 
 
-def test_tools_to_a_template_without_tool_support_say_so():
-    """SmolLM2's template never renders tools; one that does is told apart (jinja's own parse of the template)."""
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    from r1_runtime.server.prompt import renders_tools
-    from r1_runtime.server.schemas import ChatRequest, refused_field
-
-    env = ImmutableSandboxedEnvironment()
-    assert not renders_tools(env, "{% for m in messages %}{{ m['content'] }}{% endfor %}")
-    assert renders_tools(env, "{% if tools %}{{ tools | tojson }}{% endif %}{% for m in messages %}{{ m.content }}"
-                         "{% endfor %}")
-    body = ChatRequest.model_validate({"messages": HI, "tools": [{"type": "function", "function": {"name": "f"}}]})
-    assert "no tool support" in refused_field(body, template_tools=False)[1]
-    assert "not supported by this server" in refused_field(body, template_tools=True)[1]
-
-
-def test_tools_to_smollm2_are_refused_saying_its_template_has_no_tool_support(smol_server):
-    r = httpx.post(smol_server.v1 + "/chat/completions", json={"messages": HI, "max_tokens": 2,
-                                                               "tools": [{"type": "function", "function": {"name": "f"}}]})
-    assert r.status_code == 400
-    assert r.json()["error"]["message"].startswith("tools: this model's chat template has no tool support")
+@pytest.mark.parametrize("extra, field", [
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"functions": [{"name": "f"}], "function_call": "auto"}, "functions"),
+    ({"messages": [{"role": "user", "content": "hi"},
+                   {"role": "assistant", "content": None,
+                    "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                   {"role": "tool", "tool_call_id": "c1", "content": "42"}]}, "messages[1].tool_calls"),
+])
+def test_tools_to_smollm2_are_refused_saying_its_template_has_no_tool_support(smol_server, extra, field):
+    """SmolLM2's template never renders tools (nor an assistant's tool_calls): no answer could call one."""
+    r = httpx.post(smol_server.v1 + "/chat/completions", json={"messages": HI, "max_tokens": 2, **extra})
+    assert r.status_code == 400, r.text
+    e = r.json()["error"]
+    assert e["param"] == field and e["message"].startswith(f"{field}: this model's chat template has no tool support")
 
 
 def test_fields_that_ask_for_nothing_are_accepted(smol_server):

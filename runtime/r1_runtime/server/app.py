@@ -17,6 +17,8 @@ from r1_runtime import __version__
 from r1_runtime.server.engine import PromptTooLong, QueueFull
 from r1_runtime.server.generation import Runtime
 from r1_runtime.server.structured import grammar_for
+from r1_runtime.server.tools import ToolError, ToolRequest, template_messages, tool_request
+from r1_runtime.server.tools import grammar as tool_grammar
 from r1_runtime.server.schemas import ChatRequest, CommonRequest, CompletionRequest, TemplateRequest, \
     TokenizeRequest, chat_messages, err, error_body, refused_field
 
@@ -178,10 +180,15 @@ def create_app(rt: Runtime) -> FastAPI:
             return resp
         if (resp := _too_many(rt, "chat", body.messages)) is not None:
             return resp
-        messages, bad = chat_messages(body.messages)
+        try:
+            treq = tool_request({"tools": body.tools}, rt.prompt.chat_template, rt.prompt.renders_tools)
+        except ToolError as exc:
+            return _invalid_request(rt, "chat", str(exc), exc.param, code="invalid_tools")
+        messages, bad = chat_messages(body.messages, rt.prompt.renders_tools)
         if bad is not None:
             return _invalid_request(rt, "chat", bad[1], bad[0], code="unsupported_content")
-        return {"prompt": await asyncio.to_thread(rt.prompt.render_text, messages)}
+        return {"prompt": await asyncio.to_thread(rt.prompt.render_text, template_messages(messages),
+                                                  treq.tools if treq else None)}
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):
@@ -201,19 +208,33 @@ def create_app(rt: Runtime) -> FastAPI:
                     raise ValueError("response_format: this model reasons in <think> before it answers, and a "
                                      "grammar would constrain the reasoning too; ask for JSON in the prompt instead")
                 await asyncio.to_thread(rt.engine.check_grammar, grammar)
+            treq = tool_request(body.tool_fields(), rt.prompt.chat_template, rt.prompt.renders_tools)
+            if treq is not None and treq.active:
+                if grammar is not None:
+                    raise ToolError("response_format", "a tool call's JSON is already constrained by its tool's "
+                                    "parameters; send response_format or tools, not both")
+                if treq.forced and rt.prompt.think:
+                    raise ToolError("tool_choice", "this model reasons in <think> before it answers, and a forced "
+                                    "call's grammar would constrain the reasoning too; use auto")
+                if treq.forced:  # auto: the answer is parsed, not constrained (see tools.grammar)
+                    grammar = tool_grammar(treq)
+                    await asyncio.to_thread(rt.engine.check_grammar, grammar, "tools")
+        except ToolError as exc:
+            return _invalid_request(rt, "chat", str(exc), exc.param, code="invalid_tools")
         except ValueError as exc:
             return _invalid_request(rt, "chat", str(exc), str(exc).split(":")[0])
-        messages, bad = chat_messages(body.messages)
+        messages, bad = chat_messages(body.messages, rt.prompt.renders_tools)
         if bad is not None:
             return _invalid_request(rt, "chat", bad[1], bad[0], code="unsupported_content")
+        shown = treq.tools if treq is not None and treq.active else None
         try:  # templating and tokenizing run beside the event loop: /health answers meanwhile
-            prompt = await asyncio.to_thread(rt.prompt.render_chat, messages)
+            prompt = await asyncio.to_thread(rt.prompt.render_chat, template_messages(messages), shown)
         except UnicodeError:
             raise  # the app's handler: not valid Unicode
         except Exception as exc:  # noqa: BLE001 - template errors are the caller's messages
             return _invalid_request(rt, "chat", f"messages: the chat template rejected them: {exc}", "messages")
         return await _respond(rt, "chat", body, prompt, body.max_completion_tokens or body.max_tokens, request,
-                              grammar)
+                              grammar, tools=treq)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -249,7 +270,7 @@ def _refused(rt: Runtime, endpoint: str, body: CommonRequest) -> JSONResponse | 
         rt.metrics.requests.labels(endpoint, "invalid").inc()
         return err(404, f"model {body.model!r} does not exist; this server serves {rt.model_id!r}", param="model",
                    code="model_not_found")
-    bad = refused_field(body, rt.prompt.renders_tools)
+    bad = refused_field(body)
     if bad is not None:
         return _invalid_request(rt, endpoint, bad[1], bad[0], code="unsupported_parameter")
     return None
@@ -270,9 +291,9 @@ def _not_ready(rt: Runtime) -> JSONResponse | None:
 
 
 async def _respond(rt: Runtime, endpoint: str, body: CommonRequest, prompt: list[int], max_tokens: int | None,
-                   request: Request, grammar: str | None = None, echo: str = ""):
+                   request: Request, grammar: str | None = None, echo: str = "", tools: ToolRequest | None = None):
     try:
-        events = rt.run(endpoint, body, prompt, max_tokens, request, grammar)
+        events = rt.run(endpoint, body, prompt, max_tokens, request, grammar, tools)
         first = await events.__anext__()  # submits the job; errors surface here
     except PromptTooLong as exc:
         param = "messages" if endpoint == "chat" else "prompt"
@@ -288,15 +309,17 @@ async def _respond(rt: Runtime, endpoint: str, body: CommonRequest, prompt: list
     created = int(time.time())
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
-        return StreamingResponse(_sse(rt, endpoint, rid, created, first, events, include_usage, echo),
+        legacy = tools is not None and tools.legacy
+        return StreamingResponse(_sse(rt, endpoint, rid, created, first, events, include_usage, echo, legacy),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    reasoning, content, probs = [], [], []
+    reasoning, content, probs, calls = [], [], [], []
     ev = first
     async for ev in _chain(first, events):
         if ev[0] == "delta":
             reasoning.append(ev[1]["reasoning"])
             content.append(ev[1]["content"])
             probs.extend(ev[1].get("logprobs", ()))
+            calls.extend(ev[1].get("tool_calls", ()))
     kind, payload = ev
     if kind == "error":
         return err(500, payload.get("message", "generation failed"), type_="server_error")
@@ -304,9 +327,14 @@ async def _respond(rt: Runtime, endpoint: str, body: CommonRequest, prompt: list
         return err(504, f"the request ran past --request-timeout ({rt.s.request_timeout:g} s)", type_="server_error",
                    code="timeout")
     if endpoint == "chat":
-        msg = {"role": "assistant", "content": "".join(content)}
+        text = "".join(content)
+        msg = {"role": "assistant", "content": text if text or not calls else None}
         if rt.prompt.think:
             msg["reasoning_content"] = "".join(reasoning)
+        if calls and tools is not None and tools.legacy:
+            msg["function_call"] = calls[0]["function"]
+        elif calls:
+            msg["tool_calls"] = calls
         choice = {"index": 0, "message": msg, "finish_reason": payload["finish_reason"],
                   "logprobs": _logprobs(endpoint, probs) if body.wanted_probs() >= 0 else None}
         obj = "chat.completion"
@@ -340,7 +368,7 @@ async def _chain(first, rest):
 
 
 async def _sse(rt: Runtime, endpoint: str, rid: str, created: int, first, events, include_usage: bool,
-               echo: str = ""):
+               echo: str = "", legacy: bool = False):
     obj = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
     # The envelope is the same for every chunk of a stream: encode it once, then only the choice per token.
     head = "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": rt.model_id},
@@ -356,18 +384,25 @@ async def _sse(rt: Runtime, endpoint: str, rid: str, created: int, first, events
     elif echo:
         yield chunk({"index": 0, "text": echo, "finish_reason": None, "logprobs": None})
     offset = 0  # characters of the completion's text so far (the legacy logprobs' text_offset)
+    n_calls = 0  # tool calls streamed so far: each call's index
     async for kind, payload in _chain(first, events):
         if kind == "delta":
             probs = payload.get("logprobs")
-            if not (payload["reasoning"] or payload["content"] or probs):
+            calls = payload.get("tool_calls")
+            if not (payload["reasoning"] or payload["content"] or probs or calls):
                 continue
             lp = _logprobs(endpoint, probs, offset) if probs else None
             if endpoint == "chat":
                 delta = {}
                 if payload["reasoning"]:
                     delta["reasoning_content"] = payload["reasoning"]
-                if payload["content"] or not delta:
+                if payload["content"] or not (delta or calls):
                     delta["content"] = payload["content"]
+                if calls and legacy:
+                    delta["function_call"] = calls[0]["function"]
+                elif calls:  # each call whole in one delta (a client joins a call's deltas by its index)
+                    delta["tool_calls"] = [{"index": n_calls + k, **c} for k, c in enumerate(calls)]
+                    n_calls += len(calls)
                 yield chunk({"index": 0, "delta": delta, "finish_reason": None, **({"logprobs": lp} if lp else {})})
             else:
                 yield chunk({"index": 0, "text": payload["content"], "finish_reason": None, "logprobs": lp})

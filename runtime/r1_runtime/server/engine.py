@@ -234,15 +234,17 @@ class Engine:
             n = L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         return buf.raw[:n]
 
-    def grammar_sampler(self, grammar: str):
-        """llama.cpp's grammar sampler for `grammar`; a ValueError when llama.cpp cannot parse it."""
+    def grammar_sampler(self, grammar: str, field: str = "response_format"):
+        """llama.cpp's grammar sampler for `grammar`; a ValueError naming `field` when llama.cpp cannot parse it.
+        Never a lazy one (llama_sampler_init_grammar_lazy_patterns): when the text a trigger matched does not fit
+        the grammar, llama.cpp throws a C++ exception that no Python frame can catch, and the process ends."""
         sampler = L.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
         if not sampler:
-            raise ValueError("response_format: llama.cpp could not parse the grammar made from it; simplify the schema")
+            raise ValueError(f"{field}: llama.cpp could not parse the grammar made from it; simplify the schema")
         return sampler
 
-    def check_grammar(self, grammar: str) -> None:
-        L.llama_sampler_free(self.grammar_sampler(grammar))
+    def check_grammar(self, grammar: str, field: str = "response_format") -> None:
+        L.llama_sampler_free(self.grammar_sampler(grammar, field))
 
     def is_eog(self, token: int) -> bool:
         return bool(L.llama_vocab_is_eog(self.vocab, token))

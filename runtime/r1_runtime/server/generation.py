@@ -21,6 +21,7 @@ from r1_runtime.server.metrics import Metrics
 from r1_runtime.server.prompt import Prompter
 from r1_runtime.server.schemas import CommonRequest
 from r1_runtime.server.textproc import StopMatcher, ThinkSplitter
+from r1_runtime.server.tools import CallStream, ToolRequest
 
 CANARY_PROMPT = "Write a short paragraph about why the sky is blue."
 OUTCOME = {"stop": "success", "length": "length", "cancelled": "cancelled", "timeout": "timeout",
@@ -210,10 +211,14 @@ class Runtime:
         return max(1, min(120, math.ceil(avg * waves)))
 
     async def run(self, endpoint: str, req: CommonRequest, prompt: list[int], max_tokens: int | None,
-                  request: Request, grammar: str | None = None) -> AsyncIterator[tuple[str, dict]]:
-        """Yield ('delta', {reasoning, content}) events then one ('done', {...}) or ('error', {...})."""
+                  request: Request, grammar: str | None = None, tools: ToolRequest | None = None) \
+            -> AsyncIterator[tuple[str, dict]]:
+        """Yield ('delta', {reasoning, content[, tool_calls]}) events then one ('done', {...}) or ('error', {...}).
+        With `tools`, the content is parsed for calls as it comes (a call is a delta's `tool_calls`), and an
+        answer that made one finishes with `tool_calls`."""
         arrived = time.monotonic()
         sampling = self.sampling(req, max_tokens, len(prompt), grammar)
+        calls = CallStream(tools.names, tools.parallel) if tools is not None and tools.active else None
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         stop_on_loop = self.s.stop_on_loop if req.stop_on_loop is None else req.stop_on_loop
@@ -243,7 +248,7 @@ class Runtime:
                     text, stopped = matcher.feed(payload["text"])
                     if stopped:
                         job.cancel()
-                    delta = self._split(splitter, text)
+                    delta = self._split(splitter, text, calls)
                     if "logprob" in payload:  # with the delta its token arrived in, even if a stop string holds its text
                         delta["logprobs"] = [payload["logprob"]]
                     yield "delta", delta
@@ -257,13 +262,18 @@ class Runtime:
                 if not stopped:
                     text, stopped_now = matcher.feed(payload.get("tail", ""))
                     rest = "" if stopped_now else matcher.flush()
-                    delta = self._split(splitter, text + rest)
+                    delta = self._split(splitter, text + rest, calls)
                     if splitter is not None:
                         r, c = splitter.flush()
-                        delta = {"reasoning": delta["reasoning"] + r, "content": delta["content"] + c}
-                    if delta["reasoning"] or delta["content"]:
+                        delta = {**delta, "reasoning": delta["reasoning"] + r,
+                                 "content": delta["content"] + self._calls_in(calls, c, delta)}
+                    if calls is not None:
+                        delta["content"] += calls.flush()[0]
+                    if delta["reasoning"] or delta["content"] or delta.get("tool_calls"):
                         yield "delta", delta
                 reason = "stop" if stopped else payload["finish_reason"]
+                if calls is not None and calls.calls and reason == "stop":
+                    reason = "function_call" if tools.legacy else "tool_calls"
                 elapsed = time.monotonic() - arrived
                 self.metrics.e2e.labels(endpoint).observe(elapsed)
                 self.metrics.requests.labels(endpoint, OUTCOME.get(reason, "error")).inc()
@@ -294,11 +304,25 @@ class Runtime:
         if items and loop is not None:
             loop.call_soon_threadsafe(_dispatch, items)
 
-    def _split(self, splitter: ThinkSplitter | None, text: str) -> dict:
+    def _split(self, splitter: ThinkSplitter | None, text: str, calls: CallStream | None = None) -> dict:
+        """The text as a delta: reasoning apart from content (a <think> model), and calls out of the content."""
         if splitter is None:
-            return {"reasoning": "", "content": text}
-        r, c = splitter.feed(text)
-        return {"reasoning": r, "content": c}
+            r, c = "", text
+        else:
+            r, c = splitter.feed(text)
+        delta = {"reasoning": r, "content": ""}
+        delta["content"] = self._calls_in(calls, c, delta)
+        return delta
+
+    @staticmethod
+    def _calls_in(calls: CallStream | None, content: str, delta: dict) -> str:
+        """`content` less the calls it completes, which are added to the delta's tool_calls."""
+        if calls is None:
+            return content
+        text, made = calls.feed(content)
+        if made:
+            delta["tool_calls"] = delta.get("tool_calls", []) + made
+        return text
 
 
 def _dispatch(items: list) -> None:

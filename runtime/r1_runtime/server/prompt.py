@@ -9,6 +9,14 @@ def _raise(message: str):
     raise ValueError(message)
 
 
+def _tojson(value, ensure_ascii: bool = False, indent=None, separators=None, sort_keys: bool = False) -> str:
+    """Chat templates' `tojson`, as Hugging Face's tokenizers and llama.cpp render it: plain JSON (jinja's own
+    escapes <, > and & for HTML, which would show the model tool definitions it was never trained on)."""
+    import json
+
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
 def renders_tools(env, template: str) -> bool:
     """The chat template reads a `tools` variable: it can show the model tool definitions."""
     from jinja2 import meta
@@ -37,19 +45,21 @@ class Prompter:
 
             env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
             env.globals["raise_exception"] = _raise
+            env.filters["tojson"] = _tojson
             p.compiled_template = env.from_string(p.chat_template)
             p.renders_tools = renders_tools(env, p.chat_template)
         tpl = p.chat_template or ""
         p.think = reasoning_format == "deepseek" or (reasoning_format == "auto" and ("<think>" in tpl or "<｜Assistant｜>" in tpl))
         return p
 
-    def render_chat(self, messages: list[dict]) -> list[int]:
-        return self.tokenize_prompt(self.render_text(messages))
+    def render_chat(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        return self.tokenize_prompt(self.render_text(messages, tools))
 
-    def render_text(self, messages: list[dict]) -> str:
+    def render_text(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        """The template's prompt; `tools` (OpenAI's tool definitions) only to a template that renders them."""
         tpl = self.compiled_template
         if tpl is not None:
-            return tpl.render(messages=messages, add_generation_prompt=True,
+            return tpl.render(messages=messages, add_generation_prompt=True, tools=tools or None,
                               bos_token=self.bos_text, eos_token=self.eos_text)
         return "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
 

@@ -47,6 +47,15 @@ class ChatRequest(CommonRequest):
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: dict | None = None  # structured.grammar_for reads it
+    # tool calling, for a chat template that renders tools (tools.tool_request checks them)
+    tools: list | None = None
+    tool_choice: str | dict | None = None
+    functions: list | None = None  # the older form of tools
+    function_call: str | dict | None = None  # the older form of tool_choice
+    parallel_tool_calls: bool | None = None
+
+    def tool_fields(self) -> dict:
+        return {k: getattr(self, k) for k in TOOL_FIELDS}
 
     def wanted_probs(self) -> int:
         return (self.top_logprobs or 0) if self.logprobs else -1
@@ -70,14 +79,13 @@ class TokenizeRequest(BaseModel):
 
 class TemplateRequest(BaseModel):
     messages: list[Message] = Field(min_length=1)
+    tools: list | None = None  # shown to a template that renders tools, as a chat request's are
 
 
 # OpenAI request fields this runtime does not implement yet: a request that asks for one is refused with a 400 that
 # names the field, never answered as if it had not asked. A value that asks for nothing (null, false, 0, [], "none",
 # {"type": "text"}) is accepted.
 UNSUPPORTED = ("response_format",  # on completions: chat has it
-               "tools", "tool_choice", "functions", "function_call",
-               "parallel_tool_calls",
                "echo", "suffix",  # echo: on chat (completions has it) "best_of", "n_probs", "grammar", "json_schema", "audio", "modalities", "prediction",
                "reasoning_effort", "web_search_options")
 # Fields accepted without effect, as OpenAI's own are for one self-hosted model: who asked, and what to keep.
@@ -91,26 +99,27 @@ def _asks_nothing(value) -> bool:
 TOOL_FIELDS = ("tools", "tool_choice", "functions", "function_call", "parallel_tool_calls")
 
 
-def refused_field(body: BaseModel, template_tools: bool = False) -> tuple[str, str] | None:
-    """(field, message) for the first field of the request this runtime would otherwise ignore, or None.
-    template_tools: the model's chat template renders tools (else a tool field says the template has none)."""
+def refused_field(body: BaseModel) -> tuple[str, str] | None:
+    """(field, message) for the first field of the request this runtime would otherwise ignore, or None."""
     for name, value in (body.model_extra or {}).items():
         if name in INERT:
             continue
         if name in UNSUPPORTED:
             if _asks_nothing(value):
                 continue
-            if name in TOOL_FIELDS and not template_tools:
-                return name, (f"{name}: this model's chat template has no tool support (it never renders tools), "
-                              "so no answer could call one; send the request without it")
             return name, f"{name}: not supported by this server (r1-runtime serve); send the request without it"
         return name, f"{name}: not a field of this endpoint; check its spelling, or send the request without it"
     return None
 
 
-def chat_messages(messages: list[Message]) -> tuple[list[dict], tuple[str, str] | None]:
+MESSAGE_TOOL_FIELDS = ("tool_calls", "tool_call_id", "name")  # what a tool-calling conversation's messages carry
+
+
+def chat_messages(messages: list[Message], template_tools: bool = False) -> tuple[list[dict], tuple[str, str] | None]:
     """The messages as the chat template takes them, and (field, message) for the first one it cannot take:
-    `developer` (OpenAI's newer name) is the system role; text parts are joined; any other part is refused."""
+    `developer` (OpenAI's newer name) is the system role; text parts are joined; any other part is refused. An
+    assistant's tool_calls, a tool result's tool_call_id and a name go to the template when it renders tools;
+    to one that does not, tool_calls are refused (the template would drop them)."""
     out = []
     for i, m in enumerate(messages):
         if isinstance(m.content, list):
@@ -119,7 +128,19 @@ def chat_messages(messages: list[Message]) -> tuple[list[dict], tuple[str, str] 
                 if kind != "text":
                     return [], (f"messages[{i}].content[{j}]", f"messages[{i}].content[{j}]: a {kind or 'non-object'} "
                                 "part; this model takes text parts only")
-        out.append({"role": "system" if m.role == "developer" else m.role, "content": message_text(m.content)})
+        msg = {"role": "system" if m.role == "developer" else m.role, "content": message_text(m.content)}
+        extra = m.model_extra or {}
+        calls = extra.get("tool_calls")
+        if calls:
+            if not template_tools:
+                return [], (f"messages[{i}].tool_calls", f"messages[{i}].tool_calls: this model's chat template has "
+                            "no tool support, so it would drop them; send the conversation without tool calls")
+            if not isinstance(calls, list) or not all(isinstance(c, dict) and isinstance(c.get("function"), dict)
+                                                      and isinstance(c["function"].get("name"), str) for c in calls):
+                return [], (f"messages[{i}].tool_calls", f"messages[{i}].tool_calls: a list of {{\"id\", \"type\": "
+                            "\"function\", \"function\": {\"name\", \"arguments\"}}")
+        msg.update({k: extra[k] for k in MESSAGE_TOOL_FIELDS if extra.get(k) is not None})
+        out.append(msg)
     return out, None
 
 
