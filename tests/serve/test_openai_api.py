@@ -11,7 +11,7 @@ import time
 import httpx
 import openai
 import pytest
-from r1_devtools.serving import R1_RUNTIME, running_server
+from r1_devtools.serving import R1_RUNTIME, free_port, running_server
 from r1_devtools.waiting import wait_for
 
 from r1_runtime.server.generation import CANARY_PROMPT
@@ -60,6 +60,48 @@ def test_models_chat_and_completions(smol_server):
         if ch.choices) == echoed.choices[0].text
     r = httpx.post(smol_server.v1 + "/completions", json={"prompt": "hi", "echo": True, "logprobs": 1})
     assert r.status_code == 400 and r.json()["error"]["param"] == "echo"
+
+
+def test_n_choices_are_decoded_side_by_side_each_with_its_own_seed(smol_server):
+    """n > 1: each choice is its own job in its own slot, sampling with seed + its index; usage counts the prompt
+    once and every choice's tokens; streamed, each chunk names its choice; more than --parallel is a 400."""
+    c = smol_server.openai()
+    kw = dict(model="r1-test", messages=PROMPT, max_tokens=16, temperature=1.0, seed=11,
+              extra_body={"ignore_eos": True})
+    r = c.chat.completions.create(n=3, **kw)
+    assert [ch.index for ch in r.choices] == [0, 1, 2] and all(ch.finish_reason == "length" for ch in r.choices)
+    texts = [ch.message.content for ch in r.choices]
+    assert len(set(texts)) >= 2, texts  # three seeds: not one answer three times
+    assert r.usage.completion_tokens == 3 * 16
+    assert r.usage.prompt_tokens == c.chat.completions.create(**kw).usage.prompt_tokens
+    assert r.system_fingerprint and r.system_fingerprint.startswith("fp_")
+
+    parts: dict[int, str] = {}
+    finished = {}
+    chunks = list(c.chat.completions.create(n=2, stream=True, stream_options={"include_usage": True}, **kw))
+    for ch in chunks:
+        assert ch.system_fingerprint == r.system_fingerprint
+        for choice in ch.choices:
+            parts[choice.index] = parts.get(choice.index, "") + (choice.delta.content or "")
+            if choice.finish_reason:
+                finished[choice.index] = choice.finish_reason
+    assert finished == {0: "length", 1: "length"} and all(parts.values()) and parts[0] != parts[1]
+    assert chunks[-1].usage.completion_tokens == 2 * 16
+
+    comp = c.completions.create(model="r1-test", prompt="Once upon a time", n=2, max_tokens=8, temperature=1.0,
+                                seed=3, extra_body={"ignore_eos": True})
+    assert [ch.index for ch in comp.choices] == [0, 1] and comp.usage.completion_tokens == 16
+    r = httpx.post(smol_server.v1 + "/chat/completions", json={"messages": PROMPT, "n": 5, "max_tokens": 2})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "n" and "--parallel" in r.json()["error"]["message"]
+
+    # a client that leaves an n=2 stream frees both slots
+    before = smol_server.metrics()['r1_requests_total{endpoint="chat",outcome="cancelled"}']
+    leaving = c.chat.completions.create(n=2, stream=True, **{**kw, "max_tokens": 3000})
+    next(iter(leaving))
+    wait_for(lambda: smol_server.metrics()["llamacpp:requests_processing"] == 2, 30, "both choices decoding")
+    leaving.close()
+    wait_for(lambda: smol_server.metrics()["llamacpp:requests_processing"] == 0, 30, "both slots freed")
+    assert smol_server.metrics()['r1_requests_total{endpoint="chat",outcome="cancelled"}'] == before + 2
 
 
 def test_sampling_defaults_and_overrides(smol_server):
@@ -117,7 +159,7 @@ def test_stop_strings_and_max_tokens_cap(smollm2):
     ({}, "messages"),
     ({"messages": [{"role": "user", "content": "hi"}], "temperature": -1}, "temperature"),
     ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens"),
-    ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "n"),
+    ({"messages": [{"role": "user", "content": "hi"}], "n": 5}, "n"),  # more than --parallel 4
     ({"messages": [{"role": "user", "content": "hi"}], "logit_bias": {"abc": 1}}, "logit_bias"),
 ])
 def test_invalid_requests_get_openai_errors_naming_the_field(smol_server, body, field):
@@ -519,3 +561,39 @@ def test_serves_shard_1_of_a_split_set(tmp_path):
             r = s.openai().chat.completions.create(model="r1-test", messages=PROMPT, max_tokens=12, **greedy())
             answers.append(r.choices[0].message.reasoning_content)
     assert answers[0] and answers[0] == answers[1]
+
+
+def test_a_fault_of_the_server_is_a_500_in_openais_shape_and_logged(smollm2, tmp_path):
+    """No request known here makes the server fail, so one is made to: the real server process, with the tool
+    field check replaced by one that raises (the only stand-in in this file)."""
+    import sys
+
+    code = ("import sys\nimport r1_runtime.server.app as app\n"
+            "def boom(*a, **k):\n    raise RuntimeError('a deliberate fault')\n"
+            "app.tool_request = boom\nfrom r1_runtime.cli import main\nsys.argv = ['r1-runtime', *sys.argv[1:]]\n"
+            "sys.exit(main())\n")
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", code, "serve", "--model", str(smollm2), "--host", "127.0.0.1",
+                                 "--port", str(port), "--threads", "1", "--ctx-size", "512"],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(url + "/ready"), 60, "the server to be ready")
+        r = httpx.post(url + "/v1/chat/completions", json={"messages": HI})
+        assert r.status_code == 500
+        assert r.json()["error"] == {"message": "internal error (RuntimeError); the server's log has the traceback",
+                                     "type": "server_error", "param": None, "code": "internal_error"}
+        assert httpx.get(url + "/health").status_code == 200
+        wait_for(lambda: "RuntimeError: a deliberate fault" in log.read_text(), 10, "the traceback in the log")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -23,10 +23,12 @@ from r1_runtime.server.schemas import ChatRequest, CommonRequest, CompletionRequ
     TokenizeRequest, chat_messages, err, error_body, refused_field
 
 
-def _usage(d: dict) -> dict:
-    return {"prompt_tokens": d["prompt_tokens"], "completion_tokens": d["completion_tokens"],
-            "total_tokens": d["prompt_tokens"] + d["completion_tokens"],
-            "prompt_tokens_details": {"cached_tokens": d.get("cached_tokens", 0)}}
+def _usage(*finals: dict) -> dict:
+    """The usage of a request's choices: the prompt once, and every choice's completion tokens."""
+    prompt = finals[0]["prompt_tokens"]
+    completion = sum(d["completion_tokens"] for d in finals)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": finals[0].get("cached_tokens", 0)}}
 
 
 OPEN_PATHS = frozenset(("/health", "/ready", "/metrics"))
@@ -130,6 +132,13 @@ def create_app(rt: Runtime) -> FastAPI:
         rt.metrics.requests.labels(_endpoint(request), "invalid").inc()
         return err(400, "the request holds text that is not valid Unicode (a lone surrogate such as \\ud800, or "
                    f"bytes that are not UTF-8): {exc.reason}; send valid UTF-8 text", code="invalid_text")
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):
+        """A fault of this server, in OpenAI's shape too (Starlette logs the traceback after sending it)."""
+        rt.metrics.requests.labels(_endpoint(request), "error").inc()
+        return err(500, f"internal error ({type(exc).__name__}); the server's log has the traceback",
+                   type_="server_error", code="internal_error")
 
     if rt.api_key:
         app.add_middleware(BearerAuth, key=rt.api_key)
@@ -292,58 +301,115 @@ def _not_ready(rt: Runtime) -> JSONResponse | None:
 
 async def _respond(rt: Runtime, endpoint: str, body: CommonRequest, prompt: list[int], max_tokens: int | None,
                    request: Request, grammar: str | None = None, echo: str = "", tools: ToolRequest | None = None):
-    try:
-        events = rt.run(endpoint, body, prompt, max_tokens, request, grammar, tools)
-        first = await events.__anext__()  # submits the job; errors surface here
-    except PromptTooLong as exc:
-        param = "messages" if endpoint == "chat" else "prompt"
-        return _invalid_request(rt, endpoint, f"{param}: {exc}", param, code="context_length_exceeded")
-    except QueueFull:
-        rt.metrics.requests.labels(endpoint, "rejected").inc()
-        return err(429, f"all {rt.s.engine.parallel} slots are busy and the queue of {rt.s.engine.max_queue} is full; "
-                   "retry later", type_="rate_limit_error", code="queue_full",
-                   headers={"Retry-After": str(rt.retry_after())})
-    except ValueError as exc:
-        return _invalid_request(rt, endpoint, str(exc), str(exc).split(":")[0])
+    """Generate body.n choices, each its own job in its own slot (choice i samples with seed + i), and answer
+    with all of them, streamed or not."""
+    if body.n > rt.s.engine.parallel:
+        return _invalid_request(rt, endpoint, f"n: {body.n} choices, but this server decodes at most "
+                                f"{rt.s.engine.parallel} sequences together (--parallel); ask for fewer", "n")
+    streams = [rt.run(endpoint, body, prompt, max_tokens, request, grammar, tools, choice=i) for i in range(body.n)]
+    # each job is submitted when its generator starts; all start at once, then each one's first event is awaited
+    firsts = await asyncio.gather(*(g.__anext__() for g in streams), return_exceptions=True)
+    failed = next((f for f in firsts if isinstance(f, BaseException)), None)
+    if failed is not None:
+        for g in streams:
+            await g.aclose()  # cancels the jobs that were queued
+        if isinstance(failed, PromptTooLong):
+            param = "messages" if endpoint == "chat" else "prompt"
+            return _invalid_request(rt, endpoint, f"{param}: {failed}", param, code="context_length_exceeded")
+        if isinstance(failed, QueueFull):
+            rt.metrics.requests.labels(endpoint, "rejected").inc()
+            return err(429, f"all {rt.s.engine.parallel} slots are busy and the queue of {rt.s.engine.max_queue} is "
+                       "full; retry later", type_="rate_limit_error", code="queue_full",
+                       headers={"Retry-After": str(rt.retry_after())})
+        if isinstance(failed, ValueError):
+            return _invalid_request(rt, endpoint, str(failed), str(failed).split(":")[0])
+        raise failed
     rid = ("chatcmpl-" if endpoint == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())
+    legacy = tools is not None and tools.legacy
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
-        legacy = tools is not None and tools.legacy
-        return StreamingResponse(_sse(rt, endpoint, rid, created, first, events, include_usage, echo, legacy),
+        events = _indexed(firsts[0], streams[0]) if body.n == 1 else _merged(firsts, streams)
+        return StreamingResponse(_sse(rt, endpoint, rid, created, events, body.n, include_usage, echo, legacy),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    reasoning, content, probs, calls = [], [], [], []
-    ev = first
-    async for ev in _chain(first, events):
-        if ev[0] == "delta":
-            reasoning.append(ev[1]["reasoning"])
-            content.append(ev[1]["content"])
-            probs.extend(ev[1].get("logprobs", ()))
-            calls.extend(ev[1].get("tool_calls", ()))
-    kind, payload = ev
-    if kind == "error":
-        return err(500, payload.get("message", "generation failed"), type_="server_error")
-    if payload["finish_reason"] == "timeout":
+    answers = await asyncio.gather(*(_collect(f, g) for f, g in zip(firsts, streams)))
+    finals = [a["final"] for a in answers]
+    failed = next((payload for kind, payload in finals if kind == "error"), None)
+    if failed is not None:
+        return err(500, failed.get("message", "generation failed"), type_="server_error")
+    if any(payload["finish_reason"] == "timeout" for _, payload in finals):
         return err(504, f"the request ran past --request-timeout ({rt.s.request_timeout:g} s)", type_="server_error",
                    code="timeout")
-    if endpoint == "chat":
-        text = "".join(content)
-        msg = {"role": "assistant", "content": text if text or not calls else None}
-        if rt.prompt.think:
-            msg["reasoning_content"] = "".join(reasoning)
-        if calls and tools is not None and tools.legacy:
-            msg["function_call"] = calls[0]["function"]
-        elif calls:
-            msg["tool_calls"] = calls
-        choice = {"index": 0, "message": msg, "finish_reason": payload["finish_reason"],
-                  "logprobs": _logprobs(endpoint, probs) if body.wanted_probs() >= 0 else None}
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": echo + "".join(content), "finish_reason": payload["finish_reason"],
-                  "logprobs": _logprobs(endpoint, probs) if body.wanted_probs() >= 0 else None}
-        obj = "text_completion"
-    return {"id": rid, "object": obj, "created": created, "model": rt.model_id, "choices": [choice],
-            "usage": _usage(payload)}
+    choices = []
+    for i, a in enumerate(answers):
+        reason = a["final"][1]["finish_reason"]
+        lp = _logprobs(endpoint, a["probs"]) if body.wanted_probs() >= 0 else None
+        if endpoint == "chat":
+            text, calls = "".join(a["content"]), a["calls"]
+            msg = {"role": "assistant", "content": text if text or not calls else None}
+            if rt.prompt.think:
+                msg["reasoning_content"] = "".join(a["reasoning"])
+            if calls and legacy:
+                msg["function_call"] = calls[0]["function"]
+            elif calls:
+                msg["tool_calls"] = calls
+            choices.append({"index": i, "message": msg, "finish_reason": reason, "logprobs": lp})
+        else:
+            choices.append({"index": i, "text": echo + "".join(a["content"]), "finish_reason": reason, "logprobs": lp})
+    return {"id": rid, "object": "chat.completion" if endpoint == "chat" else "text_completion", "created": created,
+            "model": rt.model_id, "system_fingerprint": rt.fingerprint, "choices": choices,
+            "usage": _usage(*[payload for _, payload in finals])}
+
+
+async def _collect(first, events) -> dict:
+    """One choice's events gathered: its reasoning and content pieces, logprobs, calls, and the final event."""
+    a = {"reasoning": [], "content": [], "probs": [], "calls": [], "final": first}
+    ev = first
+    while True:
+        if ev[0] == "delta":
+            d = ev[1]
+            a["reasoning"].append(d["reasoning"])
+            a["content"].append(d["content"])
+            a["probs"].extend(d.get("logprobs", ()))
+            a["calls"].extend(d.get("tool_calls", ()))
+        else:
+            a["final"] = ev
+            return a
+        try:
+            ev = await events.__anext__()
+        except StopAsyncIteration:
+            return a
+
+
+async def _indexed(first, events):
+    """One choice's events as (0, kind, payload)."""
+    yield 0, *first
+    async for kind, payload in events:
+        yield 0, kind, payload
+
+
+async def _merged(firsts: list, streams: list):
+    """Several choices' events, as they come, each as (index, kind, payload); a client that leaves cancels all."""
+    q: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, first, events) -> None:
+        q.put_nowait((i, *first))
+        async for kind, payload in events:
+            q.put_nowait((i, kind, payload))
+
+    tasks = [asyncio.create_task(pump(i, f, g)) for i, (f, g) in enumerate(zip(firsts, streams))]
+    try:
+        left = len(streams)
+        while left:
+            item = await q.get()
+            if item[1] != "delta":
+                left -= 1
+            yield item
+    finally:
+        for t in tasks:
+            t.cancel()
+        for g in streams:
+            await g.aclose()
 
 
 def _logprobs(endpoint: str, entries: list[dict], offset: int = 0) -> dict:
@@ -361,17 +427,14 @@ def _logprobs(endpoint: str, entries: list[dict], offset: int = 0) -> dict:
             "top_logprobs": [{t["token"]: t["logprob"] for t in e["top"]} for e in entries], "text_offset": offsets}
 
 
-async def _chain(first, rest):
-    yield first
-    async for ev in rest:
-        yield ev
-
-
-async def _sse(rt: Runtime, endpoint: str, rid: str, created: int, first, events, include_usage: bool,
+async def _sse(rt: Runtime, endpoint: str, rid: str, created: int, events, n: int, include_usage: bool,
                echo: str = "", legacy: bool = False):
+    """The SSE stream of `events` ((choice index, kind, payload)): each choice's deltas and finish, usage (all
+    choices together) when asked, then [DONE]; an error or a timeout ends the stream with an error event."""
     obj = "chat.completion.chunk" if endpoint == "chat" else "text_completion"
     # The envelope is the same for every chunk of a stream: encode it once, then only the choice per token.
-    head = "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": rt.model_id},
+    head = "data: " + json.dumps({"id": rid, "object": obj, "created": created, "model": rt.model_id,
+                                  "system_fingerprint": rt.fingerprint},
                                  ensure_ascii=False)[:-1] + ', "choices": ['
 
     def chunk(choice: dict, usage: dict | None = None) -> str:
@@ -379,19 +442,21 @@ async def _sse(rt: Runtime, endpoint: str, rid: str, created: int, first, events
             return f"{head}], \"usage\": {json.dumps(usage)}}}\n\n"
         return f"{head}{json.dumps(choice, ensure_ascii=False)}]}}\n\n"
 
-    if endpoint == "chat":
-        yield chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None})
-    elif echo:
-        yield chunk({"index": 0, "text": echo, "finish_reason": None, "logprobs": None})
-    offset = 0  # characters of the completion's text so far (the legacy logprobs' text_offset)
-    n_calls = 0  # tool calls streamed so far: each call's index
-    async for kind, payload in _chain(first, events):
+    for i in range(n):
+        if endpoint == "chat":
+            yield chunk({"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None})
+        elif echo:
+            yield chunk({"index": i, "text": echo, "finish_reason": None, "logprobs": None})
+    offsets = [0] * n  # characters of each completion's text so far (the legacy logprobs' text_offset)
+    n_calls = [0] * n  # tool calls streamed so far in each choice: each call's index
+    finals = []
+    async for i, kind, payload in events:
         if kind == "delta":
             probs = payload.get("logprobs")
             calls = payload.get("tool_calls")
             if not (payload["reasoning"] or payload["content"] or probs or calls):
                 continue
-            lp = _logprobs(endpoint, probs, offset) if probs else None
+            lp = _logprobs(endpoint, probs, offsets[i]) if probs else None
             if endpoint == "chat":
                 delta = {}
                 if payload["reasoning"]:
@@ -401,22 +466,23 @@ async def _sse(rt: Runtime, endpoint: str, rid: str, created: int, first, events
                 if calls and legacy:
                     delta["function_call"] = calls[0]["function"]
                 elif calls:  # each call whole in one delta (a client joins a call's deltas by its index)
-                    delta["tool_calls"] = [{"index": n_calls + k, **c} for k, c in enumerate(calls)]
-                    n_calls += len(calls)
-                yield chunk({"index": 0, "delta": delta, "finish_reason": None, **({"logprobs": lp} if lp else {})})
+                    delta["tool_calls"] = [{"index": n_calls[i] + k, **c} for k, c in enumerate(calls)]
+                    n_calls[i] += len(calls)
+                yield chunk({"index": i, "delta": delta, "finish_reason": None, **({"logprobs": lp} if lp else {})})
             else:
-                yield chunk({"index": 0, "text": payload["content"], "finish_reason": None, "logprobs": lp})
-                offset += sum(len(e["token"]) for e in probs or ())
+                yield chunk({"index": i, "text": payload["content"], "finish_reason": None, "logprobs": lp})
+                offsets[i] += sum(len(e["token"]) for e in probs or ())
         elif kind == "error" or payload.get("finish_reason") == "timeout":
             message = payload.get("message") or f"the request ran past --request-timeout ({rt.s.request_timeout:g} s)"
             yield f"data: {json.dumps(error_body(message, 'server_error'))}\n\n"
             return
         else:
             reason = payload["finish_reason"]
+            finals.append(payload)
             if endpoint == "chat":
-                yield chunk({"index": 0, "delta": {}, "finish_reason": reason})
+                yield chunk({"index": i, "delta": {}, "finish_reason": reason})
             else:
-                yield chunk({"index": 0, "text": "", "finish_reason": reason, "logprobs": None})
-            if include_usage:
-                yield chunk({}, _usage(payload))
+                yield chunk({"index": i, "text": "", "finish_reason": reason, "logprobs": None})
+    if include_usage:
+        yield chunk({}, _usage(*finals))
     yield "data: [DONE]\n\n"

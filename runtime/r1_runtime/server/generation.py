@@ -75,6 +75,7 @@ class Runtime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.state = State()
         self.model_id = s.alias or os.path.basename(s.engine.model)
+        self.fingerprint = fingerprint(s)
         self.api_key = (os.environ.get(s.api_key_env) or None) if s.api_key_env else None
 
     # ---- start-up ------------------------------------------------------------------------
@@ -211,13 +212,15 @@ class Runtime:
         return max(1, min(120, math.ceil(avg * waves)))
 
     async def run(self, endpoint: str, req: CommonRequest, prompt: list[int], max_tokens: int | None,
-                  request: Request, grammar: str | None = None, tools: ToolRequest | None = None) \
-            -> AsyncIterator[tuple[str, dict]]:
+                  request: Request, grammar: str | None = None, tools: ToolRequest | None = None,
+                  choice: int = 0) -> AsyncIterator[tuple[str, dict]]:
         """Yield ('delta', {reasoning, content[, tool_calls]}) events then one ('done', {...}) or ('error', {...}).
         With `tools`, the content is parsed for calls as it comes (a call is a delta's `tool_calls`), and an
-        answer that made one finishes with `tool_calls`."""
+        answer that made one finishes with `tool_calls`. `choice` i of a request's n samples with its seed + i."""
         arrived = time.monotonic()
         sampling = self.sampling(req, max_tokens, len(prompt), grammar)
+        if choice:
+            sampling.seed = ((self.s.engine.seed if req.seed is None else req.seed) + choice) & 0xFFFFFFFF
         calls = CallStream(tools.names, tools.parallel) if tools is not None and tools.active else None
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
@@ -323,6 +326,19 @@ class Runtime:
         if made:
             delta["tool_calls"] = delta.get("tool_calls", []) + made
         return text
+
+
+def fingerprint(s: ServeSettings) -> str:
+    """OpenAI's system_fingerprint: what, besides the request, decides an answer (this runtime and llama.cpp's
+    versions, the model file, its offload and KV cache); it changes when any of them does."""
+    import hashlib
+
+    import llama_cpp
+
+    e = s.engine
+    facts = [__version__, llama_cpp.__version__, os.path.basename(e.model), s.variant, e.n_gpu_layers, e.ctx_size,
+             e.parallel, e.cache_type_k, e.cache_type_v, e.flash_attn]
+    return "fp_" + hashlib.sha256("|".join(map(str, facts)).encode()).hexdigest()[:10]
 
 
 def _dispatch(items: list) -> None:

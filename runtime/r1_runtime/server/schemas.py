@@ -23,7 +23,7 @@ class CommonRequest(BaseModel):
     min_p: float | None = Field(None, ge=0, le=1)
     seed: int | None = None
     stop: str | list[str] | None = None
-    n: int = Field(1, ge=1, le=1)
+    n: int = Field(1, ge=1, le=128)  # choices, each decoded in its own slot (at most --parallel)
     logit_bias: dict[str, float] | None = None
     # OpenAI's penalties on the tokens generated so far: presence once per token seen, frequency per occurrence
     presence_penalty: float | None = Field(None, ge=-2, le=2)
