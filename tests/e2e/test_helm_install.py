@@ -128,7 +128,8 @@ def test_spec_autoscaling_without_the_charts_scaledobject_grant_says_forbidden_a
     mend it, and turning spec.autoscaling off again (the ScaledObject it may not even read) reconciles cleanly."""
     with installed(kube, hub, tmp_path) as (_system, watched, op):
         sample = yaml.safe_load((REPO / "examples" / "cpu-only.yaml").read_text())
-        sample["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 2}
+        sample["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 2,
+                                         "prometheusAddress": "http://prometheus.monitoring:9090"}
         kube.apply(sample, watched)
         cond = kube.wait_condition(watched, "r1-cpu", "Autoscaling", status="False", timeout=60, reason="Forbidden")
         assert "autoscaling.enabled=true" in cond["message"] and "scaledobjects" in cond["message"], cond
