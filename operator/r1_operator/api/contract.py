@@ -238,6 +238,8 @@ SERVE_FLAGS = _flags(
     Flag("request_timeout", float, 600.0, "seconds per request", _LIMITS, lo=0, lo_open=True),
     Flag("shutdown_grace", float, 60.0, "seconds to finish in-flight requests on SIGTERM", _LIMITS, lo=0),
     Flag("api_key_env", str, "R1_API_KEY", "env var holding the bearer API key (unset: no key)", _LIMITS),
+    Flag("slots", bool, False, "serve GET /slots (llama-server's): each slot's state and sampling settings, never "
+         "its prompt or text", _LIMITS),
     Flag("planned_memory", str, "", "the plan's bytes per device as JSON, e.g. {\"cpu\": {\"weights\": N, "
          "\"kv_cache\": N, \"compute\": N}, \"gpu0\": {...}}: a failed allocation is reported against it", _PLACE),
     Flag("termination_log", str, "/dev/termination-log",

@@ -19,8 +19,8 @@ from r1_runtime.server.generation import Runtime
 from r1_runtime.server.structured import grammar_for
 from r1_runtime.server.tools import ToolError, ToolRequest, template_messages, tool_request
 from r1_runtime.server.tools import grammar as tool_grammar
-from r1_runtime.server.schemas import ChatRequest, CommonRequest, CompletionRequest, TemplateRequest, \
-    TokenizeRequest, chat_messages, err, error_body, refused_field
+from r1_runtime.server.schemas import ChatRequest, CommonRequest, CompletionRequest, DetokenizeRequest, \
+    TemplateRequest, TokenizeRequest, chat_messages, err, error_body, refused_field
 
 
 def _usage(*finals: dict) -> dict:
@@ -164,6 +164,7 @@ def create_app(rt: Runtime) -> FastAPI:
         return {"id": rt.model_id, "object": "model", "created": 0, "owned_by": "r1-operator"}
 
     @app.get("/v1/models")
+    @app.get("/models")  # llama-server's path too
     async def models():
         return {"object": "list", "data": [model_card()]}
 
@@ -179,9 +180,49 @@ def create_app(rt: Runtime) -> FastAPI:
         if (resp := _not_ready(rt)) is not None:
             return resp
         if body.as_prompt:
-            return {"tokens": await asyncio.to_thread(rt.prompt.tokenize_prompt, body.content)}
-        return {"tokens": await asyncio.to_thread(rt.engine.tokenize, body.content, body.add_special,
-                                                  body.parse_special)}
+            tokens = await asyncio.to_thread(rt.prompt.tokenize_prompt, body.content)
+        else:
+            tokens = await asyncio.to_thread(rt.engine.tokenize, body.content, body.add_special, body.parse_special)
+        if body.with_pieces:
+            return {"tokens": [{"id": t, "piece": _piece(rt.engine.piece(t, special=True))} for t in tokens]}
+        return {"tokens": tokens}
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest):
+        if (resp := _not_ready(rt)) is not None:
+            return resp
+        n_vocab = rt.engine.n_vocab
+        bad = next((i for i, t in enumerate(body.tokens) if not 0 <= t < n_vocab), None)
+        if bad is not None:
+            return err(400, f"tokens[{bad}]: {body.tokens[bad]} is not a token id of this model (0 to {n_vocab - 1})",
+                       param=f"tokens[{bad}]")
+        text = b"".join(rt.engine.piece(t, special=True) for t in body.tokens)
+        return {"content": text.decode("utf-8", "replace")}
+
+    @app.get("/props")
+    async def props():
+        """llama-server's /props, read-only: the defaults a request starts from, the slots and the model."""
+        if (resp := _not_ready(rt)) is not None:
+            return resp
+        return server_props(rt)
+
+    @app.post("/props")
+    async def set_props():
+        return err(501, "this server's properties are read-only: set them with r1-runtime serve's flags (under the "
+                   "operator, the R1Deployment's spec)", type_="not_supported_error", code="not_supported")
+
+    @app.get("/slots")
+    async def slots(fail_on_no_slot: str = ""):
+        """llama-server's /slots (with --slots): each slot's state; never a prompt or the text generated."""
+        if not rt.s.slots:
+            return err(501, "this server does not serve /slots; start it with --slots", type_="not_supported_error",
+                       code="not_supported")
+        if (resp := _not_ready(rt)) is not None:
+            return resp
+        listing = slot_states(rt)
+        if fail_on_no_slot and all(sl["is_processing"] for sl in listing):
+            return err(503, "no slot available", type_="unavailable_error", code="no_slot_available")
+        return listing
 
     @app.post("/apply-template")
     async def apply_template(body: TemplateRequest):
@@ -262,6 +303,60 @@ def create_app(rt: Runtime) -> FastAPI:
                               echo=text if body.echo else "")
 
     return app
+
+
+def _piece(raw: bytes):
+    """A token's piece as llama-server gives it: the text when its bytes are UTF-8 by themselves, else the bytes."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return list(raw)
+
+
+def _defaults(rt: Runtime) -> dict:
+    """The sampling settings a request starts from, in llama-server's names."""
+    s = rt.s
+    return {"seed": s.engine.seed, "temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p,
+            "min_p": s.min_p, "repeat_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0,
+            "max_tokens": s.max_tokens_cap, "n_predict": s.max_tokens_cap, "ignore_eos": False, "stream": False,
+            "n_probs": 0, "cache_prompt": True, "stop_on_loop": s.stop_on_loop}
+
+
+def server_props(rt: Runtime) -> dict:
+    import llama_cpp
+
+    p = rt.prompt
+    return {"default_generation_settings": {"params": _defaults(rt), "n_ctx": rt.engine.n_ctx_slot},
+            "total_slots": rt.s.engine.parallel, "model_alias": rt.model_id, "model_path": rt.s.engine.model,
+            "modalities": {"vision": False, "video": False, "audio": False},
+            "endpoint_slots": rt.s.slots, "endpoint_props": False, "endpoint_metrics": True,
+            "chat_template": p.chat_template or "", "chat_template_caps": {"supports_tools": p.renders_tools},
+            "bos_token": p.bos_text, "eos_token": p.eos_text, "is_sleeping": False,
+            "build_info": f"r1-runtime {__version__}, llama-cpp-python {llama_cpp.__version__}"}
+
+
+def slot_states(rt: Runtime) -> list[dict]:
+    """Each slot as llama-server's /slots shows it, read from the engine without a lock (a snapshot that may be a
+    token behind), without the prompt or generated text: they may hold what clients sent in confidence."""
+    out = []
+    for sl in rt.engine.slots:
+        job = sl.job
+        d = {"id": sl.seq, "n_ctx": rt.engine.n_ctx_slot, "speculative": False, "is_processing": job is not None,
+             "n_prompt_tokens_cache": len(sl.kv) if job is None else job.cached}
+        if job is not None:
+            sp = job.sampling
+            d.update({"n_prompt_tokens": len(job.prompt),
+                      "params": {"seed": sp.seed if sp.seed is not None else rt.s.engine.seed,
+                                 "temperature": sp.temperature, "top_k": sp.top_k, "top_p": sp.top_p,
+                                 "min_p": sp.min_p, "repeat_penalty": sp.repeat_penalty,
+                                 "presence_penalty": sp.presence_penalty, "frequency_penalty": sp.frequency_penalty,
+                                 "max_tokens": sp.max_tokens, "n_predict": sp.max_tokens,
+                                 "ignore_eos": sp.ignore_eos, "n_probs": max(sp.n_probs, 0),
+                                 "cache_prompt": job.cache_prompt},
+                      "next_token": [{"has_next_token": True, "n_remain": sp.max_tokens - sl.n_gen,
+                                      "n_decoded": sl.n_gen}]})
+        out.append(d)
+    return out
 
 
 def _endpoint(request: Request) -> str:

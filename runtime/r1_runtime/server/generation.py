@@ -51,6 +51,7 @@ class ServeSettings:
     dev_simulated_gpu_free_bytes: int = 0  # DEV ONLY, a mock of a GPU (r1_runtime.devgpu); 0: off
     dev_simulated_host_bytes: int = 0  # DEV ONLY, host memory a real model would hold (r1_runtime.devgpu); 0: off
     termination_log: str = SERVE_FLAGS["termination_log"].default
+    slots: bool = SERVE_FLAGS["slots"].default  # GET /slots
 
 
 @dataclass

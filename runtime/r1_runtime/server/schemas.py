@@ -71,10 +71,18 @@ class CompletionRequest(CommonRequest):
 
 
 class TokenizeRequest(BaseModel):
-    content: str
+    model_config = ConfigDict(extra="forbid")
+    content: str = ""
     add_special: bool = False
     parse_special: bool = True
+    with_pieces: bool = Field(False, description="each token as {id, piece}: its text, or its bytes when they are "
+                              "not UTF-8 by themselves (llama-server's shape)")
     as_prompt: bool = Field(False, description="tokenize exactly as a completion prompt (one BOS when the model uses one)")
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tokens: list[int] = Field(default_factory=list)
 
 
 class TemplateRequest(BaseModel):

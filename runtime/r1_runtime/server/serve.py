@@ -90,7 +90,7 @@ def settings_from_args(args: argparse.Namespace):
                          canary_tokens=args.canary_tokens, reasoning_format=args.reasoning_format,
                          planned_memory=planned, termination_log=args.termination_log,
                          dev_simulated_gpu_free_bytes=args.dev_simulated_gpu_free_bytes,
-                         dev_simulated_host_bytes=args.dev_simulated_host_bytes)
+                         dev_simulated_host_bytes=args.dev_simulated_host_bytes, slots=args.slots)
 
 
 def serve_metrics(host: str, port: int, render) -> None:
