@@ -134,6 +134,7 @@ def main() -> int:
     from kubernetes import client, config
 
     from r1_operator.dev import cluster
+    from r1_operator.dev.processes import free_port
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     nodes = [{"name": f"node-{i:03d}", **SHAPES[i % len(SHAPES)]} for i in range(args.nodes)]
@@ -169,10 +170,10 @@ def main() -> int:
         base = latencies(create_at_rate(n_base, args.rate, make_cm), cms.seen, 60)
 
         log = open(tmp / "operator.log", "wb")  # noqa: SIM115
-        metrics_port = cluster.free_port()
+        metrics_port = free_port()
         op = subprocess.Popen([str(BIN / "r1-operator"), "--standalone", "--metrics-port", str(metrics_port),
-                               "--liveness", f"http://127.0.0.1:{cluster.free_port()}/healthz",
-                               "--readiness", f"http://127.0.0.1:{cluster.free_port()}/readyz"],
+                               "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
+                               "--readiness", f"http://127.0.0.1:{free_port()}/readyz"],
                               env={**env, "R1_REPLAN_INTERVAL_S": "60"}, stdout=log, stderr=subprocess.STDOUT)
         time.sleep(5)  # kopf's initial listing of nodes, pods and R1Deployments
         idle_rss = rss_mib(op.pid)[0]
