@@ -79,3 +79,28 @@ def test_slots_are_opt_in(smol_server):
     r = httpx.get(smol_server.url + "/slots")
     assert r.status_code == 501 and "--slots" in r.json()["error"]["message"]
     assert httpx.get(smol_server.url + "/props").json()["endpoint_slots"] is False
+
+
+def test_pieces_asked_for_while_a_generation_runs_do_not_change_its_text(slots_server):
+    """The engine thread and /tokenize's pieces both turn tokens into text through llama.cpp, which runs without
+    the GIL: each thread has its own buffer, so neither reads the other's piece."""
+    body = {"messages": [{"role": "user", "content": "Describe a lighthouse."}], "max_tokens": 300,
+            "temperature": 0, "ignore_eos": True, "cache_prompt": False}
+    alone = httpx.post(slots_server.v1 + "/chat/completions", json=body, timeout=120).json()
+    stop = threading.Event()
+    other = "Zebras 🦓 quietly ◊ cross ✓ rivers " * 200
+
+    def hammer():
+        while not stop.is_set():
+            httpx.post(slots_server.url + "/tokenize", json={"content": other, "with_pieces": True}, timeout=30)
+
+    workers = [threading.Thread(target=hammer) for _ in range(2)]
+    for w in workers:
+        w.start()
+    try:
+        busy = httpx.post(slots_server.v1 + "/chat/completions", json=body, timeout=120).json()
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(30)
+    assert busy["choices"][0]["message"]["content"] == alone["choices"][0]["message"]["content"]

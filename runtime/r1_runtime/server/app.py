@@ -184,7 +184,7 @@ def create_app(rt: Runtime) -> FastAPI:
         else:
             tokens = await asyncio.to_thread(rt.engine.tokenize, body.content, body.add_special, body.parse_special)
         if body.with_pieces:
-            return {"tokens": [{"id": t, "piece": _piece(rt.engine.piece(t, special=True))} for t in tokens]}
+            return {"tokens": await asyncio.to_thread(_pieces, rt.engine, tokens)}
         return {"tokens": tokens}
 
     @app.post("/detokenize")
@@ -196,7 +196,7 @@ def create_app(rt: Runtime) -> FastAPI:
         if bad is not None:
             return err(400, f"tokens[{bad}]: {body.tokens[bad]} is not a token id of this model (0 to {n_vocab - 1})",
                        param=f"tokens[{bad}]")
-        text = b"".join(rt.engine.piece(t, special=True) for t in body.tokens)
+        text = await asyncio.to_thread(lambda: b"".join(rt.engine.piece(t, special=True) for t in body.tokens))
         return {"content": text.decode("utf-8", "replace")}
 
     @app.get("/props")
@@ -305,12 +305,18 @@ def create_app(rt: Runtime) -> FastAPI:
     return app
 
 
-def _piece(raw: bytes):
-    """A token's piece as llama-server gives it: the text when its bytes are UTF-8 by themselves, else the bytes."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return list(raw)
+def _pieces(engine, tokens: list[int]) -> list[dict]:
+    """Each token with its piece as llama-server gives it: the text when its bytes are UTF-8 by themselves, else
+    the bytes."""
+    out = []
+    for t in tokens:
+        raw = engine.piece(t, special=True)
+        try:
+            piece = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            piece = list(raw)
+        out.append({"id": t, "piece": piece})
+    return out
 
 
 def _defaults(rt: Runtime) -> dict:

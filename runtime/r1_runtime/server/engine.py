@@ -145,7 +145,9 @@ class Engine:
         self.load_log = ""
         self.report = None
         self.after_step: Callable[[], None] = lambda: None  # called after each step's events are emitted
-        self._piece_buf = ctypes.create_string_buffer(256)
+        # one piece buffer per thread: the engine thread detokenizes while request handlers (/tokenize's pieces, a
+        # prompt's <think> check) do too, and ctypes lets go of the GIL inside llama_token_to_piece
+        self._buffers = threading.local()
 
     # ---- loading -------------------------------------------------------------------------
     def load(self) -> None:
@@ -227,7 +229,9 @@ class Engine:
         return self.piece(token, special).decode("utf-8", "replace")
 
     def piece(self, token: int, special: bool = False) -> bytes:
-        buf = self._piece_buf
+        buf = getattr(self._buffers, "piece", None)
+        if buf is None:
+            buf = self._buffers.piece = ctypes.create_string_buffer(256)
         n = L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         if n < 0:
             buf = ctypes.create_string_buffer(-n)
