@@ -300,6 +300,20 @@ def test_queue_overflow_429_and_disconnect_frees_the_slot(smollm2):
         assert m["llamacpp:requests_processing"] == 0
 
 
+def test_n_choices_past_the_queue_are_429_at_once_and_leave_no_job_behind(smollm2):
+    """With one of two slots busy and no queue, n=2 has room for one choice: a 429, and the choice that found a
+    slot is cancelled rather than generated for nobody."""
+    with running_server(smollm2, "--parallel", "2", "--max-queue", "0", "--ctx-size", "4096") as s:
+        c = s.openai(timeout=60)
+        busy = c.chat.completions.create(model="r1-test", messages=PROMPT, max_tokens=3000, stream=True, **greedy())
+        next(iter(busy))
+        with pytest.raises(openai.RateLimitError):
+            c.chat.completions.create(model="r1-test", messages=PROMPT, n=2, max_tokens=3000, **greedy())
+        wait_for(lambda: s.metrics()["llamacpp:requests_processing"] == 1, 30, "only the first stream decoding")
+        busy.close()
+        wait_for(lambda: s.metrics()["llamacpp:requests_processing"] == 0, 30, "every slot free")
+
+
 def test_a_streaming_client_that_leaves_while_queued_gets_nothing_generated(smollm2):
     """A stream's response starts with its first token, so while queued its handler waits: a client that goes away
     then must still be noticed, or its tokens are generated for nobody when a slot frees."""

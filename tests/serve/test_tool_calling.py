@@ -87,12 +87,18 @@ def test_required_makes_the_answer_a_call_whose_arguments_meet_the_tools_schema(
 
 @pytest.mark.parametrize("tool", [WEATHER, TIME], ids=["get_weather", "get_time"])
 def test_a_named_tool_choice_calls_that_tool_once_without_parallel_calls(tools_server, tool):
+    success = 'r1_requests_total{endpoint="chat",outcome="success"}'
+    before = tools_server.metrics()
     r = tools_server.openai().chat.completions.create(
         model="r1-test", messages=ASK, tools=[WEATHER, TIME], parallel_tool_calls=False,
         tool_choice={"type": "function", "function": {"name": tool["function"]["name"]}}, **GREEDY)
     (call,) = r.choices[0].message.tool_calls
     meets(call, tool)
     assert r.choices[0].finish_reason == "tool_calls"
+    after = tools_server.metrics()  # an answer that calls a tool is a success, not an error
+    assert after[success] == before[success] + 1
+    assert after['r1_requests_total{endpoint="chat",outcome="error"}'] == \
+        before['r1_requests_total{endpoint="chat",outcome="error"}']
 
 
 def test_tools_are_shown_to_the_model_unless_the_choice_is_none(tools_server):

@@ -82,7 +82,7 @@ def test_calls_are_parsed_out_of_the_answer_the_same_whole_or_streamed_a_charact
         [("get_weather", {"city": "Paris"}), ("get_time", {})]
     assert all(c["type"] == "function" and c["id"].startswith("call_") for c in calls)
     stream = CallStream(r.names)
-    pieces = [stream.feed(ch) for ch in TEXT] + [stream.flush()]
+    pieces = [stream.feed(ch) for ch in TEXT] + [(stream.flush(), [])]
     assert "".join(p[0] for p in pieces) == content
     assert [c["function"] for p in pieces for c in p[1]] == [c["function"] for c in calls]
     # the first call is out as soon as its block closes, before the second is written

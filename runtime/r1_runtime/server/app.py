@@ -408,12 +408,17 @@ async def _respond(rt: Runtime, endpoint: str, body: CommonRequest, prompt: list
         return _invalid_request(rt, endpoint, f"n: {body.n} choices, but this server decodes at most "
                                 f"{rt.s.engine.parallel} sequences together (--parallel); ask for fewer", "n")
     streams = [rt.run(endpoint, body, prompt, max_tokens, request, grammar, tools, choice=i) for i in range(body.n)]
-    # each job is submitted when its generator starts; all start at once, then each one's first event is awaited
-    firsts = await asyncio.gather(*(g.__anext__() for g in streams), return_exceptions=True)
-    failed = next((f for f in firsts if isinstance(f, BaseException)), None)
+    # each job is submitted when its generator starts; all start at once, then each one's first event is awaited.
+    # One refused (a full queue) answers at once: the others are cancelled, not waited for.
+    starts = [asyncio.ensure_future(g.__anext__()) for g in streams]
+    done, pending = await asyncio.wait(starts, return_when=asyncio.FIRST_EXCEPTION)
+    failed = next((t.exception() for t in starts if t in done and t.exception() is not None), None)
     if failed is not None:
+        for t in pending:
+            t.cancel()  # its generator's finally cancels its job
+        await asyncio.gather(*pending, return_exceptions=True)
         for g in streams:
-            await g.aclose()  # cancels the jobs that were queued
+            await g.aclose()
         if isinstance(failed, PromptTooLong):
             param = "messages" if endpoint == "chat" else "prompt"
             return _invalid_request(rt, endpoint, f"{param}: {failed}", param, code="context_length_exceeded")
@@ -425,6 +430,7 @@ async def _respond(rt: Runtime, endpoint: str, body: CommonRequest, prompt: list
         if isinstance(failed, ValueError):
             return _invalid_request(rt, endpoint, str(failed), str(failed).split(":")[0])
         raise failed
+    firsts = [t.result() for t in starts]
     rid = ("chatcmpl-" if endpoint == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())
     legacy = tools is not None and tools.legacy

@@ -24,8 +24,8 @@ from r1_runtime.server.textproc import StopMatcher, ThinkSplitter
 from r1_runtime.server.tools import CallStream, ToolRequest
 
 CANARY_PROMPT = "Write a short paragraph about why the sky is blue."
-OUTCOME = {"stop": "success", "length": "length", "cancelled": "cancelled", "timeout": "timeout",
-           "repetition": "degenerate", "error": "error"}
+OUTCOME = {"stop": "success", "tool_calls": "success", "function_call": "success", "length": "length",
+           "cancelled": "cancelled", "timeout": "timeout", "repetition": "degenerate", "error": "error"}
 
 
 @dataclass
@@ -269,10 +269,10 @@ class Runtime:
                     delta = self._split(splitter, text + rest, calls)
                     if splitter is not None:
                         r, c = splitter.flush()
-                        delta = {**delta, "reasoning": delta["reasoning"] + r,
-                                 "content": delta["content"] + self._calls_in(calls, c, delta)}
+                        delta["reasoning"] += r
+                        delta["content"] += self._calls_in(calls, c, delta)
                     if calls is not None:
-                        delta["content"] += calls.flush()[0]
+                        delta["content"] += calls.flush()
                     if delta["reasoning"] or delta["content"] or delta.get("tool_calls"):
                         yield "delta", delta
                 reason = "stop" if stopped else payload["finish_reason"]
@@ -310,10 +310,9 @@ class Runtime:
 
     def _split(self, splitter: ThinkSplitter | None, text: str, calls: CallStream | None = None) -> dict:
         """The text as a delta: reasoning apart from content (a <think> model), and calls out of the content."""
-        if splitter is None:
-            r, c = "", text
-        else:
-            r, c = splitter.feed(text)
+        r, c = ("", text) if splitter is None else splitter.feed(text)
+        if calls is None:  # per token: no work for tools a request did not send
+            return {"reasoning": r, "content": c}
         delta = {"reasoning": r, "content": ""}
         delta["content"] = self._calls_in(calls, c, delta)
         return delta

@@ -6,7 +6,7 @@ THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
 
-def _held_suffix(text: str, tag: str) -> int:
+def held_suffix(text: str, tag: str) -> int:
     """Length of the longest suffix of text that is a proper prefix of tag (kept back until the next piece)."""
     for n in range(min(len(tag) - 1, len(text)), 0, -1):
         if text.endswith(tag[:n]):
@@ -41,7 +41,7 @@ class ThinkSplitter:
                     self.in_think = False
                     self._after_close = True
                     continue
-                keep = _held_suffix(self._buf, THINK_CLOSE)
+                keep = held_suffix(self._buf, THINK_CLOSE)
                 reasoning.append(self._buf[:len(self._buf) - keep])
                 self._buf = self._buf[len(self._buf) - keep:]
                 break
@@ -86,7 +86,7 @@ class StopMatcher:
             out = self._buf[:min(hits)]
             self._buf = ""
             return out, True
-        keep = max(_held_suffix(self._buf, s) for s in self.stops)
+        keep = max(held_suffix(self._buf, s) for s in self.stops)
         out = self._buf[:len(self._buf) - keep]
         self._buf = self._buf[len(self._buf) - keep:]
         return out, False

@@ -30,6 +30,8 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
+from r1_runtime.server.textproc import held_suffix
+
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for a function name
 
@@ -72,7 +74,8 @@ def syntax_of(template: str | None) -> str | None:
 
 def tool_request(fields: dict, template: str | None, renders_tools: bool) -> ToolRequest | None:
     """The request's tool fields checked and made one ToolRequest (None when it sends no tools).
-    `fields`: tools, tool_choice, functions, function_call, parallel_tool_calls as the client sent them."""
+    `fields`: tools, tool_choice, functions, function_call, parallel_tool_calls, typed as ChatRequest declares
+    them (tools and functions lists, parallel_tool_calls a bool)."""
     tools, functions = fields.get("tools"), fields.get("functions")
     choice, legacy_choice = fields.get("tool_choice"), fields.get("function_call")
     parallel = fields.get("parallel_tool_calls")
@@ -80,19 +83,13 @@ def tool_request(fields: dict, template: str | None, renders_tools: bool) -> Too
         raise ToolError("functions", "functions is the older form of tools; send one of the two")
     if choice is not None and legacy_choice is not None:
         raise ToolError("function_call", "function_call is the older form of tool_choice; send one of the two")
+    where = "functions" if functions else "tools"
     if functions:
-        if not isinstance(functions, list):
-            raise ToolError("functions", "a list of function definitions")
         tools = [{"type": "function", "function": f} for f in functions]
-        where = "functions"
-    else:
-        where = "tools"
     if not tools:
         if choice not in (None, "none") or legacy_choice not in (None, "none"):
             param = "tool_choice" if choice is not None else "function_call"
             raise ToolError(param, "there are no tools to choose from; send tools with it")
-        if parallel is not None and not isinstance(parallel, bool):
-            raise ToolError("parallel_tool_calls", "true or false")
         return None
     if not renders_tools:
         raise ToolError(where, "this model's chat template has no tool support (it never renders tools), so no "
@@ -101,23 +98,16 @@ def tool_request(fields: dict, template: str | None, renders_tools: bool) -> Too
         raise ToolError(where, "this model's chat template renders tools, but not in a call syntax this server "
                         "parses (it parses Hermes-style <tool_call> JSON, as Qwen's templates teach); send the "
                         "request without tools")
-    checked = [_check_tool(t, f"{where}[{i}]" if where == "tools" else f"functions[{i}]", where == "functions")
-               for i, t in enumerate(tools if isinstance(tools, list) else _not_a_list(where))]
+    checked = [_check_tool(t, f"{where}[{i}]", where == "functions") for i, t in enumerate(tools)]
     names = [t["function"]["name"] for t in checked]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise ToolError(where, f"two tools are named {dup!r}; give each its own name")
-    if parallel is not None and not isinstance(parallel, bool):
-        raise ToolError("parallel_tool_calls", "true or false")
     legacy = bool(functions)
     if legacy and parallel:
         raise ToolError("parallel_tool_calls", "functions makes at most one call; send tools for parallel calls")
     return ToolRequest(checked, _choice(choice, legacy_choice, names),
                        False if legacy else (True if parallel is None else parallel), legacy)
-
-
-def _not_a_list(where: str):
-    raise ToolError(where, "a list of tool definitions")
 
 
 def _check_tool(tool, where: str, legacy: bool) -> dict:
@@ -228,7 +218,7 @@ class CallStream:
         while True:
             start = self._buf.find(OPEN)
             if start < 0:
-                keep = _partial_tail(self._buf, OPEN)
+                keep = held_suffix(self._buf, OPEN)
                 out.append(self._text(self._buf[:len(self._buf) - keep]))
                 self._buf = self._buf[len(self._buf) - keep:]
                 break
@@ -249,13 +239,14 @@ class CallStream:
                 self._space, self._after_call = "", True
         return "".join(out), made
 
-    def flush(self) -> tuple[str, list[dict]]:
+    def flush(self) -> str:
+        """The content held back at the end (an unfinished block is content)."""
         rest, self._buf = self._buf, ""
         text = self._text(rest)
         if not self.calls:  # no call: the answer is all content, its trailing whitespace too
             text += self._space
         self._space = ""
-        return text, []
+        return text
 
     def _text(self, text: str) -> str:
         if self._after_call:
@@ -269,20 +260,10 @@ class CallStream:
         return body
 
 
-def _partial_tail(text: str, marker: str) -> int:
-    """How many characters at the end of `text` could begin `marker`."""
-    for n in range(min(len(marker) - 1, len(text)), 0, -1):
-        if marker.startswith(text[-n:]):
-            return n
-    return 0
-
-
 def parse(text: str, req: ToolRequest) -> tuple[str | None, list[dict]]:
     """A whole answer's content (None when it is only calls) and its calls."""
     s = CallStream(req.names, req.parallel)
-    a, _ = s.feed(text)
-    b, _ = s.flush()
-    content = a + b
+    content = s.feed(text)[0] + s.flush()
     return (content if content.strip() or not s.calls else None), s.calls
 
 
