@@ -18,6 +18,8 @@ from r1_operator.builders import names
 from r1_operator.child_events import ChildEvents, deployment_summary, job_summary, owners, pod_summary
 from r1_operator import readiness
 from r1_operator.k8s.client import api_client, check_api
+from r1_operator.k8s.podwatch import GpuPodWatch
+from r1_operator.planning.inventory import gpu_pod, holds_gpu
 from r1_operator.reconcile import OPTIONAL_CRDS, Inventory, Reconciler
 from r1_operator.replan import replan_loop
 from r1_operator.settings import OperatorSettings
@@ -41,21 +43,12 @@ def nodes_index(name: str, body: Any, **_: Any) -> dict[Any, Any]:
 
 
 def _holds_gpu(spec: Any, **_: Any) -> bool:
-    for c in list(spec.get("containers") or []) + list(spec.get("initContainers") or []):
-        res = c.get("resources") or {}
-        if any("gpu" in key for part in ("limits", "requests") for key in (res.get(part) or {})):
-            return True
-    return False
+    return holds_gpu(spec)
 
 
 @kopf.index("", "v1", "pods", when=_holds_gpu)
 def gpu_pods_index(body: Any, **_: Any) -> dict[Any, Any]:
-    meta, spec = body.get("metadata") or {}, body.get("spec") or {}
-    return {spec.get("nodeName"): {
-        "metadata": {"uid": meta.get("uid"), "namespace": meta.get("namespace"), "labels": dict(meta.get("labels") or {})},
-        "spec": {"nodeName": spec.get("nodeName"),
-                 "containers": [{"resources": dict(c.get("resources") or {})} for c in spec.get("containers") or []]},
-        "status": {"phase": (body.get("status") or {}).get("phase")}}}
+    return {(body.get("spec") or {}).get("nodeName"): gpu_pod(body)}
 
 
 @kopf.index(*R1D)
@@ -82,15 +75,22 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, nodes_index:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.peering.lifetime = s.peering_lifetime
-    inv = Inventory(nodes=lambda: _all(nodes_index), pods=lambda: _all(gpu_pods_index))
-    memo.reconciler = Reconciler(api=api_client(s.kubeconfig or None), settings=s, inventory=inv)
+    api = api_client(s.kubeconfig or None)
+    pods = lambda: _all(gpu_pods_index)  # noqa: E731
+    if memo.get("namespaces"):
+        # kopf watches only the namespaces served, but GPUs held by pods anywhere are not free
+        memo.pod_watch = GpuPodWatch(api_client(s.kubeconfig or None))
+        await asyncio.to_thread(memo.pod_watch.start)
+        pods = memo.pod_watch.pods
+    inv = Inventory(nodes=lambda: _all(nodes_index), pods=pods)
+    memo.reconciler = Reconciler(api=api, settings=s, inventory=inv)
     memo.child_events = ChildEvents()
     deployments = lambda: [(ns, name) for ns in list(r1d_index) for name in r1d_index.get(ns, [])]  # noqa: E731
     memo.replan_task = asyncio.create_task(replan_loop(deployments, inv.nodes, inv.pods, memo.reconciler.replan,
                                                        s.replan_interval_s, s.resync_interval_s,
                                                        memo.reconciler.unplanned))
     state = memo.get("readiness") or readiness.Readiness()
-    api, namespaces = memo.reconciler.api, list(memo.get("namespaces") or [])
+    namespaces = list(memo.get("namespaces") or [])
     memo.readiness_task = asyncio.create_task(readiness.watch_api(lambda: check_api(api, namespaces), state))
 
 
@@ -99,6 +99,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     for task in (memo.get("replan_task"), memo.get("readiness_task")):
         if task:
             task.cancel()
+    if memo.get("pod_watch"):
+        memo.pod_watch.stop()
 
 
 @kopf.on.create(*R1D)

@@ -8,7 +8,9 @@ import sys
 
 from r1_operator.api import contract
 from r1_operator.planning.catalog import R1_REPO, Catalog, catalog_for, single_model_catalog
+from r1_operator.api.types import SHARED_GPUS
 from r1_operator.planning.evaluate import OFFLOADS, POLICIES, PlanRequest
+from r1_operator.planning.gpus import GPU_RESOURCE, parse_memory_by_label
 from r1_operator.planning.inventory import NodeCapacity, Toleration, hypothetical, inventory
 from r1_operator.planning.memory import RuntimeSettings
 from r1_operator.planning.plan import Plan, plan_cluster
@@ -26,6 +28,14 @@ def add_plan_parser(sub) -> None:
     hw.add_argument("--disk-gb", type=float)
     hw.add_argument("--cpus", type=int, default=16)
     p.add_argument("--kubeconfig", help="plan against every node of this cluster instead")
+    c = p.add_argument_group("cluster GPUs (with --kubeconfig)")
+    c.add_argument("--gpu-resource", default=GPU_RESOURCE, help=f"the GPUs' extended resource (default "
+                   f"{GPU_RESOURCE}; a MIG profile of the mixed strategy: nvidia.com/mig-3g.40gb)")
+    c.add_argument("--shared-gpus", choices=SHARED_GPUS, default="refuse",
+                   help="time-sliced GPUs, as spec.scheduling.sharedGPUs (default refuse)")
+    c.add_argument("--gpu-memory-by-label", default="", metavar="JSON",
+                   help='GPU memory for nodes nothing else describes, as the chart value gpuMemoryByLabel: '
+                   '{"label-key=value": MiB}')
     m = p.add_argument_group("model")
     m.add_argument("--repo", default=R1_REPO, help=f"hub repo (default {R1_REPO}, which has a built-in catalog)")
     m.add_argument("--revision", default="main")
@@ -70,7 +80,7 @@ def _nodes(args: argparse.Namespace) -> list[NodeCapacity]:
         from r1_operator.k8s.client import api_client, read_nodes_and_pods
 
         nodes, pods = read_nodes_and_pods(api_client(args.kubeconfig))
-        return inventory(nodes, pods)
+        return inventory(nodes, pods, args.gpu_resource, memory_by_label=parse_memory_by_label(args.gpu_memory_by_label))
     missing = [f for f, v in (("--gpu-count", args.gpu_count), ("--ram-gb", args.ram_gb)) if v is None]
     if missing:
         raise ValueError(f"give {' and '.join(missing)} (hypothetical hardware) or --kubeconfig")
@@ -111,7 +121,7 @@ def run_plan(args: argparse.Namespace) -> int:
     req = PlanRequest(variant=args.variant, policy=args.policy, min_variant=args.min_variant, offload=args.offload,
                       settings=settings, gpu_headroom_bytes=int(args.gpu_headroom_gb * GiB),
                       ram_reserve_bytes=int(args.ram_reserve_gb * GiB),
-                      tolerations=tuple(_toleration(t) for t in args.toleration))
+                      tolerations=tuple(_toleration(t) for t in args.toleration), shared_gpus=args.shared_gpus)
     catalog = _catalog(args)
     best, plans, excluded = plan_cluster(catalog, _nodes(args), req)
     if args.output == "json":

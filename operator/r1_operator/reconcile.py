@@ -187,7 +187,8 @@ class Reconciler:
         own = frozenset(p["metadata"]["uid"] for p in pods
                         if (p["metadata"].get("labels") or {}).get(names.LABEL_DEPLOYMENT) == name
                         and p["metadata"].get("namespace") == ns)
-        nodes = inventory(list(self.inventory.nodes()), pods, spec.scheduling.gpu_resource_name, ignore_uids=own)
+        nodes = inventory(list(self.inventory.nodes()), pods, spec.scheduling.gpu_resource_name, ignore_uids=own,
+                          memory_by_label=self.settings.memory_by_label())
         try:
             outcome = decide(spec, int(meta.get("generation") or 1), nodes, stored)
         except PlanError as exc:

@@ -6,8 +6,10 @@ except pod_name, which is the Downward API's POD_NAME.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, fields
+from typing import Any
 
 MB = 10**6
 GiB = 1 << 30
@@ -16,6 +18,7 @@ GiB = 1 << 30
 @dataclass(frozen=True)
 class OperatorSettings:
     runtime_image: str = "r1-operator/runtime:0.1.0"
+    runtime_gpu_image: str = ""  # the CUDA build, for plans with GPUs (chart runtime.gpuImage); empty: runtime_image
     image_pull_policy: str = "IfNotPresent"
     hub_endpoint: str = ""  # HF_ENDPOINT for cache Jobs; empty: huggingface.co
     default_storage_class: str = ""  # empty: the cluster's default StorageClass
@@ -25,6 +28,15 @@ class OperatorSettings:
     shutdown_grace_s: int = 60  # runtime drain window after SIGTERM
     prestop_sleep_s: int = 5  # lets Service endpoints drop the pod before SIGTERM
     load_bytes_per_second: int = 100 * MB  # slowest expected model load, sizes the startup probe
+    # GPU memory for nodes no label or built-in table describes: JSON {"label-key=value": MiB} (planning.gpus)
+    gpu_memory_by_label: str = ""
+    # Pod defaults of the runtime and fetch pods; each spec.scheduling field of the same name overrides them.
+    runtime_class_name: str = ""
+    priority_class_name: str = ""
+    image_pull_secrets: str = ""  # comma-separated Secret names
+    pod_annotations: str = ""  # JSON object
+    pod_labels: str = ""  # JSON object
+    extra_env: str = ""  # JSON list of {"name", "value"}
     # The runtime process beyond the plan's buffers (Python, llama.cpp, the HTTP server, a CUDA runtime's host
     # memory): added to the plan's resident bytes for the runtime's memory request and limit. A container
     # OOMKilled at that limit raises it for its node (planning.corrections).
@@ -65,4 +77,31 @@ class OperatorSettings:
         s = cls(**values)
         if "=" not in s.dashboard_label:
             raise ValueError(f"R1_DASHBOARD_LABEL={s.dashboard_label!r}: expected key=value")
+        s.memory_by_label()
+        s.pod_defaults()
         return s
+
+    def memory_by_label(self) -> dict[str, int]:
+        from r1_operator.planning.gpus import parse_memory_by_label
+
+        return parse_memory_by_label(self.gpu_memory_by_label)
+
+    def pod_defaults(self) -> dict[str, Any]:
+        """The chart's pod defaults, parsed: annotations, labels, env, imagePullSecrets. Raises ValueError naming
+        the variable."""
+        out: dict[str, Any] = {}
+        for key, raw, kind in (("annotations", self.pod_annotations, dict), ("labels", self.pod_labels, dict),
+                               ("env", self.extra_env, list)):
+            try:
+                value = json.loads(raw) if raw.strip() else kind()
+            except ValueError as exc:
+                raise ValueError(f"R1_{'EXTRA_ENV' if key == 'env' else 'POD_' + key.upper()}: not JSON ({exc})") \
+                    from None
+            if not isinstance(value, kind) or (kind is dict and not all(isinstance(v, str) for v in value.values())) \
+                    or (kind is list and not all(isinstance(e, dict) and isinstance(e.get("name"), str) and
+                                                 isinstance(e.get("value", ""), str) for e in value)):
+                raise ValueError(f"R1_{'EXTRA_ENV' if key == 'env' else 'POD_' + key.upper()}: expected "
+                                 + ("a JSON object of strings" if kind is dict else 'a JSON list of {"name", "value"}'))
+            out[key] = value
+        out["imagePullSecrets"] = [n.strip() for n in self.image_pull_secrets.split(",") if n.strip()]
+        return out

@@ -111,7 +111,9 @@ def test_namespaced_watch_binds_writes_only_in_those_namespaces():
     assert {b["kind"] for b in workload} == {"RoleBinding"}
     assert sorted(b["metadata"]["namespace"] for b in workload) == ["team-a", "team-b"]
     inventory = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith("-inventory"))
-    assert not any("pods" in r["resources"] for r in inventory["rules"])  # no cluster-wide pod reads either
+    # GPUs held anywhere count: pods are listed and watched cluster-wide, read-only, and nothing else of them
+    (pods,) = [r for r in inventory["rules"] if "pods" in r["resources"]]
+    assert pods["resources"] == ["pods"] and sorted(pods["verbs"]) == ["list", "watch"]
     args = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--namespace=team-b" in args and "--peering=r1-operator" in args
     assert {d["kind"] for d in docs if d["kind"].endswith("KopfPeering")} == {"KopfPeering"}

@@ -18,6 +18,14 @@ from r1_operator.settings import OperatorSettings
 S = OperatorSettings()
 
 
+def pinned_to(pod: dict) -> list[str]:
+    """The node names every required nodeSelectorTerm of a pod pins it to (matchFields on metadata.name)."""
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    pins = [f["values"] for t in terms for f in t.get("matchFields", []) if f["key"] == "metadata.name"]
+    assert len(pins) == len(terms) and all(len(v) == 1 for v in pins)
+    return sorted({v[0] for v in pins})
+
+
 def node(name: str, gpus: int, mib: int | None, memory: str = "512Gi", **kw) -> dict:
     n = NodeShape.model_validate({"name": name, "gpus": gpus, "gpuMemoryMiB": mib, "memory": memory, "cpu": "64",
                                   **kw}).to_node()
@@ -86,7 +94,7 @@ def test_runtime_renders_the_plan_and_requests_its_gpus_on_its_node():
     assert cmd[cmd.index("--tensor-split") + 1] == "1,1"
     assert "--flash-attn" in cmd and cmd[cmd.index("--cache-type-v") + 1] == "q4_0"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "2" == c["resources"]["requests"]["nvidia.com/gpu"]
-    assert pod["nodeSelector"]["kubernetes.io/hostname"] == "h100x2"
+    assert pinned_to(pod) == ["h100x2"]
     assert dep["spec"]["strategy"]["type"] == "Recreate"
     assert c["readinessProbe"]["httpGet"]["path"] == "/ready" and c["livenessProbe"]["httpGet"]["path"] == "/health"
     # the startup window covers reading the whole variant (its published size) at the slowest expected rate
@@ -154,7 +162,7 @@ def test_fetch_job_fails_fast_on_permanent_errors_and_keeps_secrets_as_reference
     s, plan = _plan(cache={"connections": 2})
     cmd = mf.build_fetch_job("ns", s, plan, S)["spec"]["template"]["spec"]["containers"][0]["command"]
     assert cmd[cmd.index("--connections") + 1] == "2"
-    assert job["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/hostname"] == plan["node"]
+    assert pinned_to(job["spec"]["template"]["spec"]) == [plan["node"]]
 
 
 def test_cache_size_auto_covers_download_and_merge():
@@ -229,7 +237,7 @@ def test_replicas_over_nodes_each_get_a_deployment_cache_and_offload_one_service
     service = mf.build_service("r1", "ns", "u", S)
     for d, p in zip(deps, placements):
         pod = d["spec"]["template"]
-        assert pod["spec"]["nodeSelector"]["kubernetes.io/hostname"] == p["node"]
+        assert pinned_to(pod["spec"]) == [p["node"]]
         assert d["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
         assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()  # one Service over all
         c = pod["spec"]["containers"][0]

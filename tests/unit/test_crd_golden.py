@@ -51,7 +51,7 @@ def test_defaults_in_the_schema_equal_the_pydantic_defaults():
 
     from_schema = defaulted(spec)
     from_types = R1DeploymentSpec().model_dump(by_alias=True, exclude_none=True)
-    for key in ("nodeSelector", "tolerations"):
+    for key in ("nodeSelector", "tolerations", "imagePullSecrets", "podAnnotations", "podLabels", "env"):
         from_types["scheduling"].pop(key)
     from_types["network"].pop("allowFrom")  # lists without a schema default, like the two above
     # an optional object (off unless given): its fields' defaults apply once it is given

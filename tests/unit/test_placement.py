@@ -94,9 +94,9 @@ def test_one_replica_is_the_cluster_plan(nodes):
 def test_growing_never_moves_a_placement_and_shrinking_drops_the_newest():
     nodes = [h200("a"), h200("b"), h200("c")]
     one = place(CAT, nodes, PlanRequest(), 1)
-    assert table(one) == [(0, "a", 8, 62, "gpu", 1)]  # alone, it takes every GPU of its node
+    assert table(one) == [(0, "a", 2, 62, "gpu", 1)]  # alone, it takes the fewest GPUs that hold every layer
     three = place(CAT, nodes, PlanRequest(), 3, previous(one), one.plan.variant)
-    assert table(three)[0] == (0, "a", 8, 62, "gpu", 1)  # kept as it was
+    assert table(three)[0] == (0, "a", 2, 62, "gpu", 1)  # kept as it was
     assert {p[1] for p in table(three)[1:]} == {"b", "c"}
     five = place(CAT, nodes, PlanRequest(), 5, previous(three), three.plan.variant)
     assert [t[:5] for t in table(five)[:3]] == [t[:5] for t in table(three)]  # grown in place
@@ -108,6 +108,20 @@ def test_growing_never_moves_a_placement_and_shrinking_drops_the_newest():
     again = place(CAT, [x for x in nodes if x.name != gone], PlanRequest(), 3, previous(three), three.plan.variant)
     assert [t[:5] for t in table(again)] == [t[:5] for t in table(three) if t[1] != gone]
     assert again.placed == 3
+
+
+def test_one_replica_takes_the_fewest_gpus_that_keep_its_tier_and_layers_and_a_stored_placement_stays():
+    node = h200("a")
+    one = place(CAT, [node], PlanRequest(), 1)
+    assert table(one) == [(0, "a", 2, 62, "gpu", 1)]
+    assert (one.plan.gpus, one.plan.tensor_split) == (2, (1, 1))
+    assert plan_cluster(CAT, [node], PlanRequest())[0].gpus == 2  # r1ctl plan says the same
+    # a placement stored with all eight (made before) is kept as it is: re-planning never moves a running model
+    kept = place(CAT, [node], PlanRequest(), 1, [Previous(0, "a", 8, 62, 1)], one.plan.variant)
+    assert table(kept) == [(0, "a", 8, 62, "gpu", 1)]
+    # hybrid: fewer GPUs would hold fewer layers, so it keeps them all
+    hybrid = place(CAT, [hypothetical(2, 80, 256)], PlanRequest(variant="UD-Q2_K_XL"), 1)
+    assert hybrid.plan.mode == "hybrid" and hybrid.plan.gpus == 2
 
 
 def test_growing_a_partly_offloaded_replica_never_doubles_up_on_its_gpus():

@@ -42,6 +42,12 @@ app.kubernetes.io/part-of: r1-operator
 {{- printf "%s:%s" .Values.runtime.image.repository (default .Chart.AppVersion .Values.runtime.image.tag) -}}
 {{- end -}}
 
+{{- define "r1-operator.runtimeGpuImage" -}}
+{{- if .Values.runtime.gpuImage.repository -}}
+{{- printf "%s:%s" .Values.runtime.gpuImage.repository (default (printf "%s-cuda" .Chart.AppVersion) .Values.runtime.gpuImage.tag) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Watched namespaces without glob characters: where namespaced RBAC is granted. */}}
 {{- define "r1-operator.exactNamespaces" -}}
 {{- range .Values.watch.namespaces }}{{ if not (or (contains "*" .) (contains "?" .)) }}{{ . }} {{ end }}{{ end -}}

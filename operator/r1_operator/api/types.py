@@ -88,6 +88,13 @@ class InferenceSpec(_Model):
     parallel: int = _bounded("parallel", description="Sequences decoded together (continuous batching).")
     sampling: Sampling = Field(default_factory=Sampling)
     stop_on_loop: bool = Field(False, alias="stopOnLoop", description="Stop generations that loop.")
+    load_bytes_per_second: int | None = Field(
+        None, alias="loadBytesPerSecond", ge=1_000_000, le=100_000_000_000,
+        description="Slowest expected model load from the cache volume, bytes/s; sizes the startup probe "
+        "(model bytes / this + startupGraceSeconds). Default: the chart's runtime.loadBytesPerSecond (100 MB/s).")
+    startup_grace_seconds: int = Field(300, alias="startupGraceSeconds", ge=0, le=86400,
+                                       description="Added to the load's time in the startup probe's budget: warm-up "
+                                       "and the canary.")
     canary: bool = Field(True, description="Fail readiness when a fixed prompt's output loops.")
 
 
@@ -123,13 +130,60 @@ class Toleration(_Model):
     toleration_seconds: int | None = Field(None, alias="tolerationSeconds")
 
 
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+# Environment variables the operator sets on its pods: spec.scheduling.env may not replace them.
+RESERVED_ENV = ("HOME", "HF_ENDPOINT", "HF_TOKEN", "HF_HUB_DISABLE_TELEMETRY", "R1_API_KEY", "NVIDIA_VISIBLE_DEVICES")
+RESERVED_LABEL_PREFIXES = ("app.kubernetes.io/", "r1.inference.dev/")
+SHARED_GPUS = ("refuse", "fairShare", "wholeCard")  # spec.scheduling.sharedGPUs
+
+
+class EnvVar(_Model):
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    value: str = Field("", max_length=32768)
+
+
+class LocalObjectReference(_Model):
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN)
+
+
 class SchedulingSpec(_Model):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", json_schema_extra={
+        "x-kubernetes-validations": [
+            _cel(f"!has(self.env) || self.env.all(e, !(e.name in {list(RESERVED_ENV)}))",
+                 f"env may not set {', '.join(RESERVED_ENV)}: the operator sets them", ".env"),
+            _cel("!has(self.podLabels) || self.podLabels.all(k, " + " && ".join(f"!k.startsWith('{p}')" for p in RESERVED_LABEL_PREFIXES)
+                 + ")", f"podLabels may not use the prefixes {', '.join(RESERVED_LABEL_PREFIXES)}: the operator "
+                 "selects its pods with them", ".podLabels"),
+        ]})
     node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
-    affinity: dict | None = Field(None, json_schema_extra={"type": "object",
-                                                           "x-kubernetes-preserve-unknown-fields": True})
+    affinity: dict | None = Field(None, description="A pod affinity, as in a pod spec. Its required node affinity "
+                                  "is also honoured by the planner.",
+                                  json_schema_extra={"type": "object", "x-kubernetes-preserve-unknown-fields": True})
     gpu_resource_name: str = Field("nvidia.com/gpu", alias="gpuResourceName", max_length=253,
-                                   pattern=r"^([a-z0-9.-]+/)?[a-z0-9A-Z._-]+$")
+                                   pattern=r"^([a-z0-9.-]+/)?[a-z0-9A-Z._-]+$",
+                                   description="The extended resource of the GPUs: nvidia.com/gpu, or a MIG profile "
+                                   "of the mixed strategy such as nvidia.com/mig-3g.40gb.")
+    shared_gpus: Literal[SHARED_GPUS] = Field(  # type: ignore[valid-type]
+        "refuse", alias="sharedGPUs", description="Time-sliced GPUs (replicas of one card, no memory isolation): "
+        "refuse plans none of them; fairShare plans one replica with the card's memory divided by its replicas; "
+        "wholeCard plans one replica with the whole card's memory (when nothing else uses that card).")
+    runtime_class_name: str | None = Field(None, alias="runtimeClassName", max_length=253, pattern=DNS_SUBDOMAIN,
+                                           description="RuntimeClass of the runtime and fetch pods (e.g. nvidia); "
+                                           "default: the chart's runtime.runtimeClassName.")
+    priority_class_name: str | None = Field(None, alias="priorityClassName", max_length=253, pattern=DNS_SUBDOMAIN,
+                                            description="PriorityClass of the runtime and fetch pods; default: the "
+                                            "chart's runtime.priorityClassName.")
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list, alias="imagePullSecrets", max_length=16,
+        description="Secrets to pull the runtime image with, added to the chart's runtime.imagePullSecrets.")
+    pod_annotations: dict[str, str] = Field(default_factory=dict, alias="podAnnotations",
+                                            description="Annotations of the runtime and fetch pods, over the chart's.")
+    pod_labels: dict[str, str] = Field(default_factory=dict, alias="podLabels",
+                                       description="Labels of the runtime and fetch pods, over the chart's.")
+    env: list[EnvVar] = Field(default_factory=list, max_length=64,
+                              description="Environment of the runtime and fetch containers (proxies, CA bundles), "
+                              "by name over the chart's runtime.extraEnv.")
 
 
 class SecretRef(_Model):

@@ -14,6 +14,7 @@ from typing import Any
 from r1_operator.api import contract
 from r1_operator.api.types import GROUP, KIND, VERSION, R1DeploymentSpec
 from r1_operator.builders import names
+from r1_operator.builders.pods import CACHE_MOUNT, MOUNTS, container_security, place_pod, pod_security, volumes
 from r1_operator.planning.corrections import memory_extra
 from r1_operator.planning.decide import placement_plans, plan_hash
 from r1_operator.planning.inventory import parse_quantity
@@ -21,7 +22,6 @@ from r1_operator.settings import OperatorSettings
 
 GiB = 1 << 30
 MiB = 1 << 20
-CACHE_MOUNT = "/cache"
 PROBE_PERIOD_S = 10
 DEFAULT_CPU_REQUEST = 2  # without spec.inference.threads
 
@@ -29,24 +29,6 @@ DEFAULT_CPU_REQUEST = 2  # without spec.inference.threads
 def owner_reference(name: str, uid: str, controller: bool = True) -> dict[str, Any]:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": name, "uid": uid,
             "controller": controller, "blockOwnerDeletion": True}
-
-
-def _container_security(s: OperatorSettings) -> dict[str, Any]:
-    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
-            "runAsUser": s.run_as_user, "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
-
-
-def _pod_security(s: OperatorSettings) -> dict[str, Any]:
-    return {"runAsNonRoot": True, "runAsUser": s.run_as_user, "runAsGroup": s.run_as_user, "fsGroup": s.run_as_user,
-            "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}}
-
-
-def _volumes(cache_pvc: str) -> list[dict[str, Any]]:
-    return [{"name": "cache", "persistentVolumeClaim": {"claimName": cache_pvc}},
-            {"name": "tmp", "emptyDir": {}}]
-
-
-_MOUNTS = [{"name": "cache", "mountPath": CACHE_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}]
 
 
 def cache_size(spec: R1DeploymentSpec, plan: dict[str, Any]) -> str:
@@ -136,15 +118,16 @@ def build_fetch_job(namespace: str, spec: R1DeploymentSpec, plan: dict[str, Any]
         env.append(_secret_env("HF_TOKEN", spec.hf_token_secret_ref))
     container = {
         "name": "fetch", "image": s.runtime_image, "imagePullPolicy": s.image_pull_policy,
-        "command": fetch_command(spec, plan["variant"]), "env": env, "volumeMounts": _MOUNTS,
-        "securityContext": _container_security(s),
+        "command": fetch_command(spec, plan["variant"]), "env": env, "volumeMounts": MOUNTS,
+        "securityContext": container_security(s),
         "resources": fetch_resources(spec),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    pod = {"restartPolicy": "Never", "securityContext": _pod_security(s), "automountServiceAccountToken": False,
-           "containers": [container], "volumes": _volumes(name)}
+    pod = {"restartPolicy": "Never", "securityContext": pod_security(s), "automountServiceAccountToken": False,
+           "containers": [container], "volumes": volumes(name)}
+    meta: dict[str, Any] = {"labels": names.cache_labels(key)}
     # On the planned node: a ReadWriteOnce volume binds where its first pod runs, and the runtime goes there.
-    _scheduling(pod, spec, plan, pin=True)
+    place_pod(pod, meta, spec, plan, s)
     return {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": name, "namespace": namespace, "labels": names.cache_labels(key)},
@@ -152,7 +135,7 @@ def build_fetch_job(namespace: str, spec: R1DeploymentSpec, plan: dict[str, Any]
             "backoffLimit": s.fetch_backoff_limit,
             "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {
                 "containerName": "fetch", "operator": "In", "values": [int(c) for c in contract.PERMANENT_EXITS]}}]},
-            "template": {"metadata": {"labels": names.cache_labels(key)}, "spec": pod},
+            "template": {"metadata": meta, "spec": pod},
         },
     }
 
@@ -188,19 +171,6 @@ def planned_memory(plan: dict[str, Any]) -> str:
                        for d in plan["memory"]}, separators=(",", ":"), sort_keys=True)
 
 
-def _scheduling(pod: dict[str, Any], spec: R1DeploymentSpec, plan: dict[str, Any], pin: bool) -> None:
-    sch = spec.scheduling
-    selector = dict(sch.node_selector)
-    if pin and plan.get("node"):
-        selector["kubernetes.io/hostname"] = plan["node"]
-    if selector:
-        pod["nodeSelector"] = selector
-    if sch.tolerations:
-        pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in sch.tolerations]
-    if sch.affinity:
-        pod["affinity"] = sch.affinity
-
-
 def memory_pinned(spec: R1DeploymentSpec) -> bool:
     """spec.resources sets the runtime's memory: the user sizes it, and an OOMKill there is theirs to fix."""
     r = spec.resources
@@ -229,10 +199,18 @@ def runtime_resources(spec: R1DeploymentSpec, plan: dict[str, Any], s: OperatorS
     return _overridden(requests, limits, spec.resources)
 
 
-def startup_failure_threshold(plan: dict[str, Any], s: OperatorSettings) -> int:
-    """Enough probe periods to read the model at the slowest expected rate, plus 5 minutes of warm-up."""
+def startup_failure_threshold(spec: R1DeploymentSpec, plan: dict[str, Any], s: OperatorSettings) -> int:
+    """Enough probe periods to read the model at the slowest expected rate (spec.inference.loadBytesPerSecond,
+    else the chart's runtime.loadBytesPerSecond), plus spec.inference.startupGraceSeconds of warm-up."""
     model_bytes = plan.get("modelBytes") or GiB
-    return math.ceil(model_bytes / s.load_bytes_per_second / PROBE_PERIOD_S) + 300 // PROBE_PERIOD_S
+    rate = spec.inference.load_bytes_per_second or s.load_bytes_per_second
+    return math.ceil(model_bytes / rate / PROBE_PERIOD_S) + math.ceil(spec.inference.startup_grace_seconds
+                                                                      / PROBE_PERIOD_S)
+
+
+def runtime_image(plan: dict[str, Any], s: OperatorSettings) -> str:
+    """The CUDA build (chart runtime.gpuImage) for a plan that uses GPUs, the CPU build otherwise."""
+    return s.runtime_gpu_image if plan.get("gpus") and s.runtime_gpu_image else s.runtime_image
 
 
 def build_deployment(name: str, namespace: str, uid: str, spec: R1DeploymentSpec, plan: dict[str, Any],
@@ -248,14 +226,14 @@ def build_deployment(name: str, namespace: str, uid: str, spec: R1DeploymentSpec
         env.append(_secret_env("R1_API_KEY", spec.api_key_secret_ref))
     http = {"port": "http", "path": "/health"}
     container = {
-        "name": "runtime", "image": s.runtime_image, "imagePullPolicy": s.image_pull_policy,
+        "name": "runtime", "image": runtime_image(plan, s), "imagePullPolicy": s.image_pull_policy,
         "command": runtime_command(name, spec, plan, s, dev_mocks), "env": env,
         "ports": [{"name": "http", "containerPort": s.runtime_port, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": s.runtime_metrics_port, "protocol": "TCP"}],
-        "volumeMounts": _MOUNTS, "resources": runtime_resources(spec, plan, s),
-        "securityContext": _container_security(s),
+        "volumeMounts": MOUNTS, "resources": runtime_resources(spec, plan, s),
+        "securityContext": container_security(s),
         "startupProbe": {"httpGet": {**http, "path": "/ready"}, "periodSeconds": PROBE_PERIOD_S,
-                         "failureThreshold": startup_failure_threshold(plan, s), "timeoutSeconds": 5},
+                         "failureThreshold": startup_failure_threshold(spec, plan, s), "timeoutSeconds": 5},
         "readinessProbe": {"httpGet": {**http, "path": "/ready"}, "periodSeconds": 5, "failureThreshold": 2,
                            "timeoutSeconds": 5},
         "livenessProbe": {"httpGet": http, "periodSeconds": 10, "failureThreshold": 6, "timeoutSeconds": 5},
@@ -263,25 +241,24 @@ def build_deployment(name: str, namespace: str, uid: str, spec: R1DeploymentSpec
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod: dict[str, Any] = {
-        "securityContext": _pod_security(s), "automountServiceAccountToken": False,
+        "securityContext": pod_security(s), "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": s.prestop_sleep_s + s.shutdown_grace_s + 15,
-        "containers": [container], "volumes": _volumes(cache_pvc),
+        "containers": [container], "volumes": volumes(cache_pvc),
     }
-    _scheduling(pod, spec, plan, pin=True)
     labels = {**names.labels(name, "runtime"), names.LABEL_PLACEMENT: str(placement)}
+    meta = {"labels": dict(labels), "annotations": {names.ANN_PLAN_HASH: plan_hash(plan)}}
+    place_pod(pod, meta, spec, plan, s)
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": names.placement_name(name, placement), "namespace": namespace, "labels": labels,
                      "ownerReferences": [owner_reference(name, uid)]},
         "spec": {
             "replicas": replicas,
-            "progressDeadlineSeconds": startup_failure_threshold(plan, s) * PROBE_PERIOD_S + 600,
+            "progressDeadlineSeconds": startup_failure_threshold(spec, plan, s) * PROBE_PERIOD_S + 600,
             # The plan holds exactly the GPUs and RAM one pod needs: a surge pod could never schedule.
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": names.placement_selector(name, placement)},
-            "template": {"metadata": {"labels": labels,
-                                      "annotations": {names.ANN_PLAN_HASH: plan_hash(plan)}},
-                         "spec": pod},
+            "template": {"metadata": meta, "spec": pod},
         },
     }
 

@@ -13,7 +13,9 @@ KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 
 
 class NodeShape(BaseModel):
-    """One simulated node. Quantities use Kubernetes notation (64Gi, 2Ti)."""
+    """One simulated node. Quantities use Kubernetes notation (64Gi, 2Ti). With gfd (the default) the GPUs carry
+    GPU Feature Discovery's labels, as the GPU Operator sets them; without it only the labels given, as a cloud's
+    own device plugin leaves them (GKE, EKS, AKS)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -24,6 +26,9 @@ class NodeShape(BaseModel):
     cpu: str = "16"
     memory: str = "64Gi"
     ephemeral_storage: str = Field(default="1Ti", alias="ephemeralStorage")
+    gfd: bool = True
+    gpu_resource: str = Field(default="nvidia.com/gpu", alias="gpuResource")
+    resources: dict[str, str] = Field(default_factory=dict, description="further allocatable resources (MIG)")
     labels: dict[str, str] = Field(default_factory=dict)
     taints: list[dict[str, str]] = Field(default_factory=list)
     unschedulable: bool = False
@@ -41,16 +46,18 @@ class NodeShape(BaseModel):
             "ephemeral-storage": self.ephemeral_storage,
             "pods": "110",
         }
-        if self.gpus:
+        if self.gpus and self.gfd:
             if self.gpu_memory_mib is None:
-                raise ValueError(f"node {self.name}: gpuMemoryMiB is required when gpus > 0")
+                raise ValueError(f"node {self.name}: gpuMemoryMiB is required when gpus > 0 (gfd: true)")
             labels |= {
                 "nvidia.com/gpu.present": "true",
                 "nvidia.com/gpu.product": self.gpu_product,
                 "nvidia.com/gpu.memory": str(self.gpu_memory_mib),
                 "nvidia.com/gpu.count": str(self.gpus),
             }
-            resources_["nvidia.com/gpu"] = str(self.gpus)
+        if self.gpus:
+            resources_[self.gpu_resource] = str(self.gpus)
+        resources_ |= self.resources
         labels |= self.labels
         spec: dict[str, Any] = {}
         if self.taints:
@@ -66,11 +73,16 @@ class NodeShape(BaseModel):
         }
 
 
+BUILTIN_SHAPES = {"default": "nodes.yaml", "clouds": "cloud-nodes.yaml"}
+
+
 def load_shapes(path: str | Path | None = None) -> list[NodeShape]:
-    """Read node shapes from a YAML file ({nodes: [...]}); the built-in four when path is None."""
-    if path is None:
-        text = resources.files("r1_operator.dev").joinpath("data/nodes.yaml").read_text()
-        source = "built-in nodes.yaml"
+    """Read node shapes from a YAML file ({nodes: [...]}), or a built-in set by name (BUILTIN_SHAPES: "default",
+    the four of the dev cluster; "clouds", GKE, EKS, AKS and GPU Operator shapes); "default" when path is None."""
+    if path is None or str(path) in BUILTIN_SHAPES:
+        file = BUILTIN_SHAPES[str(path or "default")]
+        text = resources.files("r1_operator.dev").joinpath(f"data/{file}").read_text()
+        source = f"built-in {file}"
     else:
         text = Path(path).read_text()
         source = str(path)

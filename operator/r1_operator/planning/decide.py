@@ -17,7 +17,7 @@ from r1_operator.planning.catalog import catalog_for
 from r1_operator.planning import corrections as fx
 from r1_operator.planning.corrections import apply as apply_corrections
 from r1_operator.planning.evaluate import PlanRequest
-from r1_operator.planning.inventory import NodeCapacity, Toleration, eligible
+from r1_operator.planning.inventory import NodeCapacity, Toleration, eligible, required_node_terms
 from r1_operator.planning.memory import RuntimeSettings
 from r1_operator.planning.placement import Placements, Previous, place
 
@@ -39,8 +39,9 @@ def plan_request(spec: R1DeploymentSpec, variant: str | None = None, max_gpus: i
     return PlanRequest(variant=variant or spec.model.variant, policy=spec.model.policy,
                        min_variant=spec.model.min_variant, offload=spec.model.offload, settings=settings,
                        tolerations=tolerations,
-                       node_selector=tuple(sorted(spec.scheduling.node_selector.items())), max_gpus=max_gpus,
-                       keep_shards=spec.cache.keep_shards)
+                       node_selector=tuple(sorted(spec.scheduling.node_selector.items())),
+                       node_terms=required_node_terms(spec.scheduling.affinity), max_gpus=max_gpus,
+                       shared_gpus=spec.scheduling.shared_gpus, keep_shards=spec.cache.keep_shards)
 
 
 def plan_to_status(p: Placements, generation: int, why: str, corrections: list[dict[str, Any]] = ()) \
@@ -115,7 +116,7 @@ def _lost(previous: list[Previous], kept: Placements, wanted: int, nodes: list[N
         node = next((n for n in nodes if n.name == prev.node), None)
         if node is None:
             return f"node {prev.node} is gone"
-        why = eligible(node, req.node_selector, req.tolerations)
+        why = eligible(node, req.node_selector, req.tolerations, req.node_terms)
         if why:
             return why
         if node.gpus_free < prev.gpus:

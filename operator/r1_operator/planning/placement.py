@@ -21,7 +21,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from r1_operator.planning.catalog import Catalog, Variant
-from r1_operator.planning.evaluate import TIER_GPU, TIER_HYBRID, TIER_NONE, Evaluation, PlanRequest, evaluate_cached
+from r1_operator.planning.evaluate import TIER_GPU, TIER_HYBRID, TIER_NONE, Evaluation, PlanRequest, evaluate_cached, \
+    fewest_gpus
 from r1_operator.planning.explain import why_not
 from r1_operator.planning.inventory import NodeCapacity, eligible
 from r1_operator.planning.plan import Plan, _allowed, build_plan, plan_cluster
@@ -89,17 +90,6 @@ def _less(node: NodeCapacity, gpus: int, ram: int) -> NodeCapacity:
     return replace(node, gpus_used=node.gpus_used + gpus, ram_bytes=max(node.ram_bytes - ram, 0))
 
 
-def _fewest_gpus(v: Variant, node: NodeCapacity, req: PlanRequest, e: Evaluation) -> Evaluation:
-    """The evaluation with the fewest GPUs that keep every layer on GPU (e itself when it is not full GPU)."""
-    if e.tier != TIER_GPU or e.gpus <= 1:
-        return e
-    for g in range(1, e.gpus):
-        f = evaluate_cached(v, node, replace(req, max_gpus=g))
-        if f.tier == TIER_GPU and f.arg == e.arg:
-            return f
-    return e
-
-
 def _fixed(v: Variant, node: NodeCapacity, req: PlanRequest, gpus: int, arg: int, tier: int | None) -> Evaluation | None:
     """One more replica of a placement (gpus, GPU layers, tier) on what is left of its node, or None when it no
     longer fits (tier None: a previous placement's first replica, whose tier is whatever the node gives now)."""
@@ -160,7 +150,7 @@ def _try(v: Variant, nodes: list[NodeCapacity], req: PlanRequest, wanted: int, p
         e = evaluate_cached(v, node, req)
         if e.tier == TIER_NONE:
             return None
-        return _fewest_gpus(v, node, req, e) if wanted > 1 else e
+        return fewest_gpus(v, node, req, e)
 
     # every node is evaluated only when the kept placements leave replicas to place (a steady reconcile does not)
     cands = {n.name: candidate(left[n.name]) for n in nodes} if placed < wanted else {}  # what the kept left
@@ -207,7 +197,7 @@ def place(catalog: Catalog, nodes: Iterable[NodeCapacity], req: PlanRequest, rep
     excluded: list[str] = []
     ok: list[NodeCapacity] = []
     for n in ordered:
-        why = eligible(n, req.node_selector, req.tolerations)
+        why = eligible(n, req.node_selector, req.tolerations, req.node_terms)
         if why:
             excluded.append(why)
         else:

@@ -7,7 +7,7 @@ from typing import Any
 
 from r1_operator.planning.catalog import Catalog, Variant
 from r1_operator.planning.evaluate import MODES, TIER_GPU, TIER_HYBRID, TIER_NONE, Evaluation, PlanRequest, \
-    evaluate_cached
+    evaluate_cached, fewest_gpus
 from r1_operator.planning.explain import explain
 from r1_operator.planning.inventory import NodeCapacity, eligible
 from r1_operator.planning.memory import DeviceMemory, RuntimeSettings
@@ -114,7 +114,7 @@ def plan_node(catalog: Catalog, node: NodeCapacity, req: PlanRequest) -> Plan:
 def _plan_node(catalog: Catalog, node: NodeCapacity, req: PlanRequest) -> Plan:
     evals = [(v, evaluate_cached(v, node, req)) for v in _allowed(catalog, req)]
     v, e = _choose(evals, req)
-    return build_plan(v, e, node, evals, req)
+    return build_plan(v, fewest_gpus(v, node, req, e), node, evals, req)
 
 
 def build_plan(v: Variant, e: Evaluation, node: NodeCapacity, evals: list[tuple[Variant, Evaluation]],
@@ -155,7 +155,7 @@ def plan_cluster(catalog: Catalog, nodes: list[NodeCapacity], req: PlanRequest) 
     plans: list[Plan] = []
     excluded: list[str] = []
     for node in sorted(nodes, key=lambda n: n.name):  # the same answer whatever order the API lists nodes in
-        why = eligible(node, req.node_selector, req.tolerations)
+        why = eligible(node, req.node_selector, req.tolerations, req.node_terms)
         if why:
             excluded.append(why)
         else:
