@@ -13,6 +13,9 @@ ARG RUNTIME_BASE=${PYTHON_IMAGE}
 # ---- build the llama-cpp-python wheel (the only compiled dependency)
 FROM ${BASE_IMAGE} AS llama-build
 ARG GGML_CUDA=off
+# Real SASS for A100 (80), A10/A40 (86), L4/L40S (89), H100/H200 (90), and PTX of 90 for newer GPUs to JIT-compile.
+# CUDA 12.6 needs NVIDIA driver 560.28 or newer (525.60.13 or newer through CUDA's minor-version compatibility).
+ARG CUDA_ARCHITECTURES="80-real;86-real;89-real;90-real;90-virtual"
 ARG LLAMA_CPP_PYTHON_VERSION=0.3.36
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential cmake python3 python3-pip python3-venv \
@@ -21,7 +24,8 @@ WORKDIR /src
 COPY hack/llama-wheel.sh hack/
 RUN python3 -m venv /opt/build && . /opt/build/bin/activate \
  && pip install --no-cache-dir pip==26.3 setuptools==84.2.1 wheel==0.48.0 \
- && if [ "$GGML_CUDA" = "on" ]; then export CMAKE_ARGS="-DGGML_CUDA=on -DGGML_NATIVE=OFF"; fi \
+ && if [ "$GGML_CUDA" = "on" ]; then \
+      export CMAKE_ARGS="-DGGML_CUDA=on -DGGML_NATIVE=OFF -DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHITECTURES}"; fi \
  && mkdir -p /wheels && PYTHON=python3 R1_CACHE_DIR=/wheels hack/llama-wheel.sh > /wheels/path.txt
 
 # ---- operator: control plane only, no llama-cpp-python

@@ -27,7 +27,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import hmac
 import json
+import secrets
 import re
 import threading
 import time
@@ -40,6 +42,7 @@ _REPO = r"(?P<repo>[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)"
 _INFO_RE = re.compile(rf"^/api/models/{_REPO}(?:/revision/(?P<rev>[^/]+))?$")
 _TREE_RE = re.compile(rf"^/api/models/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$")
 _RESOLVE_RE = re.compile(rf"^/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$")
+_CDN_RE = re.compile(rf"^/_cdn/{_REPO}/(?P<rev>[^/]+)/(?P<path>.+)$")
 
 
 class Hub:
@@ -56,6 +59,14 @@ class Hub:
         self.requests: list[dict] = []
         self.corrupt: dict[str, int] = {}  # "repo/path" -> downloads left to corrupt
         self._hashes: dict[tuple[str, float, int], str] = {}
+        # A CDN, simulated (cdn_ttl > 0): /resolve/ redirects to a signed /_cdn/ URL that expires after cdn_ttl s.
+        self.cdn_ttl = 0.0
+        self._key = secrets.token_bytes(16)
+        # The hub's rate limit, simulated (rate_limit = (N, window s)): API and resolve requests beyond N in a
+        # window get 429 with Retry-After and RateLimit; /_cdn/ is not limited, as a CDN is not.
+        self.rate_limit: tuple[int, float] | None = None
+        self._window = (0.0, 0)  # (window start, requests in it)
+        self.counts = {"resolves": 0, "limited": 0, "cdn": 0, "expired": 0}
 
     def files(self, repo: str) -> list[Path]:
         base = self.root / repo
@@ -111,7 +122,27 @@ class Hub:
 
     def stats(self) -> dict:
         with self.lock:
-            return {"served": dict(self.served), "requests": list(self.requests)}
+            return {"served": dict(self.served), "requests": list(self.requests), **self.counts}
+
+    def sign(self, path: str, expires: int) -> str:
+        return hmac.new(self._key, f"{path}|{expires}".encode(), "sha256").hexdigest()[:32]
+
+    def limited(self) -> float:
+        """0 when a hub request may go now, else the seconds until the window resets (the request is refused)."""
+        if not self.rate_limit:
+            return 0.0
+        n, window = self.rate_limit
+        with self.lock:
+            now = time.monotonic()
+            start, count = self._window
+            if now - start >= window:
+                start, count = now, 0
+            if count >= n:
+                self.counts["limited"] += 1
+                self._window = (start, count)
+                return max(window - (now - start), 0.001)
+            self._window = (start, count + 1)
+            return 0.0
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -153,12 +184,17 @@ class _Handler(BaseHTTPRequestHandler):
                     self.hub.throttle_bps = int(body["throttle_bps"])
                 if "total_bps" in body:
                     self.hub.total_bps = int(body["total_bps"])
+                if "cdn_ttl" in body:
+                    self.hub.cdn_ttl = float(body["cdn_ttl"])
+                if "rate_limit" in body:
+                    self.hub.rate_limit = tuple(body["rate_limit"]) if body["rate_limit"] else None
             return self._json(200, {"ok": True})
         if url.path == "/_reset":
             with self.hub.lock:
                 self.hub.served.clear()
                 self.hub.requests.clear()
                 self.hub.corrupt.clear()
+                self.hub.counts = dict.fromkeys(self.hub.counts, 0)
             return self._json(200, {"ok": True})
         self._error(404, "not found", "EntryNotFound")
 
@@ -172,6 +208,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(200, self.hub.stats())
         if path == "/health":
             return self._json(200, {"ok": True})
+        if m := _CDN_RE.match(path):
+            return self._cdn(m, path, url.query)
+        if wait := self.hub.limited():
+            secs = max(int(wait + 0.999), 1)
+            return self._json(429, {"error": "You have been rate-limited"},
+                              {"Retry-After": str(secs), "RateLimit": f'"resolvers";r=0;t={secs}'})
         if not self._authorized():
             return None
         if m := _INFO_RE.match(path):
@@ -203,8 +245,33 @@ class _Handler(BaseHTTPRequestHandler):
                    for s in self.hub.info(repo)["siblings"] if s["rfilename"].startswith(prefix)]
         self._json(200, entries)
 
-    def _resolve(self, repo: str, rev: str, rel: str) -> None:
+    def _cdn(self, m: re.Match, path: str, query: str) -> None:
+        q = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
+        expires = int(q.get("Expires", "0")) if q.get("Expires", "").isdigit() else 0
+        if not hmac.compare_digest(q.get("Signature", ""), self.hub.sign(path, expires)) or expires < time.time():
+            with self.hub.lock:
+                self.hub.counts["expired"] += 1
+            return self._error(403, "Request has expired", "AccessDenied")
+        with self.hub.lock:
+            self.hub.counts["cdn"] += 1
+        return self._resolve(m.group("repo"), m.group("rev"), m.group("path"), cdn=True)
+
+    def _resolve(self, repo: str, rev: str, rel: str, cdn: bool = False) -> None:
         if not self._check_rev(repo, rev):
+            return
+        if not cdn:
+            with self.hub.lock:
+                self.hub.counts["resolves"] += 1
+        if self.hub.cdn_ttl and not cdn:  # to the CDN, signed, as the hub sends LFS files to its storage
+            expires = int(time.time() + self.hub.cdn_ttl)
+            target = f"/_cdn/{repo}/{self.hub.commit(repo)}/{rel}"
+            self.send_response(302)
+            self.send_header("Location", f"{target}?Expires={expires}&Signature={self.hub.sign(target, expires)}")
+            self.send_header("X-Repo-Commit", self.hub.commit(repo))
+            self.send_header("X-Linked-Etag", f'"{self.hub.sha256((self.hub.root / repo / rel))}"')
+            self.send_header("X-Linked-Size", str((self.hub.root / repo / rel).stat().st_size))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         base = (self.hub.root / repo).resolve()
         file = (base / rel).resolve()

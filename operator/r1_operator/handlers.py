@@ -80,7 +80,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, nodes_index:
     if memo.get("namespaces"):
         # kopf watches only the namespaces served, but GPUs held by pods anywhere are not free
         memo.pod_watch = GpuPodWatch(api_client(s.kubeconfig or None))
-        await asyncio.to_thread(memo.pod_watch.start)
+        await asyncio.to_thread(memo.pod_watch.start)  # waits a little for the first list, never fails
         pods = memo.pod_watch.pods
     inv = Inventory(nodes=lambda: _all(nodes_index), pods=pods)
     memo.reconciler = Reconciler(api=api, settings=s, inventory=inv)

@@ -43,7 +43,11 @@ async def replan_loop(deployments: Callable[[], Iterable[tuple[str, str]]], node
     last, last_full = "", loop.time()
     while True:
         await asyncio.sleep(interval_s)
-        digest = inventory_digest(nodes(), pods())
+        try:
+            digest = inventory_digest(nodes(), pods())
+        except Exception as exc:  # noqa: BLE001 - an inventory not listed yet: try again next interval
+            log.warning("re-plan skipped: %s", exc)
+            continue
         if digest == last and loop.time() - last_full < resync_s:
             todo = list(waiting())  # no feasible plan yet: checked every interval
             if todo:

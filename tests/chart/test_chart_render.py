@@ -26,9 +26,9 @@ def render(*args: str) -> list[dict]:
     return [d for d in yaml.safe_load_all(r.stdout) if d]
 
 
-def test_ci_values_cover_the_four_setups():
+def test_ci_values_cover_the_five_setups():
     assert {p.name for p in CI_VALUES} == {"default-values.yaml", "monitoring-values.yaml", "ha-values.yaml",
-                                          "namespaced-values.yaml"}
+                                          "namespaced-values.yaml", "gpu-cluster-values.yaml"}
 
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
@@ -217,3 +217,36 @@ def test_promtool_unit_tests_fire_and_resolve_each_alert(tmp_path):
     path.write_text(yaml.safe_dump(tests))
     r = subprocess.run([_promtool(), "test", "rules", str(path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _operator_env(docs: list[dict]) -> dict:
+    c = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in c["env"] if e["name"].startswith("R1_") and e.get("value") is not None}
+
+
+def test_gpu_cluster_values_reach_the_operator_settings():
+    from r1_operator.settings import OperatorSettings
+
+    default = OperatorSettings.from_env(_operator_env(render()))
+    assert default.runtime_gpu_image == "" and default.memory_by_label() == {}
+    assert default.pod_defaults() == {"annotations": {}, "labels": {}, "env": [], "imagePullSecrets": []}
+    assert default.load_bytes_per_second == OperatorSettings().load_bytes_per_second
+    values = CHART / "ci" / "gpu-cluster-values.yaml"
+    s = OperatorSettings.from_env(_operator_env(render("-f", str(values))))
+    assert s.runtime_gpu_image == "registry.example.com/r1/runtime:0.1.0-cuda"
+    assert s.memory_by_label() == {"example.com/gpu-type=big": 81920}
+    assert (s.runtime_class_name, s.priority_class_name, s.load_bytes_per_second) == ("nvidia", "llm", 50_000_000)
+    assert s.pod_defaults() == {"annotations": {"team": "ml"}, "labels": {"cost-center": "gpu"},
+                                "env": [{"name": "HTTPS_PROXY", "value": "http://proxy.example.com:3128"}],
+                                "imagePullSecrets": ["registry-creds"]}
+
+
+@pytest.mark.parametrize("args, key", [
+    (("--set", "gpuMemoryByLabel.nokey=1"), "gpuMemoryByLabel"),
+    (("--set-json", 'gpuMemoryByLabel={"a=b": 0}'), "gpuMemoryByLabel"),
+    (("--set", "runtime.runtimeClassName=Not_Valid"), "runtimeClassName"),
+    (("--set-json", 'runtime.extraEnv=[{"value": "x"}]'), "extraEnv"),
+])
+def test_bad_gpu_cluster_values_are_rejected_naming_the_key(args, key):
+    r = helm("template", "r1", str(CHART), *args)
+    assert r.returncode != 0 and key in r.stderr, r.stderr

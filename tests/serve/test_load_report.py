@@ -51,3 +51,23 @@ def test_a_kv_cache_that_cannot_be_allocated_exits_out_of_memory_naming_it(smoll
     assert msg["requestedBytes"] == 3774873600 and msg["plannedBytes"] == 3_600_000_000
     assert "the KV cache on CPU could not be allocated" in r.stdout
     assert "the plan predicted 3433.2 MiB of KV cache on cpu" in r.stdout
+
+
+def test_a_plan_with_gpus_that_llama_cpp_cannot_see_exits_gpu_unavailable_before_loading(smollm2, tmp_path):
+    """This machine's llama.cpp is a CPU-only build with no GPU: exactly what a pod gets from the CPU image, or
+    without the NVIDIA container runtime. The runtime must say so and exit before loading, not serve every layer
+    on the CPU (nor fail later as an out-of-memory the operator would 'correct')."""
+    term = tmp_path / "termination-log"
+    term.write_text("")
+    r = subprocess.run([R1_RUNTIME, "serve", "--model", str(smollm2), "--port", "1", "--threads", "2",
+                        "--n-gpu-layers", "31", "--gpu-devices", "2", "--termination-log", str(term)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == Exit.GPU_UNAVAILABLE, r.stdout + r.stderr
+    msg = json.loads(term.read_text())
+    assert (msg["reason"], msg["wanted"], msg["found"], msg["nGpuLayers"]) == ("GPUUnavailable", 2, 0, 31)
+    assert "no GPU backend (a CPU-only runtime image)" in msg["cause"] and "runtime.gpuImage" in msg["cause"]
+    assert "not loading" in r.stdout and "llama.cpp offloaded" not in r.stdout
+    # nothing offloaded, or the dev clusters' simulated GPUs: no check, and it serves
+    for args in (["--gpu-devices", "2"], ["--n-gpu-layers", "31", "--gpu-devices", "2", "--dev-simulated-gpus"]):
+        with running_server(smollm2, *args) as s:
+            assert httpx.get(s.url + "/ready").status_code == 200

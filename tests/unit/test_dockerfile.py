@@ -80,3 +80,12 @@ def test_pods_run_as_the_image_user():
     (uid,) = set(re.findall(r"^USER (\d+):\1$", DOCKERFILE, flags=re.M))
     chart = yaml.safe_load((REPO / "charts" / "r1-operator" / "values.yaml").read_text())
     assert OperatorSettings().run_as_user == chart["podSecurityContext"]["runAsUser"] == int(uid)
+
+
+def test_the_cuda_build_compiles_real_sass_for_every_datacenter_gpu_generation_and_names_its_driver():
+    build = stages()["llama-build"]
+    archs = re.search(r'^ARG CUDA_ARCHITECTURES="([^"]+)"', build, flags=re.M).group(1).split(";")
+    assert {"80-real", "86-real", "89-real", "90-real"} <= set(archs)  # A100, A10/A40, L4/L40S, H100/H200
+    assert any(a.endswith("-virtual") for a in archs)  # PTX for GPUs newer than the build
+    assert "-DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCHITECTURES}" in build
+    assert re.search(r"driver 5\d\d\.\d+", build)  # the minimum driver, beside the CUDA version it follows from

@@ -130,3 +130,22 @@ def test_the_gpu_mock_fails_like_llama_cpp_and_is_classified_as_a_real_failure(f
                                        "compute buffer": "compute"}[kind]]
     assert simulated_failure_log(planned, 130 << 20, n_gpu_layers=10) is None  # it fits
     assert simulated_failure_log(planned, 10 << 20, n_gpu_layers=0) is None  # nothing on the GPU
+
+
+def test_the_operator_names_a_missing_gpu_and_says_what_to_do_without_correcting_the_plan():
+    import json
+
+    from r1_operator.builders.status import RuntimeObservation
+    from r1_operator.k8s.observe import _gpu_unavailable, _load_out_of_memory
+
+    msg = {"reason": "GPUUnavailable", "wanted": 2, "found": 0, "nGpuLayers": 62, "devices": [],
+           "cause": "this llama.cpp build has no GPU backend (a CPU-only runtime image): use the CUDA build (the "
+                    "chart's runtime.gpuImage)"}
+    pod = {"metadata": {"name": "r1-abc"}, "spec": {"nodeName": "gke-a3"}}
+    cs = {"name": "runtime", "restartCount": 1,
+          "lastState": {"terminated": {"exitCode": 6, "reason": "Error", "message": json.dumps(msg)}}}
+    said = _gpu_unavailable(pod, cs)
+    assert said.startswith("pod r1-abc on gke-a3: the runtime found 0 of the 2 GPU(s)") and "runtime.gpuImage" in said
+    assert _load_out_of_memory(pod, cs) == ("", None)  # so no plan correction is made from it
+    assert _gpu_unavailable(pod, {"lastState": {"terminated": {"exitCode": 5}}}) == ""
+    assert RuntimeObservation().load_oom is None

@@ -25,6 +25,7 @@ class Exit(IntEnum):
     NO_SPACE = 3  # the volume is too small: grow spec.cache.size
     VERIFY_FAILED = 4  # sha256 mismatch twice: the mirror or the storage corrupts data
     OUT_OF_MEMORY = 5  # serve: llama.cpp could not allocate a buffer while loading; the termination message says which
+    GPU_UNAVAILABLE = 6  # serve: llama.cpp sees fewer GPUs than --gpu-devices (CPU-only build, no driver or device)
 
 
 PERMANENT_EXITS = (Exit.BAD_INPUT, Exit.NO_SPACE, Exit.VERIFY_FAILED)  # retrying cannot fix these
@@ -211,6 +212,8 @@ SERVE_FLAGS = _flags(
     Flag("n_gpu_layers", int, 0, "llama.cpp's --n-gpu-layers: layers on GPU, the output head counting as one "
          "(offloaded first)", _PLACE, lo=0, hi=1024),
     Flag("tensor_split", str, "", "comma-separated proportions per GPU, e.g. 1,1", _PLACE),
+    Flag("gpu_devices", int, 0, "GPUs the plan gives the runtime: with --n-gpu-layers > 0, fewer seen by llama.cpp "
+         "exits GPU_UNAVAILABLE before loading, naming the cause (0: no check)", _PLACE, lo=0, hi=64),
     Flag("ctx_size", int, 8192, "the whole KV cache in tokens, shared by the --parallel sequences", _PLACE,
          lo=512, hi=163840),
     Flag("cache_type_k", str, "q4_0", "K cache type", _PLACE, choices=tuple(CACHE_TYPES)),
@@ -246,6 +249,8 @@ SERVE_FLAGS = _flags(
          "write a short JSON of a failed load here if the file exists (Kubernetes termination message)", _LIMITS),
     Flag("dev_simulated_gpu_free_bytes", int, 0, "DEV CLUSTERS ONLY, a mock of a GPU: fail the load as llama.cpp "
          "does when --planned-memory puts more than this on a GPU (0: off)", _PLACE, lo=0),
+    Flag("dev_simulated_gpus", bool, False, "DEV CLUSTERS ONLY, the node's GPUs are simulated: --gpu-devices is "
+         "not checked (llama.cpp there sees no GPU and runs every layer on the CPU)", _PLACE),
     Flag("dev_simulated_host_bytes", int, 0, "DEV CLUSTERS ONLY, a stand-in for a real model's host memory: hold "
          "this many bytes, written, from before the load to the end (0: off)", _PLACE, lo=0),
     Flag("stop_on_loop", bool, False, "stop looping generations (finish_reason 'repetition')", _LOOPS),

@@ -135,6 +135,16 @@ def _cache(d: Desired, c: CacheObservation) -> tuple[_Cond, dict[str, Any]]:
         msg = f"fetching {d.plan['variant'] if d.plan else ''} into {c.pvc}"
         if total:
             msg += f": {done / GiB:.1f} of {total / GiB:.1f} GiB ({pct:g}%)"
+        failed = c.last_message or {}
+        moving = (c.progress or {}).get("phase") not in (None, "starting", "listing")  # the hub answers again
+        if c.job_active and failed.get("phase") == "hub-unreachable" and not moving:  # a pod failed: no hub
+            info.update(phase="HubUnreachable", display="NoHub")
+            return _Cond("False", "HubUnreachable", f"{failed.get('error')} (the fetch Job {c.pvc} retries)"), info
+        limited = p.get("rateLimited")
+        if limited:
+            info["rateLimited"] = limited
+            msg += (f"; {limited.get('by', 'the hub')} rate-limits it: waiting {limited.get('waitSeconds')} s "
+                    f"({limited.get('source')})")
         return _Cond("False", "Downloading", msg), info
     info.update(phase="Pending", display="Pending")
     return _Cond("False", "Pending", f"waiting for the cache Job {c.pvc} to start"), info
@@ -185,7 +195,7 @@ def build_status(d: Desired, cache: CacheObservation, rt: RuntimeObservation, ol
         conds["Ready"] = _Cond("False", "RuntimeStarting", f"{rt.ready_replicas}/{d.replicas} runtime pods ready{why}")
 
     degraded = [(c.reason, c.message) for c in (conds["Planned"], conds["CacheReady"])
-                if c.reason in ("InvalidSpec", "NoFeasiblePlan", "FetchFailed")]
+                if c.reason in ("InvalidSpec", "NoFeasiblePlan", "FetchFailed", "HubUnreachable")]
     if d.apply_error:
         degraded.insert(0, ("ApplyFailed", d.apply_error))
     if rt.failing and cached:

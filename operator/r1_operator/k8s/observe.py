@@ -79,7 +79,8 @@ def cache(api, namespace: str, pvc_name: str, pvc: dict[str, Any] | None, job: d
                 failed, failure = True, f"{c.get('reason', '')}: {c.get('message', '')}".strip(": ")
             if c.get("type") == "Complete" and c.get("status") == "True":
                 succeeded = True
-        if (failed or succeeded) and ready is None:  # once recorded on the PVC, the pods have nothing new
+        # once recorded on the PVC, the pods have nothing new; a retrying Job's failed pods say why they failed
+        if (failed or succeeded or int(st.get("failed") or 0)) and ready is None:
             for pod in sorted(_pods(api, namespace, f"job-name={pvc_name}"),
                               key=lambda p: p["metadata"].get("creationTimestamp", "")):
                 message = _termination(pod) or message
@@ -131,6 +132,22 @@ def _load_out_of_memory(pod: dict[str, Any], cs: dict[str, Any]) -> tuple[str, d
             f"{m.get('what', 'a buffer')} on {m.get('device', 'a device')} could not be allocated "
             f"({mib(m.get('requestedBytes'))} asked{planned}; {cs.get('restartCount', 0)} restarts); lower "
             "spec.inference.ctxSize or parallel, or pin a smaller spec.model.variant"), detail
+
+
+def _gpu_unavailable(pod: dict[str, Any], cs: dict[str, Any]) -> str:
+    """Why a runtime exited GPU_UNAVAILABLE (llama.cpp saw fewer GPUs than planned), with what to do; "" if not."""
+    term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
+    if term.get("exitCode") != Exit.GPU_UNAVAILABLE:
+        return ""
+    try:
+        m = json.loads(term.get("message") or "{}")
+    except ValueError:
+        m = {}
+    if not isinstance(m, dict):
+        m = {}
+    return (f"pod {pod['metadata']['name']} on {(pod.get('spec') or {}).get('nodeName') or 'its node'}: the runtime "
+            f"found {m.get('found', 'fewer')} of the {m.get('wanted', 'planned')} GPU(s) its plan gives it and did "
+            f"not load: {m.get('cause') or 'llama.cpp saw no GPU'} ({cs.get('restartCount', 0)} restarts)")
 
 
 # What ready runtime pods' llama.cpp offloaded, from their startup line. Read once per pod; a pod whose log does not
@@ -214,7 +231,10 @@ def runtime(api, namespace: str, dep: dict[str, Any] | None) -> RuntimeObservati
                 reason = ((cs.get("state") or {}).get("waiting") or {}).get("reason", "")
                 killed, killed_detail = _oom_killed(pod, cs)
                 load_oom, detail = _load_out_of_memory(pod, cs)
-                if load_oom:
+                no_gpu = _gpu_unavailable(pod, cs)
+                if no_gpu:  # never a plan correction: fewer layers would not bring the GPU
+                    failing, failing_reason = no_gpu, "GPUUnavailable"
+                elif load_oom:
                     failing, failing_reason, oom_detail = load_oom, "OutOfMemory", detail
                 elif killed:
                     failing, failing_reason, oom_detail = killed, "OutOfMemory", killed_detail

@@ -15,6 +15,10 @@ from typing import Any
 from r1_operator.planning.inventory import gpu_pod, holds_gpu
 
 log = logging.getLogger("r1_operator")
+
+
+class NotListed(RuntimeError):
+    pass
 WATCH_TIMEOUT_S = 300
 RETRY_S = 5.0
 
@@ -25,18 +29,24 @@ class GpuPodWatch:
         self._pods: dict[str, dict[str, Any]] = {}  # uid -> gpu_pod()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._synced = threading.Event()
         self._thread: threading.Thread | None = None
 
     def pods(self) -> list[dict[str, Any]]:
+        """The GPU-holding pods; raises NotListed until the first list succeeded (GPUs must never look free for
+        want of a list: a reconcile then fails and kopf retries it)."""
+        if not self._synced.is_set():
+            raise NotListed("GPU-holding pods of the cluster not listed yet (the API server, or the chart's "
+                            "cluster-wide list/watch of pods, refused): plans wait for it")
         with self._lock:
             return list(self._pods.values())
 
-    def start(self) -> None:
-        """List once (raises when the API server or RBAC refuses: GPUs must never look free for want of a list),
-        then follow changes in a thread."""
-        version = self._list()
-        self._thread = threading.Thread(target=self._run, args=(version,), name="gpu-pod-watch", daemon=True)
+    def start(self, wait_s: float = 10.0) -> bool:
+        """Follow the pods in a thread (it lists first, and again after any failure); wait up to wait_s for the
+        first list. True when listed."""
+        self._thread = threading.Thread(target=self._run, name="gpu-pod-watch", daemon=True)
         self._thread.start()
+        return self._synced.wait(wait_s)
 
     def stop(self) -> None:
         self._stop.set()
@@ -52,13 +62,15 @@ class GpuPodWatch:
                 pods[p["metadata"]["uid"]] = gpu_pod(p)
         with self._lock:
             self._pods = pods
+        self._synced.set()
         return doc["metadata"]["resourceVersion"]
 
-    def _run(self, version: str) -> None:
+    def _run(self) -> None:
         from kubernetes import client, watch
         from kubernetes.client.exceptions import ApiException
 
         core = client.CoreV1Api(self.api)
+        version = self._relist()
         while not self._stop.is_set():
             try:
                 w = watch.Watch()

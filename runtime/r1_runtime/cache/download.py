@@ -37,7 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from r1_operator.api.contract import FETCH_SEGMENT_BYTES, Exit, partial_name
-from r1_runtime.cache.files import CacheError, fsync_dir
+from r1_runtime.cache.files import fsync_dir
+from r1_runtime.cache.hubhttp import Expired, RateLimited, Resolver, retry_after
+from r1_runtime.cache.listing import FetchError, Listing, RemoteFile, list_variant  # noqa: F401 - fetch's names
 from r1_runtime.cache.progress import Progress
 
 RETRIES = 5  # failures in a row of one range before the fetch gives up (a rerun resumes)
@@ -54,59 +56,6 @@ def range_bytes(size: int, connections: int) -> int:
     if raw:
         return int(raw)
     return max(MIN_RANGE, min(FETCH_SEGMENT_BYTES, -(-size // (4 * connections))))
-
-
-class FetchError(CacheError):
-    """A download or listing that cannot complete (exit code and phase as in the contract)."""
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    path: str  # path in the repo
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class Listing:
-    repo: str
-    commit: str
-    files: list[RemoteFile]
-
-
-def list_variant(repo: str, variant: str, revision: str | None, endpoint: str | None) -> Listing:
-    """The variant's files in the repo at a revision, with sizes and LFS hashes (huggingface_hub)."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-    from huggingface_hub.utils import filter_repo_objects
-
-    api = HfApi(endpoint=endpoint)
-    try:
-        info = api.model_info(repo, revision=revision, files_metadata=True)
-    except RevisionNotFoundError:
-        raise FetchError(f"revision {revision!r} not found in {repo}; check spec.model.revision", Exit.BAD_INPUT) from None
-    except RepositoryNotFoundError:
-        raise FetchError(f"repository {repo} not found at {endpoint or 'the hub'} (or the token cannot read it); "
-                         "check the repo name, HF_ENDPOINT and the HF token Secret", Exit.BAD_INPUT) from None
-    except HfHubHTTPError as exc:
-        raise FetchError(f"hub error listing {repo}: {_status(exc)}; check HF_ENDPOINT and the HF token", Exit.RETRY) from None
-    siblings = info.siblings or []
-    chosen = list(filter_repo_objects(siblings, allow_patterns=[f"*{variant}*"], key=lambda s: s.rfilename))
-    if not chosen:
-        ggufs = sorted(s.rfilename for s in siblings if s.rfilename.endswith(".gguf"))
-        raise FetchError(f"no file in {repo}@{info.sha} matches '*{variant}*'; GGUF files there: "
-                         f"{', '.join(ggufs[:12]) or 'none'}; check the variant name", Exit.BAD_INPUT)
-    files = []
-    for s in chosen:
-        if s.lfs is None:
-            raise FetchError(f"{repo}/{s.rfilename} has no LFS sha256 on the hub; it cannot be verified", Exit.BAD_INPUT)
-        files.append(RemoteFile(s.rfilename, int(s.lfs.size), s.lfs.sha256))
-    return Listing(repo, info.sha, files)
-
-
-def _status(exc: Exception) -> str:
-    response = getattr(exc, "response", None)
-    return f"HTTP {response.status_code}" if response is not None else type(exc).__name__
 
 
 def partial_path(final: Path) -> Path:
@@ -221,6 +170,7 @@ class Downloader:
         self.endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
         self.session = get_session()
         self.headers = build_hf_headers()
+        self.resolver = Resolver(self.session, self.headers, timeout)
         self.progress = progress
         self.timeout = timeout
         self.connections = connections
@@ -346,6 +296,13 @@ class Downloader:
                 failures = 0
             except FetchError:
                 raise
+            except RateLimited as rl:  # a wait the hub asks for: never a failure
+                print(f"r1-runtime fetch: {f.path}: {rl}", file=sys.stderr, flush=True)
+                self.progress.rate_limited(rl.wait, rl.source, rl.where)
+                self._stop.wait(rl.wait)
+                self.progress.rate_limited(0, "", "")
+            except Expired:
+                pass  # resolved again by the next _get
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
                     raise FetchError(f"{partial_path(job.final)}: disk full with {written_bytes(job.final, f.size)} "
@@ -369,9 +326,14 @@ class Downloader:
     def _get(self, conn: int, job: _File, pos: int, end: int) -> int:
         """One GET of [pos, end): each chunk written in place and journaled; returns how far it got."""
         f = job.remote
-        headers = {**self.headers, "Range": f"bytes={pos}-{end - 1}"}
-        with self.session.stream("GET", self.url(f), headers=headers, follow_redirects=True,
-                                 timeout=self.timeout) as r:
+        t = self.resolver.target(self.url(f))
+        headers = {**self.resolver.headers_for(t), "Range": f"bytes={pos}-{end - 1}"}
+        with self.session.stream("GET", t.url, headers=headers, follow_redirects=True, timeout=self.timeout) as r:
+            if r.status_code == 429:
+                raise RateLimited(*retry_after(r.headers), "the hub" if t.on_hub else "the hub's storage")
+            if not t.on_hub and r.status_code in (401, 403, 410):
+                self.resolver.forget(self.url(f), t)
+                raise Expired(f"{f.path}: HTTP {r.status_code} from the resolved URL")
             if r.status_code in (401, 403, 404):
                 raise FetchError(f"{f.path}: hub answered HTTP {r.status_code}; check the HF token Secret and "
                                  "the repo/revision", Exit.BAD_INPUT)

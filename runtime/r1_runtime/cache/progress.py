@@ -31,6 +31,7 @@ class Progress:
         self._printed_phase = ""
         self._lock = threading.RLock()  # the fetch's connections report from their threads
         self._conns: dict[int, tuple[str, collections.deque]] = {}  # connection -> (file, its rate window)
+        self._limited: dict | None = None  # the hub's current rate-limit wait
         self._bar = None
         if hasattr(stream, "isatty") and stream.isatty():
             from tqdm import tqdm
@@ -47,6 +48,15 @@ class Progress:
                 self._conns.pop(conn, None)
             else:
                 self._conns[conn] = (file, collections.deque([(time.monotonic(), 0)]))
+
+    def rate_limited(self, wait: float, source: str, by: str) -> None:
+        """The hub (or its storage) asked the fetch to wait `wait` s (0: the wait is over); shown in the progress
+        file, the lines and the operator's status."""
+        with self._lock:
+            self._limited = {"waitSeconds": round(wait), "source": source, "by": by,
+                             "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + wait))} \
+                if wait > 0 else None
+            self.emit(force=True)
 
     def connections(self) -> list[dict]:
         with self._lock:
@@ -67,6 +77,7 @@ class Progress:
             "elapsedSeconds": round(time.monotonic() - self.started, 1),
             "updatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "connections": self.connections(),
+            **({"rateLimited": self._limited} if self._limited else {}),
             **extra,
         }
 
@@ -112,13 +123,14 @@ class Progress:
         if force or now - self._last_write >= 1.0:
             write_json_atomic(self.path, snap, durable=False)
             self._last_write = now
-        if self._bar is None and (now - self._last_line >= self.interval or (force and self.phase != self._printed_phase)):
+        if self._bar is None and (now - self._last_line >= self.interval or (force and self.phase != self._printed_phase)
+                                  or (force and "rateLimited" in snap)):
             rate = snap["bytesPerSecond"] / (1 << 20)
             conns = snap["connections"]
             each = (f" over {len(conns)} connections (" + " ".join(f"{c['bytesPerSecond'] / (1 << 20):.1f}"
                                                              for c in conns) + " MiB/s)") if conns else ""
             # The JSON tail is for machines: the operator reads it from the pod's log for the CACHE column.
-            machine = json.dumps({k: snap[k] for k in PROGRESS_KEYS})
+            machine = json.dumps({k: snap[k] for k in (*PROGRESS_KEYS, "rateLimited") if k in snap})
             print(f"r1-runtime fetch: {snap['phase']} {snap['file']} {gib(self.done)}/{gib(self.total)} "
                   f"({snap['percent']}%) {rate:.1f} MiB/s{each} {PROGRESS_MARK}{machine}", file=self.stream,
                   flush=True)

@@ -48,6 +48,8 @@ class ServeSettings:
     canary_tokens: int = SERVE_FLAGS["canary_tokens"].default
     reasoning_format: str = SERVE_FLAGS["reasoning_format"].default  # auto | deepseek | none
     planned_memory: dict = field(default_factory=dict)  # the plan's bytes per device and kind (--planned-memory)
+    gpu_devices: int = 0  # GPUs the plan gives the runtime; fewer seen by llama.cpp: exit GPU_UNAVAILABLE
+    dev_simulated_gpus: bool = False  # DEV ONLY: the node's GPUs are simulated, gpu_devices is not checked
     dev_simulated_gpu_free_bytes: int = 0  # DEV ONLY, a mock of a GPU (r1_runtime.devgpu); 0: off
     dev_simulated_host_bytes: int = 0  # DEV ONLY, host memory a real model would hold (r1_runtime.devgpu); 0: off
     termination_log: str = SERVE_FLAGS["termination_log"].default
@@ -60,6 +62,12 @@ class State:
     reason: str = ""
     recent: list[float] = field(default_factory=list)  # recent request durations, for Retry-After
 
+
+
+class GpuUnavailable(Exception):
+    def __init__(self, message: dict) -> None:
+        super().__init__(message["cause"])
+        self.message = message
 
 
 class Runtime:
@@ -91,6 +99,9 @@ class Runtime:
         except LoadOutOfMemory as exc:  # the operator re-plans from this: say it and exit with its own code
             self.out_of_memory(exc)
             return
+        except GpuUnavailable as exc:  # no re-plan can help: the operator says what to fix
+            self.gpu_unavailable(exc.message)
+            return
         except Exception as exc:  # noqa: BLE001 - reported through /ready and the log
             self.state.phase, self.state.reason = "failed", str(exc)
             print(f"r1-runtime serve: model load failed: {exc}", flush=True)
@@ -117,17 +128,32 @@ class Runtime:
                    "requestedBytes": f.bytes, "plannedBytes": planned, "freeBytes": f.free, "line": f.line[:300]}
         said = f"; the plan predicted {planned / (1 << 20):.1f} MiB of {f.what} on {f.plan_device()}" if planned else ""
         print(f"r1-runtime serve: {exc}{said}", flush=True)
+        self._terminate(message, Exit.OUT_OF_MEMORY, str(exc))
+
+    def gpu_unavailable(self, message: dict) -> None:
+        """Print why the planned GPUs are not there, write it as the termination message, exit GPU_UNAVAILABLE."""
+        print(f"r1-runtime serve: {message['cause']} (--gpu-devices {message['wanted']}, --n-gpu-layers "
+              f"{message['nGpuLayers']}); not loading", flush=True)
+        self._terminate(message, Exit.GPU_UNAVAILABLE, message["cause"])
+
+    def _terminate(self, message: dict, code: int, reason: str) -> None:
         if os.path.exists(self.s.termination_log):
             try:
                 with open(self.s.termination_log, "w") as out:
                     out.write(json.dumps(message))
             except OSError:
                 pass
-        self.state.phase, self.state.reason = "failed", str(exc)
-        os._exit(Exit.OUT_OF_MEMORY)
+        self.state.phase, self.state.reason = "failed", reason
+        os._exit(code)
 
     def load_model(self) -> None:
         """Load the model and read what prompts need from it (template, BOS/EOS text); starts no thread."""
+        if not self.s.dev_simulated_gpus:  # DEV ONLY when set: simulated GPUs are never seen by llama.cpp
+            from r1_runtime.gpucheck import missing_gpus
+
+            missing = missing_gpus(self.s.gpu_devices, self.s.engine.n_gpu_layers)
+            if missing is not None:
+                raise GpuUnavailable(missing)
         if self.s.dev_simulated_gpu_free_bytes:  # DEV ONLY: a mock of a GPU with this many bytes free
             from r1_runtime.devgpu import simulated_failure_log
 

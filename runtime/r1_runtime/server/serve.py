@@ -89,6 +89,7 @@ def settings_from_args(args: argparse.Namespace):
                          stop_on_loop=args.stop_on_loop, canary=args.canary, canary_seed=args.canary_seed,
                          canary_tokens=args.canary_tokens, reasoning_format=args.reasoning_format,
                          planned_memory=planned, termination_log=args.termination_log,
+                         gpu_devices=args.gpu_devices, dev_simulated_gpus=args.dev_simulated_gpus,
                          dev_simulated_gpu_free_bytes=args.dev_simulated_gpu_free_bytes,
                          dev_simulated_host_bytes=args.dev_simulated_host_bytes, slots=args.slots)
 
