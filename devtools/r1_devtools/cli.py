@@ -47,11 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     hub = sub.add_parser("hub", help="serve ORG/NAME repos from a directory as a Hugging Face-compatible hub",
                          add_help=False)
     hub.add_argument("rest", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
-    if args.command == "hub":
-        from r1_devtools import devhub
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["hub"]:  # its own parser, -h included (argparse's REMAINDER would take -h as the parent's)
+        from r1_devtools import hubcli
 
-        return devhub.main(args.rest)
+        return hubcli.main(argv[1:])
+    args = parser.parse_args(argv)
     try:
         return _make_test_model(args)
     except (ValueError, OSError) as exc:

@@ -24,7 +24,6 @@ download could be shown against it.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import hmac
@@ -67,6 +66,7 @@ class Hub:
         self.rate_limit: tuple[int, float] | None = None
         self._window = (0.0, 0)  # (window start, requests in it)
         self.counts = {"resolves": 0, "limited": 0, "cdn": 0, "expired": 0}
+        self.revoke = 0  # fault: the next N storage requests are refused as expired, whatever their signature
 
     def files(self, repo: str) -> list[Path]:
         base = self.root / repo
@@ -186,6 +186,8 @@ class _Handler(BaseHTTPRequestHandler):
                     self.hub.total_bps = int(body["total_bps"])
                 if "cdn_ttl" in body:
                     self.hub.cdn_ttl = float(body["cdn_ttl"])
+                if "revoke" in body:
+                    self.hub.revoke = int(body["revoke"])
                 if "rate_limit" in body:
                     self.hub.rate_limit = tuple(body["rate_limit"]) if body["rate_limit"] else None
             return self._json(200, {"ok": True})
@@ -248,7 +250,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _cdn(self, m: re.Match, path: str, query: str) -> None:
         q = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
         expires = int(q.get("Expires", "0")) if q.get("Expires", "").isdigit() else 0
-        if not hmac.compare_digest(q.get("Signature", ""), self.hub.sign(path, expires)) or expires < time.time():
+        with self.hub.lock:
+            revoked = self.hub.revoke > 0
+            self.hub.revoke -= revoked
+        if revoked or not hmac.compare_digest(q.get("Signature", ""), self.hub.sign(path, expires)) \
+                or expires < time.time():
             with self.hub.lock:
                 self.hub.counts["expired"] += 1
             return self._error(403, "Request has expired", "AccessDenied")
@@ -348,9 +354,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def serve(root: Path, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
-          throttle_bps: int = 0, total_bps: int = 0) -> tuple[ThreadingHTTPServer, Hub]:
+          throttle_bps: int = 0, total_bps: int = 0, cdn_ttl: float = 0.0,
+          rate_limit: tuple[int, float] | None = None) -> tuple[ThreadingHTTPServer, Hub]:
     """Start the hub in a background thread; return (server, hub). server.server_address has the port."""
     hub = Hub(root, token=token, throttle_bps=throttle_bps, total_bps=total_bps)
+    hub.cdn_ttl, hub.rate_limit = cdn_ttl, rate_limit
     handler = type("Handler", (_Handler,), {"hub": hub})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
@@ -369,34 +377,3 @@ def running(root: Path, host: str = "127.0.0.1", advertise: str | None = None,
     finally:
         server.shutdown()
         server.server_close()
-
-
-def rate(text: str) -> int:
-    """Bytes per second: 25M is 25,000,000 (K, M, G are powers of 1000; Ki, Mi, Gi of 1024)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?)?\s*", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a rate: give bytes per second, e.g. 25M or 1.5Gi")
-    unit = m.group(2) or ""
-    scale = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}[unit]
-    return int(float(m.group(1)) * scale)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="r1-dev hub", description=__doc__.split("\n\n")[0])
-    p.add_argument("root", help="directory holding ORG/NAME/ repos")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--token", help="require this bearer token")
-    p.add_argument("--conn-rate", "--throttle-bps", dest="conn_rate", type=rate, default=0,
-                   help="cap each connection (response) at this many bytes/s, with K/M/G suffixes (0: none)")
-    p.add_argument("--total-rate", type=rate, default=0,
-                   help="cap all connections together at this many bytes/s, with K/M/G suffixes (0: none)")
-    args = p.parse_args(argv)
-    server, _ = serve(Path(args.root), args.host, args.port, args.token, args.conn_rate, args.total_rate)
-    host, port = server.server_address[:2]
-    print(json.dumps({"endpoint": f"http://{host}:{port}"}), flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    return 0

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from r1_devtools import devhub
+from r1_devtools import devhub, hubcli
 from r1_devtools.testmodel import write_test_model
 
 
@@ -55,6 +55,6 @@ def test_connections_together_are_held_to_the_total_cap(hub_files):
 
 
 def test_rates_take_k_m_g_suffixes():
-    assert devhub.rate("25M") == 25_000_000 and devhub.rate("1.5Gi") == 3 << 29 and devhub.rate("800") == 800
+    assert hubcli.rate("25M") == 25_000_000 and hubcli.rate("1.5Gi") == 3 << 29 and hubcli.rate("800") == 800
     with pytest.raises(argparse.ArgumentTypeError, match="not a rate"):
-        devhub.rate("fast")
+        hubcli.rate("fast")

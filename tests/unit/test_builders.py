@@ -202,6 +202,16 @@ _CACHED = CacheObservation(pvc="c", ready={"bytesTotal": 10})
     pytest.param(_desired(PLAN), CacheObservation(pvc="c", job_failed=True, last_message={"error": "no space"}),
                  RuntimeObservation(), {"CacheReady": ("False", "FetchFailed"), "Degraded": ("True", "FetchFailed"),
                                         "Progressing": ("False", "Stalled")}, id="fetch-failed"),
+    # a fetch pod failed for want of a hub while the Job retries: said at once, not WaitingForCache
+    pytest.param(_desired(PLAN), CacheObservation(pvc="c", pvc_phase="Bound", job_active=1, last_message={
+        "phase": "hub-unreachable", "error": "cannot reach the hub at http://hub:8080 to list x"}),
+                 RuntimeObservation(), {"CacheReady": ("False", "HubUnreachable"), "Degraded": ("True", "HubUnreachable"),
+                                        "Ready": ("False", "WaitingForCache")}, id="hub-unreachable"),
+    # ... and once a retry downloads again, it is progress
+    pytest.param(_desired(PLAN), CacheObservation(pvc="c", pvc_phase="Bound", job_active=1, last_message={
+        "phase": "hub-unreachable", "error": "x"}, progress={"phase": "downloading", "bytesDone": 5, "bytesTotal": 9}),
+                 RuntimeObservation(), {"CacheReady": ("False", "Downloading"), "Degraded": ("False", "AsExpected")},
+                 id="hub-back"),
     pytest.param(_desired(PLAN), _CACHED, RuntimeObservation(exists=True, replicas=1,
                                                              waiting="pod x ContainerCreating"),
                  {"Ready": ("False", "RuntimeStarting"), "CacheReady": ("True", "Cached"),
@@ -382,3 +392,13 @@ def test_fetch_memory_is_bounded_and_spec_cache_resources_overrides_it():
     assert mf.fetch_resources(s)["limits"]["memory"] == "3Gi"  # raised with the request
     s, plan = _plan(cache={"resources": {"limits": {"memory": "1Gi"}}})
     assert mf.fetch_resources(s) == {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}
+
+
+def test_a_rate_limited_fetch_says_so_in_cache_ready_and_status_cache():
+    limited = {"waitSeconds": 55, "source": 'RateLimit: "api";r=0;t=55', "by": "the hub", "until": "T"}
+    r = build_status(_desired(PLAN), CacheObservation(pvc="c", pvc_phase="Bound", job_active=1, progress={
+        "phase": "downloading", "bytesDone": 5, "bytesTotal": 9, "rateLimited": limited}), RuntimeObservation(), None,
+        "2026-01-01T00:00:00Z")
+    cond = next(c for c in r.status["conditions"] if c["type"] == "CacheReady")
+    assert cond["reason"] == "Downloading" and "the hub rate-limits it: waiting 55 s" in cond["message"]
+    assert r.status["cache"]["rateLimited"] == limited

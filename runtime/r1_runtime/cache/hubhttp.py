@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, urljoin, urlparse
 
 DEFAULT_LIFETIME_S = 600.0  # a redirect whose URL says nothing of its expiry is re-resolved this often
-RENEW_BEFORE_S = 60.0  # re-resolve this long before a signed URL expires (a range in flight must not outlive it)
+RENEW_BEFORE_S = 60.0  # re-resolve this long before a signed URL expires (at most a tenth of its life)
 MAX_WAIT_S = 900.0  # the longest single rate-limit wait honoured (a hub asking for more is asked again then)
 DEFAULT_WAIT_S = 30.0  # a 429 that names no wait
 MAX_HOPS = 5
@@ -83,6 +83,11 @@ class Target:
     url: str
     on_hub: bool  # the hub serves the bytes itself: send the token
     expires: float  # epoch; float("inf") for the hub's own URL
+    renew: float = 0.0  # epoch: resolve again from then on
+
+    def __post_init__(self) -> None:
+        if not self.renew:
+            self.renew = self.expires - min(RENEW_BEFORE_S, max(self.expires - time.time(), 0.0) / 10)
 
 
 class Resolver:
@@ -111,7 +116,7 @@ class Resolver:
             lock = self._locks.setdefault(hub_url, threading.Lock())
         with lock:  # one resolve per file at a time: the other connections wait for its answer
             t = self._targets.get(hub_url)
-            if t is not None and t.expires - RENEW_BEFORE_S > time.time():
+            if t is not None and t.renew > time.time():
                 return t
             t = self._targets[hub_url] = self._resolve(hub_url)
             return t

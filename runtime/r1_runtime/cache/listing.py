@@ -64,7 +64,7 @@ def list_variant(repo: str, variant: str, revision: str | None, endpoint: str | 
 def _model_info(api, repo: str, revision: str | None, endpoint: str | None):
     """model_info, waiting out the hub's 429s (up to MAX_LIST_WAIT_S in all, never counted as failures); a hub
     that does not answer at all is a FetchError saying so (phase hub-unreachable, which the operator reports)."""
-    import httpx
+    import httpx2  # huggingface_hub's HTTP client
     from huggingface_hub.errors import HfHubHTTPError
 
     waited = 0.0
@@ -80,7 +80,7 @@ def _model_info(api, repo: str, revision: str | None, endpoint: str | None):
                   file=sys.stderr, flush=True)
             time.sleep(wait)
             waited += wait
-        except (OSError, httpx.TransportError) as exc:  # refused, unresolvable, timed out: no answer at all
+        except (OSError, httpx2.TransportError) as exc:  # refused, unresolvable, timed out: no answer at all
             raise FetchError(f"cannot reach the hub at {endpoint or 'huggingface.co'} to list {repo}: "
                              f"{type(exc).__name__}: {exc}; check HF_ENDPOINT (the chart's runtime.hubEndpoint), "
                              "DNS, and the egress from the fetch pod (a proxy: spec.scheduling.env HTTPS_PROXY)",
