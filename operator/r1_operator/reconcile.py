@@ -398,8 +398,6 @@ def _dev_mocks(meta: dict[str, Any]) -> dict[str, int]:
             out[flag] = max(int((meta.get("annotations") or {}).get(ann) or 0), 0)
         except ValueError:
             out[flag] = 0
-    if (meta.get("annotations") or {}).get(names.ANN_DEV_GPU_CHECK) == "true":
-        out["dev_simulated_gpus"] = 0  # llama.cpp's view of the GPUs is checked, as on a real cluster
     return out
 
 

@@ -164,8 +164,7 @@ def runtime_command(name: str, spec: R1DeploymentSpec, plan: dict[str, Any], s: 
         values["gpu_devices"] = plan["gpus"]
     if s.dev_simulated_gpus:
         values.update({flag: n for flag, n in (dev_mocks or {}).items() if n})
-        if "dev_simulated_gpus" not in (dev_mocks or {}):  # unless names.ANN_DEV_GPU_CHECK asks for the check
-            values["dev_simulated_gpus"] = bool(plan.get("gpus"))
+        values["dev_simulated_gpus"] = bool(plan.get("gpus"))
     return ["r1-runtime", "serve", *contract.render(contract.SERVE_FLAGS, values)]
 
 

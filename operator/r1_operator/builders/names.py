@@ -22,7 +22,6 @@ ANN_DEV_GPU_FREE = f"{GROUP}/dev-simulated-gpu-free-bytes"
 # a real model's load would use that the plan did not predict (r1_runtime.devgpu.host_ballast).
 ANN_DEV_HOST_BYTES = f"{GROUP}/dev-simulated-host-bytes"
 # Each dev-only annotation and the runtime flag it becomes.
-ANN_DEV_GPU_CHECK = f"{GROUP}/dev-check-gpus"  # DEV ONLY: "true": the runtime checks simulated GPUs as real ones
 DEV_MOCKS = {ANN_DEV_GPU_FREE: "dev_simulated_gpu_free_bytes", ANN_DEV_HOST_BYTES: "dev_simulated_host_bytes"}
 
 
