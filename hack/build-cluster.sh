@@ -85,3 +85,23 @@ ln -sf "$dir/keda" "$bindir/keda"
 ln -sf "$dir/keda-adapter" "$bindir/keda-adapter"
 mkdir -p "$bindir/../share"
 ln -sfn "$dir/crds" "$bindir/../share/keda-crds"
+
+# Karpenter's kwok provider, the autoscaler of `r1ctl dev up --autoscaler`: it turns NodePools into kwok nodes,
+# as Karpenter on a cloud turns them into instances, and its CRDs. v1.15.0 needs Go 1.26.9 or newer, so this one
+# build takes the approved toolchain from the Go module proxy (GOTOOLCHAIN=go1.27.3); nothing else does.
+KARPENTER_VERSION=v1.15.0
+KARPENTER_GO=go1.27.3
+key=$(printf '%s|%s|%s' "$KARPENTER_VERSION" "$KARPENTER_GO" "$(go env GOARCH)" | sha256sum | cut -c1-16)
+dir="$cache/go-bin/karpenter-$key"
+if [ ! -x "$dir/karpenter-kwok" ]; then
+  echo "building Karpenter $KARPENTER_VERSION's kwok provider (cache key $key); a cold build takes a few minutes" >&2
+  src=$(GOFLAGS= GOTOOLCHAIN=$KARPENTER_GO go mod download -json "sigs.k8s.io/karpenter@$KARPENTER_VERSION" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["Dir"])')
+  rm -rf "$dir.tmp"; mkdir -p "$dir.tmp/crds"
+  (cd "$src" && GOFLAGS=-mod=readonly GOTOOLCHAIN=$KARPENTER_GO CGO_ENABLED=0 \
+     go build -trimpath -ldflags "-s -w" -o "$dir.tmp/karpenter-kwok" ./kwok)
+  cp "$src"/kwok/charts/crds/karpenter.sh_*.yaml "$src"/kwok/apis/crds/*.yaml "$dir.tmp/crds/"
+  rm -rf "$dir"; mv "$dir.tmp" "$dir"   # atomic: an interrupted build never looks complete
+fi
+ln -sf "$dir/karpenter-kwok" "$bindir/karpenter-kwok"
+ln -sfn "$dir/crds" "$bindir/../share/karpenter-crds"

@@ -14,7 +14,7 @@ def _dev_up(args: argparse.Namespace) -> int:
 
     shapes = load_shapes(args.nodes)
     state = cluster.up(args.name, shapes, timeout=args.timeout, real_nodes=args.real_nodes, real_gpus=args.real_gpus,
-                        keda=args.keda)
+                        keda=args.keda, autoscaler=args.autoscaler)
     print(state.kubeconfig)
     return 0
 
@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="simulated nvidia.com/gpu count each real node advertises (no physical GPU exists here)")
     up.add_argument("--keda", action="store_true",
                     help="run KEDA too (its operator and metrics API server, built by make setup), for spec.autoscaling")
+    up.add_argument("--autoscaler", action="store_true",
+                    help="run Karpenter too (its kwok provider, built by make setup) with a GPU NodePool of "
+                    "g6e.12xlarge nodes that appear when a pod asks (r1_operator/dev/data/autoscaler.yaml)")
     up.set_defaults(func=_dev_up)
     for name, func, text in (
         ("down", _dev_down, "stop the cluster and leave no process behind"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 import sys
 
 from r1_operator.api import contract
@@ -36,6 +37,9 @@ def add_plan_parser(sub) -> None:
     c.add_argument("--gpu-memory-by-label", default="", metavar="JSON",
                    help='GPU memory for nodes nothing else describes, as the chart value gpuMemoryByLabel: '
                    '{"label-key=value": MiB}')
+    c.add_argument("--node-pools", metavar="FILE",
+                   help="node pools an autoscaler grows, as the chart value nodePools (a YAML or JSON list): each "
+                   "pool's new nodes (pool/NAME/I) are planned on too")
     m = p.add_argument_group("model")
     m.add_argument("--repo", default=R1_REPO, help=f"hub repo (default {R1_REPO}, which has a built-in catalog)")
     m.add_argument("--revision", default="main")
@@ -75,12 +79,30 @@ def _catalog(args: argparse.Namespace) -> Catalog:
     return catalog_for(args.repo)
 
 
+def _pools(args: argparse.Namespace) -> list[NodeCapacity]:
+    if not args.node_pools:
+        return []
+    import yaml
+
+    from r1_operator.planning.pools import parse_pools, pool_nodes
+
+    try:
+        raw = yaml.safe_load(Path(args.node_pools).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"--node-pools {args.node_pools}: {exc}") from None
+    return pool_nodes(parse_pools(raw, f"--node-pools {args.node_pools}"), args.gpu_resource,
+                      parse_memory_by_label(args.gpu_memory_by_label))
+
+
 def _nodes(args: argparse.Namespace) -> list[NodeCapacity]:
     if args.kubeconfig:
         from r1_operator.k8s.client import api_client, read_nodes_and_pods
 
         nodes, pods = read_nodes_and_pods(api_client(args.kubeconfig))
-        return inventory(nodes, pods, args.gpu_resource, memory_by_label=parse_memory_by_label(args.gpu_memory_by_label))
+        return inventory(nodes, pods, args.gpu_resource,
+                         memory_by_label=parse_memory_by_label(args.gpu_memory_by_label)) + _pools(args)
+    if args.node_pools:
+        return _pools(args)
     missing = [f for f, v in (("--gpu-count", args.gpu_count), ("--ram-gb", args.ram_gb)) if v is None]
     if missing:
         raise ValueError(f"give {' and '.join(missing)} (hypothetical hardware) or --kubeconfig")

@@ -31,6 +31,7 @@ from r1_operator.k8s import observe
 from r1_operator.planning import corrections as fx
 from r1_operator.planning.decide import PlanError, correction_for, decide, placement_plans
 from r1_operator.planning.inventory import inventory
+from r1_operator.planning.pools import pool_nodes, pool_of
 from r1_operator.settings import OperatorSettings
 
 SERVICE_MONITOR_CRD = "servicemonitors.monitoring.coreos.com"
@@ -190,7 +191,9 @@ class Reconciler:
         nodes = inventory(list(self.inventory.nodes()), pods, spec.scheduling.gpu_resource_name, ignore_uids=own,
                           memory_by_label=self.settings.memory_by_label())
         try:
-            outcome = decide(spec, int(meta.get("generation") or 1), nodes, stored)
+            outcome = decide(spec, int(meta.get("generation") or 1), nodes, stored,
+                             pool_nodes(self.settings.pools(), spec.scheduling.gpu_resource_name,
+                                        self.settings.memory_by_label()))
         except PlanError as exc:
             self._write(body, self._desired(body, spec, stored, str(exc)), None)
             return
@@ -205,8 +208,9 @@ class Reconciler:
             self._write(body, desired, None)
             return
         if stored and stored.get("fits"):  # another variant, or nodes no placement uses any more
-            used = {mf.cache_ref(spec, p)[0] for p in placement_plans(plan)}
-            for old in {mf.cache_ref(spec, p)[0] for p in placement_plans(stored)} - used:
+            used = {mf.cache_ref(spec, p)[0] for p in placement_plans(plan) if not pool_of(p.get("node"))}
+            for old in {mf.cache_ref(spec, p)[0] for p in placement_plans(stored)
+                        if not pool_of(p.get("node"))} - used:
                 self._release_cache(ns, old, uid)
         self._converge(body, spec, desired, sweep=True)
 
@@ -257,8 +261,9 @@ class Reconciler:
         return cache_obs
 
     def _retired(self, ns: str, name: str, keep: set[str]) -> list[tuple[ch.Ref, str]]:
-        """Runtime Deployments of placements no longer planned (listed by label, so none is ever left behind)."""
-        sel = names.selector_string({names.LABEL_DEPLOYMENT: name, "app.kubernetes.io/component": "runtime"})
+        """Runtime and provision Deployments of placements no longer planned (listed by label, so none is ever
+        left behind)."""
+        sel = f"{names.LABEL_DEPLOYMENT}={name},app.kubernetes.io/component in (runtime,provision)"
         live = k._call(self.api, "GET", f"/apis/apps/v1/namespaces/{ns}/deployments",
                        query=[("labelSelector", sel)]).get("items", [])
         return [(("apps/v1", "Deployment", ns, d["metadata"]["name"]), "its placement is no longer planned")
@@ -276,7 +281,8 @@ class Reconciler:
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         s = self.settings
         owner = mf.owner_reference(name, uid, controller=False)
-        placements = placement_plans(plan)
+        placements = [p for p in placement_plans(plan) if not pool_of(p.get("node"))]
+        pooled = [p for p in placement_plans(plan) if pool_of(p.get("node"))]  # waiting for a new node
         caches: dict[str, CacheObservation] = {}
         for p in placements:
             cache = mf.cache_ref(spec, p)[0]
@@ -287,10 +293,11 @@ class Reconciler:
                                            cache_ready=caches[mf.cache_ref(spec, p)[0]].ready is not None,
                                            dev_mocks=dev_mocks)
                        for p in placements]
-        wanted: list[dict[str, Any]] = [*deployments, mf.build_service(name, ns, uid, s)]
+        provisions = [mf.build_provision(name, ns, uid, spec, p, s) for p in pooled]
+        wanted: list[dict[str, Any]] = [*deployments, *provisions, mf.build_service(name, ns, uid, s)]
         unwanted: list[tuple[ch.Ref, str]] = []
         if sweep:
-            unwanted.extend(self._retired(ns, name, {d["metadata"]["name"] for d in deployments}))
+            unwanted.extend(self._retired(ns, name, {d["metadata"]["name"] for d in (*deployments, *provisions)}))
         monitor = ("monitoring.coreos.com/v1", "ServiceMonitor", ns, names.runtime_name(name))
         if self._has_crd(SERVICE_MONITOR_CRD):
             if spec.monitoring.service_monitor:
@@ -310,7 +317,8 @@ class Reconciler:
             wanted.extend(mf.build_network_policies(name, ns, uid, spec, plan, s))
         else:
             unwanted.extend((("networking.k8s.io/v1", "NetworkPolicy", ns, n), "spec.network.policy is none")
-                            for n in (names.runtime_name(name), names.fetch_policy_name(name)))
+                            for n in (names.runtime_name(name), names.fetch_policy_name(name),
+                                      names.provision_policy_name(name)))
         results = []
         for obj in wanted:
             ref = ch.ref_of(obj)
@@ -334,6 +342,12 @@ class Reconciler:
                         raise
                     self._absent.add(ref)  # not allowed to read them, so none was ever created
         runtimes = [(p, observe.runtime(self.api, ns, live)) for p, live in zip(placements, results)]
+        for p, live in zip(pooled, results[len(placements):]):
+            why = observe.runtime(self.api, ns, live).waiting
+            caches[f"pool/{p['id']}"] = CacheObservation(waiting_node=(
+                f"waiting for a new node of pool {pool_of(p['node'])} for placement {p['id']}: Deployment "
+                f"{names.provision_name(name, p['id'])} asks the cluster's autoscaler for it"
+                + (f" ({why})" if why else "")))
         waiting = [c for c in caches.values() if c.ready is None]
         rt = combine(runtimes)
         pinned = mf.memory_pinned(spec)

@@ -30,6 +30,9 @@ class OperatorSettings:
     load_bytes_per_second: int = 100 * MB  # slowest expected model load, sizes the startup probe
     # GPU memory for nodes no label or built-in table describes: JSON {"label-key=value": MiB} (planning.gpus)
     gpu_memory_by_label: str = ""
+    # Node pools an autoscaler grows (planning.pools): a JSON list of {name, labels, gpus, gpuMemoryMiB, cpu,
+    # memory, taints, maxNodes}; planned on when no existing node places every replica.
+    node_pools: str = ""
     # Pod defaults of the runtime and fetch pods; each spec.scheduling field of the same name overrides them.
     runtime_class_name: str = ""
     priority_class_name: str = ""
@@ -78,6 +81,7 @@ class OperatorSettings:
         if "=" not in s.dashboard_label:
             raise ValueError(f"R1_DASHBOARD_LABEL={s.dashboard_label!r}: expected key=value")
         s.memory_by_label()
+        s.pools()
         s.pod_defaults()
         return s
 
@@ -85,6 +89,15 @@ class OperatorSettings:
         from r1_operator.planning.gpus import parse_memory_by_label
 
         return parse_memory_by_label(self.gpu_memory_by_label)
+
+    def pools(self) -> tuple:
+        """The declared node pools (planning.pools.NodePool). Raises ValueError naming R1_NODE_POOLS."""
+        from r1_operator.planning.pools import parse_pools
+
+        try:
+            return parse_pools(json.loads(self.node_pools) if self.node_pools.strip() else None)
+        except ValueError as exc:
+            raise ValueError(f"R1_NODE_POOLS: {exc}") from None
 
     def pod_defaults(self) -> dict[str, Any]:
         """The chart's pod defaults, parsed: annotations, labels, env, imagePullSecrets. Raises ValueError naming

@@ -228,13 +228,16 @@ def test_gpu_cluster_values_reach_the_operator_settings():
     from r1_operator.settings import OperatorSettings
 
     default = OperatorSettings.from_env(_operator_env(render()))
-    assert default.runtime_gpu_image == "" and default.memory_by_label() == {}
+    assert default.runtime_gpu_image == "" and default.memory_by_label() == {} and default.pools() == ()
     assert default.pod_defaults() == {"annotations": {}, "labels": {}, "env": [], "imagePullSecrets": []}
     assert default.load_bytes_per_second == OperatorSettings().load_bytes_per_second
     values = CHART / "ci" / "gpu-cluster-values.yaml"
     s = OperatorSettings.from_env(_operator_env(render("-f", str(values))))
     assert s.runtime_gpu_image == "registry.example.com/r1/runtime:0.1.0-cuda"
     assert s.memory_by_label() == {"example.com/gpu-type=big": 81920}
+    (pool,) = s.pools()
+    assert (pool.name, pool.gpus, pool.memory, dict(pool.labels)["karpenter.sh/nodepool"]) == \
+        ("gpu", 4, "393206Mi", "gpu")
     assert (s.runtime_class_name, s.priority_class_name, s.load_bytes_per_second) == ("nvidia", "llm", 50_000_000)
     assert s.pod_defaults() == {"annotations": {"team": "ml"}, "labels": {"cost-center": "gpu"},
                                 "env": [{"name": "HTTPS_PROXY", "value": "http://proxy.example.com:3128"}],
@@ -246,6 +249,8 @@ def test_gpu_cluster_values_reach_the_operator_settings():
     (("--set-json", 'gpuMemoryByLabel={"a=b": 0}'), "gpuMemoryByLabel"),
     (("--set", "runtime.runtimeClassName=Not_Valid"), "runtimeClassName"),
     (("--set-json", 'runtime.extraEnv=[{"value": "x"}]'), "extraEnv"),
+    (("--set-json", 'nodePools=[{"name": "gpu", "cpu": "8", "memory": "64Gi"}]'), "nodePools"),
+    (("--set-json", 'nodePools=[{"name": "gpu", "labels": {"a": "b"}, "cpu": "8", "memory": "lots"}]'), "nodePools"),
 ])
 def test_bad_gpu_cluster_values_are_rejected_naming_the_key(args, key):
     r = helm("template", "r1", str(CHART), *args)

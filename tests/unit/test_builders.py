@@ -357,7 +357,7 @@ def test_network_policies_open_the_api_to_the_namespace_and_allow_from_and_metri
     s, plan = _plan(network={"allowFrom": [{"namespaceSelector": {"matchLabels": {"team": "web"}}},
                                            {"podSelector": {"matchExpressions": [{"key": "app", "operator": "Exists"}]}}]})
     settings = OperatorSettings(monitoring_namespace="prom")
-    runtime, fetch = mf.build_network_policies("r1", "ns", "u", s, plan, settings)
+    runtime, fetch, provision = mf.build_network_policies("r1", "ns", "u", s, plan, settings)
     dep = mf.build_deployment("r1", "ns", "u", s, plan, settings, cache_ready=True)
     pod_labels = dep["spec"]["template"]["metadata"]["labels"]
     assert set(runtime["spec"]["podSelector"]["matchLabels"].items()) <= set(pod_labels.items())
@@ -379,6 +379,11 @@ def test_network_policies_open_the_api_to_the_namespace_and_allow_from_and_metri
     job_labels = job["spec"]["template"]["metadata"]["labels"]
     assert expr["operator"] == "In" and job_labels[expr["key"]] in expr["values"]
     assert fetch["spec"]["policyTypes"] == ["Ingress"] and fetch["spec"]["ingress"] == []
+    # the provision pods of a plan on a node pool's new node (planning.pools): selected, and nothing let in
+    prov_labels = mf.build_provision("r1", "ns", "u", s, plan, settings)["spec"]["template"]["metadata"]["labels"]
+    assert set(provision["spec"]["podSelector"]["matchLabels"].items()) <= set(prov_labels.items())
+    assert not set(provision["spec"]["podSelector"]["matchLabels"].items()) <= set(pod_labels.items())
+    assert provision["spec"]["policyTypes"] == ["Ingress"] and provision["spec"]["ingress"] == []
 
 
 def test_fetch_memory_is_bounded_and_spec_cache_resources_overrides_it():

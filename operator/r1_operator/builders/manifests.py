@@ -266,6 +266,30 @@ def build_deployment(name: str, namespace: str, uid: str, spec: R1DeploymentSpec
     }
 
 
+def build_provision(name: str, namespace: str, uid: str, spec: R1DeploymentSpec, plan: dict[str, Any],
+                    s: OperatorSettings) -> dict[str, Any]:
+    """A placement planned on a node pool's new node (planning.pools): pods that select the pool and hold what the
+    runtime will (its GPUs, CPU and memory), so the cluster's autoscaler adds a node that fits it. They only
+    sleep, in the runtime's image (the new node pulls it meanwhile), and are deleted once the plan is on the node."""
+    placement = int(plan.get("id", 0))
+    container = {"name": "provision", "image": runtime_image(plan, s), "imagePullPolicy": s.image_pull_policy,
+                 "command": ["sleep", "infinity"], "resources": runtime_resources(spec, plan, s),
+                 "securityContext": container_security(s)}
+    pod: dict[str, Any] = {"securityContext": pod_security(s), "automountServiceAccountToken": False,
+                           "terminationGracePeriodSeconds": 0, "containers": [container]}
+    selector = names.provision_selector(name, placement)
+    labels = {**names.labels(name, "provision"), **selector}
+    meta: dict[str, Any] = {"labels": dict(labels)}
+    place_pod(pod, meta, spec, plan, s)
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": names.provision_name(name, placement), "namespace": namespace, "labels": labels,
+                     "ownerReferences": [owner_reference(name, uid)]},
+        "spec": {"replicas": int(plan.get("replicas", spec.replicas)), "strategy": {"type": "Recreate"},
+                 "selector": {"matchLabels": selector}, "template": {"metadata": meta, "spec": pod}},
+    }
+
+
 def build_service(name: str, namespace: str, uid: str, s: OperatorSettings) -> dict[str, Any]:
     return {
         "apiVersion": "v1", "kind": "Service",
@@ -340,7 +364,8 @@ def build_network_policies(name: str, namespace: str, uid: str, spec: R1Deployme
                            s: OperatorSettings) -> list[dict[str, Any]]:
     """spec.network.policy restricted: into the runtime's API port only pods of its own namespace and
     spec.network.allowFrom, into its metrics port only the monitoring namespace's pods; into the fetch Job's pods
-    nothing. (Most CNIs let the node itself, the kubelet's probes, through regardless.)"""
+    and the provision pods (build_provision) nothing. (Most CNIs let the node itself, the kubelet's probes, through
+    regardless.)"""
     own = [{"podSelector": {}}]
     allow = [p.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True) for p in spec.network.allow_from]
     runtime = {
@@ -360,7 +385,15 @@ def build_network_policies(name: str, namespace: str, uid: str, spec: R1Deployme
         "spec": {"podSelector": {"matchExpressions": [{"key": names.LABEL_CACHE, "operator": "In", "values": keys}]},
                  "policyTypes": ["Ingress"], "ingress": []},
     }
-    return [runtime, fetch]
+    provision = {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": names.provision_policy_name(name), "namespace": namespace,
+                     "labels": names.labels(name, "provision"), "ownerReferences": [owner_reference(name, uid)]},
+        "spec": {"podSelector": {"matchLabels": {k: v for k, v in names.provision_selector(name, 0).items()
+                                                 if k != names.LABEL_PLACEMENT}},
+                 "policyTypes": ["Ingress"], "ingress": []},
+    }
+    return [runtime, fetch, provision]
 
 
 def build_dashboard_configmap(name: str, namespace: str, uid: str, dashboard_json: str,

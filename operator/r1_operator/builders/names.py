@@ -61,6 +61,21 @@ def placement_selector(name: str, placement: int) -> dict[str, str]:
     return {**selector(name), LABEL_PLACEMENT: str(placement)}
 
 
+def provision_name(name: str, placement: int) -> str:
+    """The Deployment whose pods ask a node pool's autoscaler for a node for one placement (planning.pools)."""
+    return f"{runtime_name(name)}-provision-p{placement}"
+
+
+def provision_selector(name: str, placement: int) -> dict[str, str]:
+    return {"app.kubernetes.io/instance": name, "app.kubernetes.io/component": "provision", LABEL_DEPLOYMENT: name,
+            LABEL_PLACEMENT: str(placement)}
+
+
+def provision_policy_name(name: str) -> str:
+    """The NetworkPolicy that closes the provision pods of this R1Deployment to all ingress."""
+    return f"{runtime_name(name)}-provision"
+
+
 def dashboard_name(name: str) -> str:
     """The per-R1Deployment Grafana dashboard ConfigMap."""
     return f"{runtime_name(name)}-dashboard"

@@ -8,6 +8,7 @@ from typing import Any
 
 from r1_operator.api.types import R1DeploymentSpec
 from r1_operator.planning.gpus import gpu_taint_keys
+from r1_operator.planning.pools import find, pool_of
 from r1_operator.settings import OperatorSettings
 
 CACHE_MOUNT = "/cache"
@@ -63,12 +64,15 @@ def _env(spec: R1DeploymentSpec, s: OperatorSettings) -> list[dict[str, str]]:
 def place_pod(pod: dict[str, Any], meta: dict[str, Any], spec: R1DeploymentSpec, plan: dict[str, Any],
               s: OperatorSettings) -> None:
     """Pin a pod template (its spec `pod`, its metadata `meta`) to the plan's node, and give it the scheduling
-    fields, pod defaults and env of the chart and spec.scheduling. A container without a GPU gets NO_GPU_ENV; the
+    fields, pod defaults and env of the chart and spec.scheduling. A plan on a node pool's new node
+    (planning.pools) selects the pool's labels instead of one node. A container without a GPU gets NO_GPU_ENV; the
     operator's own env and labels win over the defaults (the CRD refuses those names in the spec)."""
     sch, defaults = spec.scheduling, s.pod_defaults()
-    if sch.node_selector:
-        pod["nodeSelector"] = dict(sch.node_selector)
-    affinity = pinned_affinity(sch.affinity, plan.get("node"))
+    pool = find(s.pools(), pool_of(plan.get("node")))
+    selector = {**sch.node_selector, **dict(pool.labels if pool else ())}
+    if selector:
+        pod["nodeSelector"] = selector
+    affinity = pinned_affinity(sch.affinity, None if pool_of(plan.get("node")) else plan.get("node"))
     if affinity:
         pod["affinity"] = affinity
     tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in sch.tolerations]

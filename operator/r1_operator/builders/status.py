@@ -24,6 +24,7 @@ class CacheObservation:
     job_failure: str = ""  # the Job's failure condition message
     last_message: dict[str, Any] | None = None  # the fetch pod's termination message (JSON)
     progress: dict[str, Any] | None = None  # the fetch's latest progress, when known
+    waiting_node: str = ""  # no cache yet: its placement waits for a node pool's new node (planning.pools)
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,9 @@ def _pct(done: int, total: int) -> float:
 
 def _cache(d: Desired, c: CacheObservation) -> tuple[_Cond, dict[str, Any]]:
     info: dict[str, Any] = {"pvc": c.pvc}
+    if c.waiting_node:
+        info.update(phase="WaitingForNode", display="NoNode")
+        return _Cond("False", "WaitingForNode", c.waiting_node), info
     if c.ready is not None:
         total = int(c.ready.get("bytesTotal") or 0)
         info.update(phase="Ready", bytesDone=total, bytesTotal=total, percent=100.0, display="Ready")

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from r1_operator.dev import keda, provisioner, realnode
+from r1_operator.dev import karpenter, keda, provisioner, realnode
 from r1_operator.dev.adminapi import AdminApi, get_url
 from r1_operator.dev.nodes import NodeShape, load_shapes
 from r1_operator.dev.pki import FRONT_PROXY_CN, admin_ssl_context, kubeconfig, write_pki
@@ -96,7 +96,7 @@ def _wait(what: str, state: ClusterState, check, timeout: float) -> None:
 
 def _running(state: ClusterState) -> bool:
     real = [f"{kind}-{n}" for n in state.real_nodes for kind in ("containerd", "kubelet")]
-    extra = [c for c in keda.COMPONENTS if c in state.pids]
+    extra = [c for c in (*keda.COMPONENTS, *karpenter.COMPONENTS) if c in state.pids]
     return all(c in state.pids and alive(state.pids[c]) for c in (*COMPONENTS, *real, *extra))
 
 
@@ -123,12 +123,15 @@ def _grant_network_policy(api: AdminApi) -> None:
 
 
 def up(name: str = "dev", nodes: list[NodeShape] | None = None, timeout: float = 90.0, real_nodes: int = 0,
-       real_gpus: int = 0, keda: bool = False) -> ClusterState:
-    """Start the cluster (or return the running one of this name) and create its nodes; with keda, KEDA too."""
+       real_gpus: int = 0, keda: bool = False, autoscaler: bool = False) -> ClusterState:
+    """Start the cluster (or return the running one of this name) and create its nodes; with keda, KEDA too; with
+    autoscaler, Karpenter's kwok provider and its GPU NodePools (dev.karpenter)."""
     existing = ClusterState.load(name)
     if existing and _running(existing) and len(existing.real_nodes) == real_nodes:
         if keda and "keda" not in existing.pids:
             start_keda(existing, timeout)
+        if autoscaler and "karpenter" not in existing.pids:
+            start_autoscaler(existing, timeout)
         return existing
     if existing:
         down(name)
@@ -145,13 +148,20 @@ def up(name: str = "dev", nodes: list[NodeShape] | None = None, timeout: float =
         except ComponentExited as exc:
             if PORT_TAKEN not in exc.tail.lower() or attempt == START_ATTEMPTS:
                 raise
-    if keda:
-        try:
+    try:
+        if keda:
             start_keda(state, timeout)
-        except BaseException:
-            down(name)
-            raise
+        if autoscaler:
+            start_autoscaler(state, max(timeout, 120.0))
+    except BaseException:
+        down(name)
+        raise
     return state
+
+
+def start_autoscaler(state: ClusterState, timeout: float = 120.0) -> None:
+    """Karpenter's kwok provider on a running dev cluster (dev.karpenter): GPU NodePools that grow on demand."""
+    karpenter.start(state, AdminApi(state.server, Path(state.root) / "pki"), timeout)
 
 
 def start_keda(state: ClusterState, timeout: float = 120.0) -> None:
@@ -344,7 +354,7 @@ def down(name: str = "dev", grace: float = 10.0) -> list[str]:
     if left:  # never delete the state directory through a mount that is still there
         raise ClusterError(f"real nodes left {', '.join(left[:8])} behind; run 'r1ctl dev down --name {name}' again")
     # Clients first, etcd last, one at a time: the API server shuts down quickly while etcd is still up.
-    for comp in (*reversed(keda.COMPONENTS), *reversed(COMPONENTS)):
+    for comp in (*karpenter.COMPONENTS, *reversed(keda.COMPONENTS), *reversed(COMPONENTS)):
         pid = state.pids.get(comp)
         if pid and stop_group(pid, grace):
             killed.append(comp)

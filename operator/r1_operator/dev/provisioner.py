@@ -61,7 +61,9 @@ def remove_filesystem(image: Path, mount: Path) -> None:
         mount.rmdir()
 
 
-def _pv(pvc: dict, node: str, path: Path) -> dict:
+def _pv(pvc: dict, hostname: str, path: Path) -> dict:
+    """A local PV for the claim, on the node whose kubernetes.io/hostname label is `hostname` (a node's name and
+    its hostname label may differ: Karpenter names the node after the instance, the label after the NodeClaim)."""
     m = pvc["metadata"]
     return {"apiVersion": "v1", "kind": "PersistentVolume",
             "metadata": {"name": f"pvc-{m['uid']}", "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER}},
@@ -69,7 +71,7 @@ def _pv(pvc: dict, node: str, path: Path) -> dict:
                      "accessModes": pvc["spec"]["accessModes"], "persistentVolumeReclaimPolicy": "Delete",
                      "storageClassName": STORAGE_CLASS, "local": {"path": str(path)},
                      "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                         {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}},
+                         {"key": "kubernetes.io/hostname", "operator": "In", "values": [hostname]}]}]}},
                      "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": m["namespace"],
                                   "name": m["name"], "uid": m["uid"]}}}
 
@@ -94,7 +96,9 @@ def step(api: AdminApi, root: Path) -> None:
                 make_filesystem(root / "images" / f"{name}.img", mount, size)
         else:  # a simulated node: no container will ever write here
             mount.mkdir(parents=True, exist_ok=True)
-        api.request("POST", "/api/v1/persistentvolumes", _pv(pvc, node, mount))
+        _, chosen = api.request("GET", f"/api/v1/nodes/{node}")
+        hostname = ((chosen.get("metadata") or {}).get("labels") or {}).get("kubernetes.io/hostname") or node
+        api.request("POST", "/api/v1/persistentvolumes", _pv(pvc, hostname, mount))
     _, pvs = api.request("GET", "/api/v1/persistentvolumes")
     for pv in pvs.get("items", []):
         ann = pv["metadata"].get("annotations") or {}

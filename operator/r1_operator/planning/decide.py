@@ -20,6 +20,7 @@ from r1_operator.planning.evaluate import PlanRequest
 from r1_operator.planning.inventory import NodeCapacity, Toleration, eligible, required_node_terms
 from r1_operator.planning.memory import RuntimeSettings
 from r1_operator.planning.placement import Placements, Previous, place
+from r1_operator.planning.pools import pool_of
 
 
 class PlanError(ValueError):
@@ -125,8 +126,19 @@ def _lost(previous: list[Previous], kept: Placements, wanted: int, nodes: list[N
     return None
 
 
-def decide(spec: R1DeploymentSpec, generation: int, nodes: list[NodeCapacity], stored: dict[str, Any] | None) -> PlanOutcome:
-    """The plan for this generation of the spec. Raises PlanError for a spec that cannot be planned."""
+def on_pools(plan: dict[str, Any] | None) -> list[str]:
+    """The node pools (planning.pools) the plan's placements wait on, in order."""
+    found = (pool_of(p.get("node")) for p in placement_plans(plan)) if plan and plan.get("fits") else ()
+    return list(dict.fromkeys(x for x in found if x))
+
+
+def decide(spec: R1DeploymentSpec, generation: int, nodes: list[NodeCapacity], stored: dict[str, Any] | None,
+           pools: list[NodeCapacity] = ()) -> PlanOutcome:
+    """The plan for this generation of the spec. Raises PlanError for a spec that cannot be planned.
+
+    pools: the new nodes declared node pools can add (planning.pools.pool_nodes), planned on only when the
+    existing nodes place fewer replicas than wanted; a plan on a pool is never kept, so it moves to a real node as
+    soon as one places as many."""
     try:
         catalog = catalog_for(spec.model.repo)
     except ValueError as exc:
@@ -143,7 +155,10 @@ def decide(spec: R1DeploymentSpec, generation: int, nodes: list[NodeCapacity], s
     previous = previous_placements(stored)
     before = stored.get("variant") if previous else None
     kept = None
-    if stored and stored.get("fits") and stored.get("generation") == generation:
+    waited = on_pools(stored)
+    if waited and stored.get("generation") == generation:
+        why = f"re-planned: it waited on a new node of pool {', '.join(waited)}"
+    elif stored and stored.get("fits") and stored.get("generation") == generation:
         req = plan_request(spec, variant=before)
         kept = place(catalog, nodes, req, spec.replicas, previous, before)
         broken = _lost(previous, kept, max(spec.replicas, 1), nodes, req, before)
@@ -164,7 +179,16 @@ def decide(spec: R1DeploymentSpec, generation: int, nodes: list[NodeCapacity], s
     if kept is not None and kept.placed >= best.placed and not _lost(previous, kept, max(spec.replicas, 1), nodes,
                                                                      plan_request(spec, variant=before), before):
         best = kept  # nothing places more than the stored variant does: keep it
+    if pools and best.placed < best.wanted:
+        grown = place(catalog, [*nodes, *pools], plan_request(spec), spec.replicas, previous, before)
+        if grown.placed > best.placed:
+            best = grown
     plan = plan_to_status(best, generation, why, corrections)
+    asked = on_pools(plan)
+    if asked:
+        plan["reasons"] = [f"no existing node places every replica: planned on a new node of pool "
+                           f"{', '.join(asked)} (the operator's nodePools), which the cluster's autoscaler adds for "
+                           "the pod that selects it", *plan.get("reasons", [])]
     if not plan.get("fits") and fx.ram_notes(corrections):
         plan["reasons"] = [*fx.ram_notes(corrections), *plan.get("reasons", [])]
     changed = stored is None or placements_hash(plan) != placements_hash(stored) or plan.get("fits") != stored.get("fits")
