@@ -212,6 +212,15 @@ _CACHED = CacheObservation(pvc="c", ready={"bytesTotal": 10})
         "phase": "hub-unreachable", "error": "x"}, progress={"phase": "downloading", "bytesDone": 5, "bytesTotal": 9}),
                  RuntimeObservation(), {"CacheReady": ("False", "Downloading"), "Degraded": ("False", "AsExpected")},
                  id="hub-back"),
+    # the API server refuses the fetch pod (a RuntimeClass that does not exist): said, and Degraded
+    pytest.param(_desired(PLAN), CacheObservation(pvc="c", pvc_phase="Pending", job_blocked='pods "c-x" is '
+                                                  'forbidden: pod rejected: RuntimeClass "nope" not found'),
+                 RuntimeObservation(), {"CacheReady": ("False", "FetchBlocked"), "Degraded": ("True", "FetchBlocked"),
+                                        "Ready": ("False", "WaitingForCache")}, id="fetch-pod-refused"),
+    # a placement on a node pool's new node: no cache yet, said so, and not Degraded
+    pytest.param(_desired(PLAN), CacheObservation(waiting_node="waiting for a new node of pool gpu"),
+                 RuntimeObservation(), {"CacheReady": ("False", "WaitingForNode"), "Degraded": ("False", "AsExpected"),
+                                        "Ready": ("False", "WaitingForCache")}, id="waiting-for-node"),
     pytest.param(_desired(PLAN), _CACHED, RuntimeObservation(exists=True, replicas=1,
                                                              waiting="pod x ContainerCreating"),
                  {"Ready": ("False", "RuntimeStarting"), "CacheReady": ("True", "Cached"),

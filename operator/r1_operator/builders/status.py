@@ -25,6 +25,7 @@ class CacheObservation:
     last_message: dict[str, Any] | None = None  # the fetch pod's termination message (JSON)
     progress: dict[str, Any] | None = None  # the fetch's latest progress, when known
     waiting_node: str = ""  # no cache yet: its placement waits for a node pool's new node (planning.pools)
+    job_blocked: str = ""  # the API server refuses the fetch Job's pod (its FailedCreate event)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,12 @@ def _cache(d: Desired, c: CacheObservation) -> tuple[_Cond, dict[str, Any]]:
         err = (c.last_message or {}).get("error") or c.job_failure or "the fetch Job failed"
         info.update(phase="Failed", display="Failed")
         return _Cond("False", "FetchFailed", f"cache Job {c.pvc} failed: {err}"), info
+    if c.job_blocked:
+        info.update(phase="FetchBlocked", display="Refused")
+        return _Cond("False", "FetchBlocked", f"the cache Job {c.pvc} cannot create its pod: {c.job_blocked} (fix "
+                     "what it names: spec.scheduling.runtimeClassName or priorityClassName, or the chart's "
+                     "runtime.runtimeClassName and priorityClassName, must name classes the cluster has; or the "
+                     "namespace's quota or Pod Security)"), info
     if c.pvc_phase == "Pending":
         info.update(phase="VolumePending", display="Pending")
         return _Cond("False", "VolumePending", f"PVC {c.pvc} is Pending: waiting for a volume to bind (check "
@@ -199,7 +206,7 @@ def build_status(d: Desired, cache: CacheObservation, rt: RuntimeObservation, ol
         conds["Ready"] = _Cond("False", "RuntimeStarting", f"{rt.ready_replicas}/{d.replicas} runtime pods ready{why}")
 
     degraded = [(c.reason, c.message) for c in (conds["Planned"], conds["CacheReady"])
-                if c.reason in ("InvalidSpec", "NoFeasiblePlan", "FetchFailed", "HubUnreachable")]
+                if c.reason in ("InvalidSpec", "NoFeasiblePlan", "FetchFailed", "HubUnreachable", "FetchBlocked")]
     if d.apply_error:
         degraded.insert(0, ("ApplyFailed", d.apply_error))
     if rt.failing and cached:

@@ -313,6 +313,12 @@ def _start(state: ClusterState, binary: Path, kwok: Path, pki: Path, shapes: lis
         if code not in (200, 201, 409):
             raise ClusterError(f"binding system:node for the real nodes failed: HTTP {code}: {body.get('message')}")
         _grant_network_policy(api)
+        code, body = api.request("POST", "/apis/node.k8s.io/v1/runtimeclasses", {
+            "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": realnode.ALT_HANDLER},
+            "handler": realnode.ALT_HANDLER})
+        if code not in (200, 201, 409):
+            raise ClusterError(f"creating the RuntimeClass {realnode.ALT_HANDLER} failed: HTTP {code}: "
+                               f"{body.get('message')}")
         realnode.start(state, pki, lambda user: kubeconfig(state.server, pki, user), real_nodes, real_gpus,
                        lambda what, check: _wait(what, state, check, timeout))
         state.nodes.extend(state.real_nodes)

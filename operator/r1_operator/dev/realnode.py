@@ -40,6 +40,12 @@ REAL_LABEL = "r1.inference.dev/real-node"  # real workloads select real nodes wi
 PAUSE_IMAGE = "localhost/r1-dev/pause:1"
 CNI_BIN = "/usr/lib/cni"
 RUNC = "/usr/sbin/runc"
+# A second containerd runtime handler on each real node, as the GPU Operator adds "nvidia": runc behind a wrapper
+# that edits each container's OCI spec before runc runs it, as nvidia-container-runtime does (it adds its hook;
+# this one adds ALT_HANDLER_ENV, so a test sees which handler ran a container). Pods ask for it with
+# runtimeClassName ALT_HANDLER (the dev cluster's RuntimeClass of that name).
+ALT_HANDLER = "r1-alt"
+ALT_HANDLER_ENV = "R1_DEV_RUNTIME_HANDLER"
 # kubelet sets the first three; kube-proxy may set the others (those this kernel has are restored)
 SYSCTLS = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops", "net/ipv4/conf/all/route_localnet",
            "net/netfilter/nf_conntrack_max", "net/netfilter/nf_conntrack_tcp_timeout_established",
@@ -176,6 +182,32 @@ state = "{root}/containerd/state"
         BinaryName = "{RUNC}"
         Root = "{root}/runc"
         SystemdCgroup = false
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{ALT_HANDLER}]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{ALT_HANDLER}.options]
+        BinaryName = "{root}/{ALT_HANDLER}-runc"
+        Root = "{root}/runc-{ALT_HANDLER}"
+        SystemdCgroup = false
+"""
+
+
+def _alt_runtime() -> str:
+    """The ALT_HANDLER wrapper: on `create`, ALT_HANDLER_ENV joins the container's environment in its bundle's
+    config.json (written whole, then renamed); then runc runs with the same arguments."""
+    return f"""#!{sys.executable}
+import json, os, sys
+args = sys.argv[1:]
+if "create" in args:
+    flag = next((f for f in ("--bundle", "-b") if f in args), None)
+    bundle = args[args.index(flag) + 1] if flag else os.getcwd()
+    path = os.path.join(bundle, "config.json")
+    with open(path) as f:
+        spec = json.load(f)
+    spec.setdefault("process", {{}}).setdefault("env", []).append("{ALT_HANDLER_ENV}={ALT_HANDLER}")
+    with open(path + ".tmp", "w") as f:
+        json.dump(spec, f)
+    os.replace(path + ".tmp", path)
+os.execv("{RUNC}", ["{RUNC}", *args])
 """
 
 
@@ -308,6 +340,8 @@ def start(state, pki: Path, kubeconfig_for, count: int, gpus: int, timeout_wait)
         (root / "cni").mkdir(parents=True, exist_ok=True)
         (root / "cni" / "10-r1.conflist").write_text(_cni_config(root, slot))
         (root / "containerd.toml").write_text(_containerd_config(root))
+        (root / f"{ALT_HANDLER}-runc").write_text(_alt_runtime())
+        (root / f"{ALT_HANDLER}-runc").chmod(0o755)
         (root / "kubelet.json").write_text(_kubelet_config(root, slot, pki))
         (root / "kubeconfig").write_text(kubeconfig_for(f"node-{name}"))
         state.host.setdefault("slots", {})[name] = slot

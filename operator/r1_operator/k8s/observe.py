@@ -7,6 +7,8 @@ import re
 import time
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from r1_operator.api.contract import PROGRESS_MARK, Exit
 from r1_operator.builders import names
 from r1_operator.builders.status import CacheObservation, RuntimeObservation
@@ -87,9 +89,24 @@ def cache(api, namespace: str, pvc_name: str, pvc: dict[str, Any] | None, job: d
     if succeeded and ready is None:
         ready = {**(message or {}), "job": pvc_name}
     progress = _fetch_progress(api, namespace, pvc_name) if active and ready is None else None
+    blocked = _refused_pod(api, namespace, pvc_name) \
+        if job is not None and not (active or failed or succeeded) and ready is None else ""
     return CacheObservation(pvc=pvc_name, pvc_phase=((pvc or {}).get("status") or {}).get("phase", ""), ready=ready,
                             job_active=active, job_failed=failed and ready is None, job_failure=failure,
-                            last_message=message, progress=progress)
+                            last_message=message, progress=progress, job_blocked=blocked)
+
+
+def _refused_pod(api, namespace: str, job: str) -> str:
+    """Why the API server refuses the Job's pod (its latest FailedCreate event: a RuntimeClass or PriorityClass
+    that does not exist, a quota, Pod Security), or "" while none was refused. A Job has no condition for it."""
+    sel = f"involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate"
+    try:
+        items = k._call(api, "GET", f"/api/v1/namespaces/{namespace}/events",
+                        query=[("fieldSelector", sel)]).get("items", [])
+    except ApiException:  # events not readable (RBAC): the status says only that the Job has not started
+        return ""
+    latest = max(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "", default=None)
+    return (latest or {}).get("message", "")[:1000]
 
 
 def _oom_killed(pod: dict[str, Any], cs: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
