@@ -207,6 +207,11 @@ _CACHED = CacheObservation(pvc="c", ready={"bytesTotal": 10})
         "phase": "hub-unreachable", "error": "cannot reach the hub at http://hub:8080 to list x"}),
                  RuntimeObservation(), {"CacheReady": ("False", "HubUnreachable"), "Degraded": ("True", "HubUnreachable"),
                                         "Ready": ("False", "WaitingForCache")}, id="hub-unreachable"),
+    # ... and while the Job waits out its backoff between pods (none active), still
+    pytest.param(_desired(PLAN), CacheObservation(pvc="c", pvc_phase="Bound", job_active=0, last_message={
+        "phase": "hub-unreachable", "error": "cannot reach the hub"}),
+                 RuntimeObservation(), {"CacheReady": ("False", "HubUnreachable"), "Degraded": ("True", "HubUnreachable")},
+                 id="hub-unreachable-backoff"),
     # ... and once a retry downloads again, it is progress
     pytest.param(_desired(PLAN), CacheObservation(pvc="c", pvc_phase="Bound", job_active=1, last_message={
         "phase": "hub-unreachable", "error": "x"}, progress={"phase": "downloading", "bytesDone": 5, "bytesTotal": 9}),

@@ -148,7 +148,8 @@ def _cache(d: Desired, c: CacheObservation) -> tuple[_Cond, dict[str, Any]]:
             msg += f": {done / GiB:.1f} of {total / GiB:.1f} GiB ({pct:g}%)"
         failed = c.last_message or {}
         moving = (c.progress or {}).get("phase") not in (None, "starting", "listing")  # the hub answers again
-        if c.job_active and failed.get("phase") == "hub-unreachable" and not moving:  # a pod failed: no hub
+        # a pod failed for want of a hub; the Job retries (between its pods, in backoff, none is active)
+        if failed.get("phase") == "hub-unreachable" and not moving:
             info.update(phase="HubUnreachable", display="NoHub")
             return _Cond("False", "HubUnreachable", f"{failed.get('error')} (the fetch Job {c.pvc} retries)"), info
         limited = p.get("rateLimited")
